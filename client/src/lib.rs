@@ -1,1 +1,602 @@
+//! authd client: the OPAQUE (RFC 9807) client side and typed HTTP calls.
+//!
+//! The [`Suite`] cipher suite is shared with the server. [`Registration`] and
+//! [`Login`] wrap the opaque-ke client state machines and exchange base64url
+//! messages; [`Api`] wraps the authd HTTP routes.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use opaque_ke::errors::ProtocolError;
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, Identifiers, RegistrationResponse,
+};
+use rand::rngs::OsRng;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+
+/// Errors returned by the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The login failed: wrong password, or an unknown user (dummy KE2).
+    #[error("invalid login")]
+    InvalidLogin,
+    /// Any other OPAQUE protocol failure (malformed message, KSF error, ...).
+    #[error("opaque protocol error: {0}")]
+    Protocol(String),
+    /// Input was not valid unpadded base64url.
+    #[error("invalid base64url: {0}")]
+    Base64(String),
+    /// The server answered with a non-2xx status.
+    #[error("http {status}: {body}")]
+    Http {
+        /// HTTP status code.
+        status: u16,
+        /// Response body, parsed as JSON if possible, else a JSON string.
+        body: Value,
+    },
+    /// The request could not be sent or the response could not be read.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A 2xx response did not have the expected shape.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+/// The OPAQUE cipher suite fixed by authd: OPRF Ristretto255,
+/// TripleDh<Ristretto255, Sha512>, KSF Argon2id.
+pub struct Suite;
+
+impl opaque_ke::CipherSuite for Suite {
+    type OprfCs = opaque_ke::Ristretto255;
+    type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2::Sha512>;
+    type Ksf = argon2::Argon2<'static>;
+}
+
+const KSF_PARAMS: argon2::Params = match argon2::Params::new(65536, 3, 4, None) {
+    Ok(p) => p,
+    Err(_) => panic!("invalid Argon2 parameters"), // evaluated at compile time
+};
+
+/// Argon2id v0x13, t=3, m=65536 KiB, p=4 (opaque-ke's Argon2 KSF uses 16 zero
+/// bytes of salt) — the parameters interoperable clients use.
+pub fn ksf() -> argon2::Argon2<'static> {
+    argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        KSF_PARAMS,
+    )
+}
+
+/// Encodes bytes as base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes base64url without padding; padding and invalid characters are rejected.
+pub fn unb64(s: &str) -> Result<Vec<u8>, Error> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| Error::Base64(e.to_string()))
+}
+
+fn protocol(e: ProtocolError) -> Error {
+    Error::Protocol(format!("{e:?}"))
+}
+
+/// Client side of OPAQUE registration.
+pub struct Registration {
+    state: ClientRegistration<Suite>,
+}
+
+impl Registration {
+    /// Returns the state and the base64url RegistrationRequest (32 bytes).
+    pub fn start(password: &[u8]) -> Result<(Registration, String), Error> {
+        let res = ClientRegistration::<Suite>::start(&mut OsRng, password).map_err(protocol)?;
+        Ok((
+            Registration { state: res.state },
+            b64(&res.message.serialize()),
+        ))
+    }
+
+    /// Takes the base64url RegistrationResponse (64 bytes) and returns the
+    /// base64url registration record (192 bytes), stretching with [`ksf`].
+    pub fn finish(self, password: &[u8], registration_response_b64: &str) -> Result<String, Error> {
+        let response =
+            RegistrationResponse::<Suite>::deserialize(&unb64(registration_response_b64)?)
+                .map_err(protocol)?;
+        let ksf = ksf();
+        let params = ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf));
+        let res = self
+            .state
+            .finish(&mut OsRng, password, response, params)
+            .map_err(protocol)?;
+        Ok(b64(&res.message.serialize()))
+    }
+}
+
+/// Client side of OPAQUE login.
+pub struct Login {
+    state: ClientLogin<Suite>,
+}
+
+impl Login {
+    /// Returns the state and the base64url KE1 (96 bytes).
+    pub fn start(password: &[u8]) -> Result<(Login, String), Error> {
+        let res = ClientLogin::<Suite>::start(&mut OsRng, password).map_err(protocol)?;
+        Ok((Login { state: res.state }, b64(&res.message.serialize())))
+    }
+
+    /// Takes the base64url KE2 (320 bytes); returns the base64url KE3 (64 bytes)
+    /// and the session key bytes. A wrong password (or a dummy KE2 for an
+    /// unknown user) gives `Err(Error::InvalidLogin)`.
+    pub fn finish(
+        self,
+        password: &[u8],
+        credential_response_b64: &str,
+    ) -> Result<(String, Vec<u8>), Error> {
+        let response = CredentialResponse::<Suite>::deserialize(&unb64(credential_response_b64)?)
+            .map_err(protocol)?;
+        let ksf = ksf();
+        let params = ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf));
+        let res = self
+            .state
+            .finish(&mut OsRng, password, response, params)
+            .map_err(|e| match e {
+                ProtocolError::InvalidLoginError
+                | ProtocolError::SerializationError
+                | ProtocolError::ReflectedValueError => Error::InvalidLogin,
+                e => protocol(e),
+            })?;
+        Ok((b64(&res.message.serialize()), res.session_key.to_vec()))
+    }
+}
+
+/// Tokens issued by a successful sign-in or refresh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub profile_id: String,
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub refresh_expires_in: i64,
+}
+
+/// Result of finishing a sign-in: either a session, or a second factor is required.
+#[derive(Debug, Clone)]
+pub enum SignInOutcome {
+    /// The user is signed in.
+    Session(Session),
+    /// MFA is enabled; continue with the ticket.
+    MfaRequired { mfa_ticket: String },
+}
+
+impl<'de> Deserialize<'de> for SignInOutcome {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let v = Value::deserialize(d)?;
+        if v.get("mfa_required").is_some() {
+            let mfa_ticket = v
+                .get("mfa_ticket")
+                .and_then(Value::as_str)
+                .ok_or_else(|| D::Error::missing_field("mfa_ticket"))?;
+            Ok(SignInOutcome::MfaRequired {
+                mfa_ticket: mfa_ticket.to_owned(),
+            })
+        } else {
+            Session::deserialize(v)
+                .map(SignInOutcome::Session)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
+/// Result of filling a sign-up token bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FillResult {
+    pub bucket: String,
+    pub added: u64,
+    pub available: u64,
+    pub tokens: Vec<String>,
+}
+
+/// State of a sign-up token bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketStatus {
+    pub bucket: String,
+    pub available: u64,
+    pub redeemed: u64,
+}
+
+/// A verified access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verified {
+    pub profile_id: String,
+    pub session_id: String,
+    pub expires_at: i64,
+}
+
+/// The signed-in user's profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub profile_id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub mfa_enabled: bool,
+    pub created_at: String,
+}
+
+/// Typed HTTP client for the authd API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct SignInStarted {
+    sign_in_id: String,
+    credential_response: String,
+}
+
+fn field(v: &Value, name: &str) -> Result<String, Error> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Decode(format!("missing string field `{name}`")))
+}
+
+impl Api {
+    /// Creates a client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Api {
+        Api::with_client(base_url, reqwest::Client::new())
+    }
+
+    /// Creates a client using a preconfigured `reqwest::Client`.
+    pub fn with_client(base_url: &str, http: reqwest::Client) -> Api {
+        Api {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// Sends a request and returns the status and body without mapping
+    /// non-2xx to an error. Body: JSON if parseable, else a string; empty → null.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), Error> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<T, Error> {
+        let (status, value) = self.raw(method, path, bearer, body.as_ref()).await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::Http {
+                status,
+                body: value,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// POST /v1/bucket/fill with a count of tokens to generate (admin).
+    pub async fn fill_bucket(
+        &self,
+        admin_token: &str,
+        bucket: &str,
+        count: u32,
+    ) -> Result<FillResult, Error> {
+        let body = json!({"bucket": bucket, "count": count});
+        self.call(
+            Method::POST,
+            "/v1/bucket/fill",
+            Some(admin_token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// POST /v1/bucket/fill with explicit tokens (admin).
+    pub async fn fill_bucket_tokens(
+        &self,
+        admin_token: &str,
+        bucket: &str,
+        tokens: &[String],
+    ) -> Result<FillResult, Error> {
+        let body = json!({"bucket": bucket, "tokens": tokens});
+        self.call(
+            Method::POST,
+            "/v1/bucket/fill",
+            Some(admin_token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// POST /v1/fill: tops up the default bucket to `bucket_size` (admin).
+    pub async fn top_up(&self, admin_token: &str, bucket_size: u32) -> Result<FillResult, Error> {
+        let body = json!({"bucket_size": bucket_size});
+        self.call(Method::POST, "/v1/fill", Some(admin_token), Some(body))
+            .await
+    }
+
+    /// GET /v1/bucket/{bucket} (admin).
+    pub async fn bucket(&self, admin_token: &str, bucket: &str) -> Result<BucketStatus, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/bucket/{bucket}"),
+            Some(admin_token),
+            None,
+        )
+        .await
+    }
+
+    /// POST /v1/sign/up; returns the base64url registration response.
+    pub async fn sign_up_start(
+        &self,
+        username: &str,
+        signup_token: Option<&str>,
+        registration_request: &str,
+    ) -> Result<String, Error> {
+        let mut body = json!({"username": username, "registration_request": registration_request});
+        if let Some(t) = signup_token {
+            body["signup_token"] = t.into();
+        }
+        let v: Value = self
+            .call(Method::POST, "/v1/sign/up", None, Some(body))
+            .await?;
+        field(&v, "registration_response")
+    }
+
+    /// POST /v1/sign/up/finish; returns the new profile id.
+    pub async fn sign_up_finish(
+        &self,
+        username: &str,
+        signup_token: Option<&str>,
+        registration_record: &str,
+        email: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut body = json!({"username": username, "registration_record": registration_record});
+        if let Some(t) = signup_token {
+            body["signup_token"] = t.into();
+        }
+        if let Some(e) = email {
+            body["email"] = e.into();
+        }
+        let v: Value = self
+            .call(Method::POST, "/v1/sign/up/finish", None, Some(body))
+            .await?;
+        field(&v, "profile_id")
+    }
+
+    /// POST /v1/sign/in; returns `(sign_in_id, credential_response)`.
+    pub async fn sign_in_start(
+        &self,
+        username: &str,
+        credential_request: &str,
+    ) -> Result<(String, String), Error> {
+        let body = json!({"username": username, "credential_request": credential_request});
+        let r: SignInStarted = self
+            .call(Method::POST, "/v1/sign/in", None, Some(body))
+            .await?;
+        Ok((r.sign_in_id, r.credential_response))
+    }
+
+    /// POST /v1/sign/in/finish with the base64url KE3.
+    pub async fn sign_in_finish(
+        &self,
+        sign_in_id: &str,
+        credential_finalization: &str,
+    ) -> Result<SignInOutcome, Error> {
+        let body =
+            json!({"sign_in_id": sign_in_id, "credential_finalization": credential_finalization});
+        self.call(Method::POST, "/v1/sign/in/finish", None, Some(body))
+            .await
+    }
+
+    /// POST /v1/sign/in/verify; returns the profile id the JWT belongs to.
+    pub async fn sign_in_verify(&self, jwt: &str) -> Result<String, Error> {
+        let v: Value = self
+            .call(
+                Method::POST,
+                "/v1/sign/in/verify",
+                None,
+                Some(json!({"jwt": jwt})),
+            )
+            .await?;
+        field(&v, "profile_id")
+    }
+
+    /// GET /v1/jwt/verify with the access token as bearer.
+    pub async fn jwt_verify(&self, access_token: &str) -> Result<Verified, Error> {
+        self.call(Method::GET, "/v1/jwt/verify", Some(access_token), None)
+            .await
+    }
+
+    /// POST /v1/token/refresh; returns a fresh session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, Error> {
+        let body = json!({"refresh_token": refresh_token});
+        self.call(Method::POST, "/v1/token/refresh", None, Some(body))
+            .await
+    }
+
+    /// POST /v1/sign/out; returns the number of revoked sessions.
+    pub async fn sign_out(&self, access_token: &str, all: bool) -> Result<u64, Error> {
+        let v: Value = self
+            .call(
+                Method::POST,
+                "/v1/sign/out",
+                Some(access_token),
+                Some(json!({"all": all})),
+            )
+            .await?;
+        v.get("revoked")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::Decode("missing integer field `revoked`".into()))
+    }
+
+    /// GET /v1/user with the access token as bearer.
+    pub async fn user(&self, access_token: &str) -> Result<UserInfo, Error> {
+        self.call(Method::GET, "/v1/user", Some(access_token), None)
+            .await
+    }
+
+    /// GET /.well-known/jwks.json.
+    pub async fn jwks(&self) -> Result<Value, Error> {
+        self.call(Method::GET, "/.well-known/jwks.json", None, None)
+            .await
+    }
+
+    /// Full OPAQUE registration; returns the new profile id.
+    pub async fn sign_up(
+        &self,
+        username: &str,
+        password: &[u8],
+        signup_token: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<String, Error> {
+        let (reg, request) = Registration::start(password)?;
+        let response = self.sign_up_start(username, signup_token, &request).await?;
+        let record = reg.finish(password, &response)?;
+        self.sign_up_finish(username, signup_token, &record, email)
+            .await
+    }
+
+    /// Full OPAQUE login. A wrong password (detected locally) returns
+    /// `Err(Error::InvalidLogin)` without calling the finish route.
+    pub async fn sign_in(&self, username: &str, password: &[u8]) -> Result<SignInOutcome, Error> {
+        let (login, ke1) = Login::start(password)?;
+        let (sign_in_id, ke2) = self.sign_in_start(username, &ke1).await?;
+        let (ke3, _session_key) = login.finish(password, &ke2)?;
+        self.sign_in_finish(&sign_in_id, &ke3).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opaque_ke::{
+        CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+        ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
+    };
+
+    fn register(setup: &ServerSetup<Suite>, id: &[u8], pw: &[u8]) -> ServerRegistration<Suite> {
+        let (reg, req) = Registration::start(pw).unwrap();
+        let req = unb64(&req).unwrap();
+        assert_eq!(req.len(), 32);
+        let req = RegistrationRequest::<Suite>::deserialize(&req).unwrap();
+        let resp = ServerRegistration::<Suite>::start(setup, req, id)
+            .unwrap()
+            .message
+            .serialize();
+        assert_eq!(resp.len(), 64);
+        let record = unb64(&reg.finish(pw, &b64(&resp)).unwrap()).unwrap();
+        assert_eq!(record.len(), 192);
+        ServerRegistration::finish(RegistrationUpload::<Suite>::deserialize(&record).unwrap())
+    }
+
+    fn server_ke2(
+        setup: &ServerSetup<Suite>,
+        file: Option<ServerRegistration<Suite>>,
+        id: &[u8],
+        ke1: &str,
+    ) -> (ServerLogin<Suite>, String) {
+        let ke1 = unb64(ke1).unwrap();
+        assert_eq!(ke1.len(), 96);
+        let req = CredentialRequest::<Suite>::deserialize(&ke1).unwrap();
+        let params = ServerLoginParameters::default();
+        let res = ServerLogin::start(&mut OsRng, setup, file, req, id, params).unwrap();
+        let ke2 = res.message.serialize();
+        assert_eq!(ke2.len(), 320);
+        (res.state, b64(&ke2))
+    }
+
+    #[test]
+    fn opaque_round_trip() {
+        let setup = ServerSetup::<Suite>::new(&mut OsRng);
+        let file = register(&setup, b"alice", b"correct horse");
+
+        let (login, ke1) = Login::start(b"correct horse").unwrap();
+        let (server, ke2) = server_ke2(&setup, Some(file.clone()), b"alice", &ke1);
+        let (ke3, client_key) = login.finish(b"correct horse", &ke2).unwrap();
+        let ke3 = unb64(&ke3).unwrap();
+        assert_eq!(ke3.len(), 64);
+        let fin = CredentialFinalization::<Suite>::deserialize(&ke3).unwrap();
+        let done = server
+            .finish(fin, ServerLoginParameters::default())
+            .unwrap();
+        assert_eq!(client_key, done.session_key.to_vec());
+
+        let (login, ke1) = Login::start(b"wrong").unwrap();
+        let (_, ke2) = server_ke2(&setup, Some(file), b"alice", &ke1);
+        assert_eq!(
+            login.finish(b"wrong", &ke2).unwrap_err(),
+            Error::InvalidLogin
+        );
+
+        let (login, ke1) = Login::start(b"whatever").unwrap();
+        let (_, ke2) = server_ke2(&setup, None, b"nobody", &ke1);
+        assert_eq!(
+            login.finish(b"whatever", &ke2).unwrap_err(),
+            Error::InvalidLogin
+        );
+    }
+
+    #[test]
+    fn base64url() {
+        let data: Vec<u8> = (0..=255).collect();
+        assert_eq!(unb64(&b64(&data)).unwrap(), data);
+        assert_eq!(b64(&[0xfb, 0xff]), "-_8");
+        assert!(matches!(unb64("-_8="), Err(Error::Base64(_))));
+        assert!(matches!(unb64("ab+/"), Err(Error::Base64(_))));
+        assert!(matches!(unb64("a b"), Err(Error::Base64(_))));
+    }
+
+    #[test]
+    fn sign_in_outcome_decoding() {
+        let mfa: SignInOutcome =
+            serde_json::from_value(json!({"mfa_required": true, "mfa_ticket": "t"})).unwrap();
+        assert!(matches!(mfa, SignInOutcome::MfaRequired { mfa_ticket } if mfa_ticket == "t"));
+        let s: SignInOutcome = serde_json::from_value(json!({
+            "profile_id": "p", "access_token": "a", "token_type": "Bearer",
+            "expires_in": 900, "refresh_token": "r", "refresh_expires_in": 86400
+        }))
+        .unwrap();
+        assert!(matches!(s, SignInOutcome::Session(s) if s.access_token == "a"));
+    }
+}

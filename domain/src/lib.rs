@@ -1,1 +1,39 @@
+//! authd's business rules: aggregates, their commands, events and errors.
+//!
+//! Pure: no IO, no HTTP, no SQL. Time comes in with the command (`at`), and crypto
+//! that decides an outcome (OPAQUE) is reached through the small traits in
+//! [`services`], so every rule can be driven by given/when/then tests.
 
+pub mod invite_token;
+pub mod services;
+pub mod session;
+pub mod sign_in;
+pub mod user;
+pub mod username;
+
+pub use invite_token::{Bucket, InviteToken};
+pub use session::Session;
+pub use sign_in::SignIn;
+pub use user::User;
+pub use username::Username;
+
+/// Every event type is versioned; all current shapes are version 1.
+pub const EVENT_VERSION: &str = "1";
+
+/// Implements `cqrs_es::DomainEvent` for an event enum whose variants are all
+/// unit-like or struct-like: the event type is the variant name.
+#[macro_export]
+macro_rules! domain_event {
+    ($ty:ty { $($variant:ident),+ $(,)? }) => {
+        impl cqrs_es::DomainEvent for $ty {
+            fn event_type(&self) -> String {
+                match self {
+                    $(Self::$variant { .. } => stringify!($variant).to_string(),)+
+                }
+            }
+            fn event_version(&self) -> String {
+                $crate::EVENT_VERSION.to_string()
+            }
+        }
+    };
+}

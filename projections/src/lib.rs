@@ -1,1 +1,353 @@
+//! Read models folded from the event log: users, sessions and buckets.
+//!
+//! Every fold is idempotent and ordered per aggregate: a row in
+//! `projection_versions` records the last sequence folded for each aggregate, and an
+//! event is folded only in the transaction that moves that version from `n - 1` to
+//! `n`. The server folds events right after it commits them; anything missed (a
+//! crash between commit and fold, another replica's write) is picked up by
+//! [`ReadModels::catch_up`], which reads the log for every aggregate past its
+//! recorded version. It runs at start-up and periodically, so a read model can lag
+//! but never permanently miss an event. [`ReadModels::rebuild`] replays from zero.
 
+use cqrs_es::Aggregate;
+use domain::invite_token::InviteTokenEvent;
+use domain::session::SessionEvent;
+use domain::user::UserEvent;
+use domain::{InviteToken, Session, User};
+use sqlx::{PgPool, Row, SqlitePool};
+
+/// A connection pool to whichever store `DATABASE_URL` selected.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same code on either pool: the SQL in this crate and in the server is
+/// written once, in the dialect both stores share (`$n` placeholders, `ON CONFLICT`).
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Postgres($pool) => $body,
+            $crate::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("read model store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("event {aggregate_type}/{aggregate_id}#{sequence} cannot be read: {source}")]
+    BadEvent {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        source: serde_json::Error,
+    },
+}
+
+/// One event as stored in the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub payload: serde_json::Value,
+}
+
+/// `GET /v1/user`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserView {
+    pub profile_id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub mfa_enabled: bool,
+    pub created_at: String,
+}
+
+/// `GET /v1/bucket/{bucket}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketView {
+    pub available: i64,
+    pub redeemed: i64,
+}
+
+/// The aggregate types that feed a read model.
+const PROJECTED: [&str; 3] = [User::TYPE, Session::TYPE, InviteToken::TYPE];
+const BATCH: i64 = 500;
+
+enum Arg {
+    Text(String),
+    OptText(Option<String>),
+    Bool(bool),
+    Int(i64),
+}
+
+struct Stmt {
+    sql: &'static str,
+    args: Vec<Arg>,
+}
+
+fn stmt(sql: &'static str, args: Vec<Arg>) -> Stmt {
+    Stmt { sql, args }
+}
+
+/// The read-model writes one event makes. Pure, so the same fold serves the live
+/// path, catch-up and rebuild.
+fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
+    use Arg::*;
+    let id = || Text(event.aggregate_id.clone());
+    let parse_error = |source| Error::BadEvent {
+        aggregate_type: event.aggregate_type.clone(),
+        aggregate_id: event.aggregate_id.clone(),
+        sequence: event.sequence,
+        source,
+    };
+    let payload = event.payload.clone();
+    Ok(match event.aggregate_type.as_str() {
+        User::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
+            UserEvent::UserRegistered { username, email, registered_at, .. } => vec![stmt(
+                "INSERT INTO users_view (profile_id, username, email, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (profile_id) DO UPDATE SET username = excluded.username, email = excluded.email",
+                vec![id(), Text(username), OptText(email), Text(registered_at.to_rfc3339())],
+            )],
+            UserEvent::SignInFailureCounted { consecutive, .. } => vec![stmt(
+                "UPDATE users_view SET failed_sign_ins = $2 WHERE profile_id = $1",
+                vec![id(), Int(i64::from(consecutive))],
+            )],
+            UserEvent::SignInFailuresReset { .. } => vec![stmt(
+                "UPDATE users_view SET failed_sign_ins = $2 WHERE profile_id = $1",
+                vec![id(), Int(0)],
+            )],
+        },
+        Session::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
+            SessionEvent::SessionOpened { profile_id, opened_at, .. } => vec![stmt(
+                "INSERT INTO sessions_view (session_id, profile_id, active, opened_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (session_id) DO NOTHING",
+                vec![id(), Text(profile_id.to_string()), Bool(true), Text(opened_at.to_rfc3339())],
+            )],
+            SessionEvent::SessionRefreshed { .. } => vec![],
+            SessionEvent::RefreshTokenReuseDetected { .. } | SessionEvent::SessionSignedOut { .. } => {
+                vec![stmt("UPDATE sessions_view SET active = $2 WHERE session_id = $1", vec![id(), Bool(false)])]
+            }
+        },
+        InviteToken::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
+            InviteTokenEvent::InviteTokenIssued { bucket } => vec![stmt(
+                "INSERT INTO invite_tokens_view (token_id, bucket, redeemed) VALUES ($1, $2, $3)
+                 ON CONFLICT (token_id) DO NOTHING",
+                vec![id(), Text(bucket.as_str().to_string()), Bool(false)],
+            )],
+            InviteTokenEvent::InviteTokenRedeemed { .. } => vec![stmt(
+                "UPDATE invite_tokens_view SET redeemed = $2 WHERE token_id = $1",
+                vec![id(), Bool(true)],
+            )],
+        },
+        _ => vec![],
+    })
+}
+
+/// The version bump that guards a fold: it succeeds only for the next event in line.
+fn version_guard(event: &StoredEvent) -> Stmt {
+    use Arg::*;
+    let key = vec![Text(event.aggregate_type.clone()), Text(event.aggregate_id.clone())];
+    if event.sequence == 1 {
+        stmt(
+            "INSERT INTO projection_versions (aggregate_type, aggregate_id, version) VALUES ($1, $2, 1)
+             ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING",
+            key,
+        )
+    } else {
+        let mut args = key;
+        args.extend([Int(event.sequence), Int(event.sequence - 1)]);
+        stmt(
+            "UPDATE projection_versions SET version = $3
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $4",
+            args,
+        )
+    }
+}
+
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Text(v) => query.bind(v),
+                Arg::OptText(v) => query.bind(v),
+                Arg::Bool(v) => query.bind(v),
+                Arg::Int(v) => query.bind(v),
+            };
+        }
+        query
+    }};
+}
+
+/// Access to the read models.
+#[derive(Clone, Debug)]
+pub struct ReadModels {
+    db: Db,
+}
+
+impl ReadModels {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Folds one event if it is the next in line for its aggregate. Returns false
+    /// when it was not (already folded, or an earlier one is missing).
+    async fn fold_one(&self, event: &StoredEvent) -> Result<bool, Error> {
+        let statements = fold(event)?;
+        let guard = version_guard(event);
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let moved = bind_all!(sqlx::query(guard.sql), guard.args).execute(&mut *tx).await?;
+            if moved.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for s in statements {
+                bind_all!(sqlx::query(s.sql), s.args).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Folds events just committed for one aggregate (in sequence order). If any is
+    /// out of line, reads that aggregate's missing events from the log instead.
+    pub async fn project(&self, events: &[StoredEvent]) -> Result<(), Error> {
+        for event in events {
+            if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+                return Ok(());
+            }
+            if !self.fold_one(event).await? {
+                self.catch_up_where(Some((&event.aggregate_type, &event.aggregate_id))).await?;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds every event the read models have not seen yet. Returns how many.
+    pub async fn catch_up(&self) -> Result<u64, Error> {
+        self.catch_up_where(None).await
+    }
+
+    async fn catch_up_where(&self, only: Option<(&str, &str)>) -> Result<u64, Error> {
+        let mut folded = 0;
+        loop {
+            let batch = self.unseen(only).await?;
+            if batch.is_empty() {
+                return Ok(folded);
+            }
+            let mut progressed = false;
+            for event in &batch {
+                if self.fold_one(event).await? {
+                    folded += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                // Another projector folded these between our read and our write.
+                continue;
+            }
+        }
+    }
+
+    /// Events past each aggregate's recorded version, oldest first per aggregate.
+    async fn unseen(&self, only: Option<(&str, &str)>) -> Result<Vec<StoredEvent>, Error> {
+        let sql = format!(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, CAST(e.payload AS TEXT)
+             FROM events e
+             LEFT JOIN projection_versions v
+               ON v.aggregate_type = e.aggregate_type AND v.aggregate_id = e.aggregate_id
+             WHERE e.aggregate_type IN ('{}') AND e.sequence > COALESCE(v.version, 0) {}
+             ORDER BY e.aggregate_type, e.aggregate_id, e.sequence
+             LIMIT {BATCH}",
+            PROJECTED.join("', '"),
+            if only.is_some() { "AND e.aggregate_type = $1 AND e.aggregate_id = $2" } else { "" },
+        );
+        let rows = with_pool!(&self.db, pool => {
+            let mut query = sqlx::query(&sql);
+            if let Some((aggregate_type, aggregate_id)) = only {
+                query = query.bind(aggregate_type).bind(aggregate_id);
+            }
+            query
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|row| {
+                    Ok::<_, sqlx::Error>((
+                        row.try_get::<String, _>(0)?,
+                        row.try_get::<String, _>(1)?,
+                        row.try_get::<i64, _>(2)?,
+                        row.try_get::<String, _>(3)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        rows.into_iter()
+            .map(|(aggregate_type, aggregate_id, sequence, payload)| {
+                let payload = serde_json::from_str(&payload).map_err(|source| Error::BadEvent {
+                    aggregate_type: aggregate_type.clone(),
+                    aggregate_id: aggregate_id.clone(),
+                    sequence,
+                    source,
+                })?;
+                Ok(StoredEvent { aggregate_type, aggregate_id, sequence, payload })
+            })
+            .collect()
+    }
+
+    /// Empties every read model and folds the whole log again.
+    pub async fn rebuild(&self) -> Result<u64, Error> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for table in ["users_view", "sessions_view", "invite_tokens_view", "projection_versions"] {
+                sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        self.catch_up().await
+    }
+
+    pub async fn user(&self, profile_id: &str) -> Result<Option<UserView>, Error> {
+        let sql = "SELECT profile_id, username, email, email_verified, mfa_enabled, created_at
+                   FROM users_view WHERE profile_id = $1";
+        Ok(with_pool!(&self.db, pool => {
+            match sqlx::query(sql).bind(profile_id).fetch_optional(pool).await? {
+                None => None,
+                Some(row) => Some(UserView {
+                    profile_id: row.try_get(0)?,
+                    username: row.try_get(1)?,
+                    email: row.try_get(2)?,
+                    email_verified: row.try_get(3)?,
+                    mfa_enabled: row.try_get(4)?,
+                    created_at: row.try_get(5)?,
+                }),
+            }
+        }))
+    }
+
+    /// Ids of the sessions of an account that are still open.
+    pub async fn active_sessions(&self, profile_id: &str) -> Result<Vec<String>, Error> {
+        let sql = "SELECT session_id FROM sessions_view WHERE profile_id = $1 AND active = $2";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar(sql).bind(profile_id).bind(true).fetch_all(pool).await?
+        }))
+    }
+
+    pub async fn bucket(&self, bucket: &str) -> Result<BucketView, Error> {
+        let sql = "SELECT
+                     COALESCE(SUM(CASE WHEN redeemed THEN 0 ELSE 1 END), 0),
+                     COALESCE(SUM(CASE WHEN redeemed THEN 1 ELSE 0 END), 0)
+                   FROM invite_tokens_view WHERE bucket = $1";
+        Ok(with_pool!(&self.db, pool => {
+            let row = sqlx::query(sql).bind(bucket).fetch_one(pool).await?;
+            BucketView { available: row.try_get(0)?, redeemed: row.try_get(1)? }
+        }))
+    }
+}

@@ -1,0 +1,168 @@
+//! Single-use invite and recovery tokens. Each token is its own aggregate (its id is
+//! a keyed hash of bucket and token), so the event store's key guarantees that a token
+//! is issued once and redeemed at most once, even under concurrent redemptions.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The two buckets of single-use tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// Invitations redeemed by sign-up.
+    Signup,
+    /// Recovery tokens an admin hands a user.
+    Profile,
+}
+
+impl Bucket {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Signup => "signup",
+            Bucket::Profile => "profile",
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct InviteToken {
+    bucket: Option<Bucket>,
+    redeemed_by: Option<Uuid>,
+}
+
+#[derive(Debug)]
+pub enum InviteTokenCommand {
+    Issue { bucket: Bucket },
+    Redeem { profile_id: Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InviteTokenEvent {
+    InviteTokenIssued { bucket: Bucket },
+    InviteTokenRedeemed { profile_id: Uuid },
+}
+crate::domain_event!(InviteTokenEvent { InviteTokenIssued, InviteTokenRedeemed });
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InviteTokenError {
+    #[error("token already issued")]
+    AlreadyIssued,
+    #[error("unknown token")]
+    Unknown,
+    #[error("token already redeemed")]
+    AlreadyRedeemed,
+}
+
+impl InviteToken {
+    pub fn is_issued(&self) -> bool {
+        self.bucket.is_some()
+    }
+    pub fn is_redeemed(&self) -> bool {
+        self.redeemed_by.is_some()
+    }
+}
+
+impl Aggregate for InviteToken {
+    const TYPE: &'static str = "invite_token";
+    type Command = InviteTokenCommand;
+    type Event = InviteTokenEvent;
+    type Error = InviteTokenError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let event = match command {
+            InviteTokenCommand::Issue { bucket } => {
+                if self.is_issued() {
+                    return Err(InviteTokenError::AlreadyIssued);
+                }
+                InviteTokenEvent::InviteTokenIssued { bucket }
+            }
+            InviteTokenCommand::Redeem { profile_id } => {
+                if !self.is_issued() {
+                    return Err(InviteTokenError::Unknown);
+                }
+                if self.is_redeemed() {
+                    return Err(InviteTokenError::AlreadyRedeemed);
+                }
+                InviteTokenEvent::InviteTokenRedeemed { profile_id }
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            InviteTokenEvent::InviteTokenIssued { bucket } => self.bucket = Some(bucket),
+            InviteTokenEvent::InviteTokenRedeemed { profile_id } => {
+                self.redeemed_by = Some(profile_id)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use InviteTokenCommand::*;
+    use InviteTokenEvent::*;
+
+    type T = TestFramework<InviteToken>;
+
+    #[tokio::test]
+    async fn issuing_a_new_token() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Issue { bucket: Bucket::Signup })
+            .await
+            .then_expect_events(vec![InviteTokenIssued { bucket: Bucket::Signup }]);
+    }
+
+    #[tokio::test]
+    async fn issuing_a_known_token_is_rejected() {
+        T::with(())
+            .given(vec![InviteTokenIssued { bucket: Bucket::Signup }])
+            .when_async(Issue { bucket: Bucket::Signup })
+            .await
+            .then_expect_error(InviteTokenError::AlreadyIssued);
+    }
+
+    #[tokio::test]
+    async fn redeeming_an_issued_token() {
+        let profile_id = Uuid::new_v4();
+        T::with(())
+            .given(vec![InviteTokenIssued { bucket: Bucket::Profile }])
+            .when_async(Redeem { profile_id })
+            .await
+            .then_expect_events(vec![InviteTokenRedeemed { profile_id }]);
+    }
+
+    #[tokio::test]
+    async fn redeeming_an_unknown_token_is_rejected() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Redeem { profile_id: Uuid::new_v4() })
+            .await
+            .then_expect_error(InviteTokenError::Unknown);
+    }
+
+    #[tokio::test]
+    async fn redeeming_twice_is_rejected() {
+        T::with(())
+            .given(vec![
+                InviteTokenIssued { bucket: Bucket::Signup },
+                InviteTokenRedeemed { profile_id: Uuid::new_v4() },
+            ])
+            .when_async(Redeem { profile_id: Uuid::new_v4() })
+            .await
+            .then_expect_error(InviteTokenError::AlreadyRedeemed);
+    }
+}

@@ -1,0 +1,9 @@
+//! Crypto that decides domain outcomes, behind traits the server implements and
+//! tests can drive.
+
+/// Finishes the server side of an OPAQUE login.
+pub trait LoginVerifier: Send + Sync {
+    /// `login_state` is the server's state from KE2, `ke3` the client's
+    /// finalization. True only when the client proved knowledge of the password.
+    fn verify(&self, login_state: &[u8], ke3: &[u8]) -> bool;
+}

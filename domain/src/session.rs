@@ -1,0 +1,318 @@
+//! A signed-in session: opened by a successful sign-in, its refresh token rotated on
+//! every use. A rotated token presented again means it leaked: the session is revoked.
+//! Only keyed hashes of refresh tokens ever enter the log.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Session {
+    profile_id: Option<Uuid>,
+    ended: bool,
+    refresh_hash: String,
+    rotated_hashes: Vec<String>,
+    refresh_expires_at: Option<DateTime<Utc>>,
+    amr: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum SessionCommand {
+    Open {
+        profile_id: Uuid,
+        refresh_hash: String,
+        refresh_expires_at: DateTime<Utc>,
+        amr: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    Refresh {
+        presented_hash: String,
+        new_hash: String,
+        refresh_expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    SignOut { at: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    SessionOpened {
+        profile_id: Uuid,
+        refresh_hash: String,
+        refresh_expires_at: DateTime<Utc>,
+        /// Authentication methods used (RFC 8176 names), carried into access tokens.
+        amr: Vec<String>,
+        opened_at: DateTime<Utc>,
+    },
+    SessionRefreshed { refresh_hash: String, refresh_expires_at: DateTime<Utc>, at: DateTime<Utc> },
+    /// A rotated refresh token came back: the session is revoked.
+    RefreshTokenReuseDetected { at: DateTime<Utc> },
+    SessionSignedOut { at: DateTime<Utc> },
+}
+crate::domain_event!(SessionEvent {
+    SessionOpened,
+    SessionRefreshed,
+    RefreshTokenReuseDetected,
+    SessionSignedOut
+});
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session already opened")]
+    AlreadyOpened,
+    #[error("no such session")]
+    NotFound,
+    #[error("session has ended")]
+    Ended,
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    #[error("refresh token expired")]
+    RefreshTokenExpired,
+}
+
+impl Session {
+    pub fn profile_id(&self) -> Option<Uuid> {
+        self.profile_id
+    }
+    /// Opened and neither signed out nor revoked.
+    pub fn is_active(&self) -> bool {
+        self.profile_id.is_some() && !self.ended
+    }
+    pub fn amr(&self) -> &[String] {
+        &self.amr
+    }
+
+    fn check_live(&self) -> Result<(), SessionError> {
+        match (self.profile_id, self.ended) {
+            (None, _) => Err(SessionError::NotFound),
+            (Some(_), true) => Err(SessionError::Ended),
+            (Some(_), false) => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for Session {
+    const TYPE: &'static str = "session";
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = SessionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let event = match command {
+            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, amr, at } => {
+                if self.profile_id.is_some() {
+                    return Err(SessionError::AlreadyOpened);
+                }
+                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at }
+            }
+            SessionCommand::Refresh { presented_hash, new_hash, refresh_expires_at, at } => {
+                self.check_live()?;
+                if self.rotated_hashes.contains(&presented_hash) {
+                    SessionEvent::RefreshTokenReuseDetected { at }
+                } else if presented_hash != self.refresh_hash {
+                    return Err(SessionError::InvalidRefreshToken);
+                } else if self.refresh_expires_at.is_some_and(|expires| at >= expires) {
+                    return Err(SessionError::RefreshTokenExpired);
+                } else {
+                    SessionEvent::SessionRefreshed { refresh_hash: new_hash, refresh_expires_at, at }
+                }
+            }
+            SessionCommand::SignOut { at } => {
+                self.check_live()?;
+                SessionEvent::SessionSignedOut { at }
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, .. } => {
+                self.profile_id = Some(profile_id);
+                self.refresh_hash = refresh_hash;
+                self.refresh_expires_at = Some(refresh_expires_at);
+                self.amr = amr;
+            }
+            SessionEvent::SessionRefreshed { refresh_hash, refresh_expires_at, .. } => {
+                let rotated = std::mem::replace(&mut self.refresh_hash, refresh_hash);
+                self.rotated_hashes.push(rotated);
+                self.refresh_expires_at = Some(refresh_expires_at);
+            }
+            SessionEvent::RefreshTokenReuseDetected { .. } | SessionEvent::SessionSignedOut { .. } => {
+                self.ended = true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use cqrs_es::test::TestFramework;
+    use SessionCommand::*;
+    use SessionEvent::*;
+
+    type T = TestFramework<Session>;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
+    }
+
+    fn opened(profile_id: Uuid) -> SessionEvent {
+        SessionOpened {
+            profile_id,
+            refresh_hash: "h1".into(),
+            refresh_expires_at: t0() + Duration::days(30),
+            amr: vec!["pwd".into()],
+            opened_at: t0(),
+        }
+    }
+
+    fn refreshed(to: &str) -> SessionEvent {
+        SessionRefreshed { refresh_hash: to.into(), refresh_expires_at: t0() + Duration::days(31), at: t0() }
+    }
+
+    fn refresh(presented: &str, at: DateTime<Utc>) -> SessionCommand {
+        Refresh {
+            presented_hash: presented.into(),
+            new_hash: "h3".into(),
+            refresh_expires_at: t0() + Duration::days(31),
+            at,
+        }
+    }
+
+    #[tokio::test]
+    async fn opening() {
+        let profile_id = Uuid::new_v4();
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Open {
+                profile_id,
+                refresh_hash: "h1".into(),
+                refresh_expires_at: t0() + Duration::days(30),
+                amr: vec!["pwd".into()],
+                at: t0(),
+            })
+            .await
+            .then_expect_events(vec![opened(profile_id)]);
+    }
+
+    #[tokio::test]
+    async fn opening_twice_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(Open {
+                profile_id: Uuid::new_v4(),
+                refresh_hash: "x".into(),
+                refresh_expires_at: t0(),
+                amr: vec![],
+                at: t0(),
+            })
+            .await
+            .then_expect_error(SessionError::AlreadyOpened);
+    }
+
+    #[tokio::test]
+    async fn refreshing_with_the_current_token_rotates_it() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), refreshed("h2")])
+            .when_async(refresh("h2", t0()))
+            .await
+            .then_expect_events(vec![SessionRefreshed {
+                refresh_hash: "h3".into(),
+                refresh_expires_at: t0() + Duration::days(31),
+                at: t0(),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_presented_again_revokes_the_session() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), refreshed("h2")])
+            .when_async(refresh("h1", t0()))
+            .await
+            .then_expect_events(vec![RefreshTokenReuseDetected { at: t0() }]);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_token_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(refresh("nope", t0()))
+            .await
+            .then_expect_error(SessionError::InvalidRefreshToken);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(refresh("h1", t0() + Duration::days(30)))
+            .await
+            .then_expect_error(SessionError::RefreshTokenExpired);
+    }
+
+    #[tokio::test]
+    async fn refreshing_a_revoked_session_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), refreshed("h2"), RefreshTokenReuseDetected { at: t0() }])
+            .when_async(refresh("h2", t0()))
+            .await
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[tokio::test]
+    async fn refreshing_an_unknown_session_is_rejected() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(refresh("h1", t0()))
+            .await
+            .then_expect_error(SessionError::NotFound);
+    }
+
+    #[tokio::test]
+    async fn signing_out() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(SignOut { at: t0() })
+            .await
+            .then_expect_events(vec![SessionSignedOut { at: t0() }]);
+    }
+
+    #[tokio::test]
+    async fn signing_out_twice_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), SessionSignedOut { at: t0() }])
+            .when_async(SignOut { at: t0() })
+            .await
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[tokio::test]
+    async fn refreshing_after_sign_out_is_rejected() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), SessionSignedOut { at: t0() }])
+            .when_async(refresh("h1", t0()))
+            .await
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[tokio::test]
+    async fn signing_out_of_an_unknown_session_is_rejected() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(SignOut { at: t0() })
+            .await
+            .then_expect_error(SessionError::NotFound);
+    }
+}
