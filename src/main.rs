@@ -1,1 +1,49 @@
-fn main(){}
+//! authd: the server and its command-line client.
+
+mod api;
+mod app;
+mod bench;
+mod cli;
+mod config;
+mod keys;
+mod opaque;
+mod server;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use config::{Cli, Command, LogFormat};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.server.log_format);
+    let result = match cli.command {
+        None | Some(Command::Serve) => server::serve(cli.server).await,
+        Some(Command::Openapi) => {
+            print!("{}", api::spec_yaml());
+            Ok(())
+        }
+        Some(Command::Bench(args)) => bench::run(args).await,
+        Some(command) => cli::run(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("authd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -32,7 +32,7 @@ pub struct InviteToken {
     redeemed_by: Option<Uuid>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum InviteTokenCommand {
     Issue { bucket: Bucket },
     Redeem { profile_id: Uuid },

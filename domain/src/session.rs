@@ -18,7 +18,7 @@ pub struct Session {
     amr: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SessionCommand {
     Open {
         profile_id: Uuid,

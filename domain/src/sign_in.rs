@@ -19,7 +19,7 @@ pub struct SignIn {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SignInCommand {
     /// `profile_id` is `None` for an unknown username: the attempt still runs (with a
     /// dummy KE2) so the answer does not reveal whether the account exists.

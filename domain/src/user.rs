@@ -16,7 +16,7 @@ pub struct User {
     failed_sign_ins: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum UserCommand {
     Register {
         username: String,

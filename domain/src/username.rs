@@ -7,12 +7,34 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Shortest and longest username, in characters after normalisation.
+pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=64;
+
+/// The one spelling of a username: trimmed, Unicode NFKC, lower case, 3 to 64
+/// characters, no control characters. Two names that normalise alike are one name.
+pub fn normalize(raw: &str) -> Result<String, String> {
+    use unicode_normalization::UnicodeNormalization;
+    let name: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+    let chars = name.chars().count();
+    if !USERNAME_CHARS.contains(&chars) {
+        return Err(format!(
+            "must be {} to {} characters after normalisation (has {chars})",
+            USERNAME_CHARS.start(),
+            USERNAME_CHARS.end()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(name)
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Username {
     owner: Option<Uuid>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum UsernameCommand {
     Claim { profile_id: Uuid },
     /// Gives a name back: a sign-up that could not complete, or (later) a removal.
@@ -88,6 +110,22 @@ mod tests {
     use UsernameEvent::*;
 
     type T = TestFramework<Username>;
+
+    #[test]
+    fn names_that_normalise_alike_are_one_name() {
+        assert_eq!(normalize("  Alice ").as_deref(), Ok("alice"));
+        assert_eq!(normalize("ＡＬＩＣＥ").as_deref(), Ok("alice"));
+        assert_eq!(normalize("ﬁre").as_deref(), Ok("fire"));
+    }
+
+    #[test]
+    fn names_outside_the_length_range_or_with_controls_are_refused() {
+        assert!(normalize("ab").is_err());
+        assert!(normalize("   ab   ").is_err());
+        assert!(normalize(&"x".repeat(65)).is_err());
+        assert!(normalize(&"x".repeat(64)).is_ok());
+        assert!(normalize("ali\u{7}ce").is_err());
+    }
 
     #[tokio::test]
     async fn claiming_a_free_name() {

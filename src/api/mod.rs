@@ -1,0 +1,101 @@
+//! The HTTP API, one module per resource. A handler parses (via [`JsonBody`] and
+//! the types in its module), calls one use case of [`App`], and maps the result.
+//! The OpenAPI spec is generated from these types: `authd openapi` prints it.
+
+mod body;
+mod buckets;
+mod error;
+mod health;
+mod sessions;
+mod sign_in;
+mod sign_up;
+
+use std::sync::Arc;
+
+use poem::{Endpoint, EndpointExt, Request, Route};
+use poem_openapi::auth::Bearer;
+use poem_openapi::{OpenApiService, SecurityScheme, Tags};
+
+pub use body::JsonBody;
+pub use error::ApiError;
+
+use crate::app::App;
+use crate::store::Metadata;
+
+#[derive(Tags)]
+pub enum Tag {
+    /// Single-use invitation and recovery tokens (admin).
+    Buckets,
+    /// OPAQUE registration.
+    SignUp,
+    /// OPAQUE login.
+    SignIn,
+    /// Access tokens, refresh, sign-out, the JWKS.
+    Sessions,
+    /// Liveness and readiness.
+    Health,
+}
+
+/// An access token issued by this server.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", rename = "access_token")]
+pub struct AccessToken(pub Bearer);
+
+/// The admin secret configured as `AUTHD_ADMIN_TOKEN`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", rename = "admin_token")]
+pub struct AdminToken(pub Bearer);
+
+/// What every event records about the request that caused it.
+pub fn metadata(request: &Request) -> Metadata {
+    let header = |name: &str, max: usize| {
+        request.header(name).map(|value| value.chars().take(max).collect::<String>())
+    };
+    let mut metadata = Metadata::new();
+    let request_id = header("x-request-id", 128).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    metadata.insert("request_id".into(), request_id);
+    metadata.insert("client_address".into(), request.remote_addr().to_string());
+    if let Some(agent) = header("user-agent", 256) {
+        metadata.insert("user_agent".into(), agent);
+    }
+    metadata
+}
+
+pub type Apis = (
+    health::HealthApi,
+    buckets::BucketApi,
+    sign_up::SignUpApi,
+    sign_in::SignInApi,
+    sessions::SessionApi,
+);
+
+/// The API description; needs no server, so `authd openapi` can print it.
+pub fn service() -> OpenApiService<Apis, ()> {
+    let apis = (health::HealthApi, buckets::BucketApi, sign_up::SignUpApi, sign_in::SignInApi, sessions::SessionApi);
+    OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
+        "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
+         EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
+         Protocol messages are base64url without padding. Every error is \
+         {\"status\", \"error\", \"message\", \"details\"}.",
+    )
+}
+
+/// The spec as YAML, exactly as committed in `openapi/openapi.yaml`.
+pub fn spec_yaml() -> String {
+    service().spec_yaml()
+}
+
+/// Every route: the API, its spec and the interactive UI at `/docs`.
+pub fn routes(app: Arc<App>) -> impl Endpoint {
+    let api = service();
+    let ui = api.swagger_ui();
+    let yaml = api.spec_endpoint_yaml();
+    let json = api.spec_endpoint();
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", ui)
+        .at("/openapi.yaml", yaml)
+        .at("/openapi.json", json)
+        .data(app)
+        .after(error::json_errors)
+}

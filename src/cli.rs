@@ -1,0 +1,81 @@
+//! The user-facing commands: fill a bucket, sign up, sign in, refresh, verify, sign
+//! out — all through the `client` crate, against a running server. Passwords come
+//! from a terminal prompt or, when stdin is not a terminal, its first line; never
+//! from an argument.
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{bail, Context};
+use client::{Api, SignInOutcome};
+
+use crate::config::Command;
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Fill(args) => {
+            let api = Api::new(&args.target.url);
+            let filled = api.fill_bucket(&args.admin_token, &args.bucket, args.count).await?;
+            for token in &filled.tokens {
+                println!("{token}");
+            }
+            eprintln!("{} added; {} available in `{}`", filled.added, filled.available, filled.bucket);
+        }
+        Command::SignUp(args) => {
+            let password = read_password("Password: ")?;
+            let confirm = if std::io::stdin().is_terminal() { read_password("Again: ")? } else { password.clone() };
+            if password != confirm {
+                bail!("the passwords differ");
+            }
+            let api = Api::new(&args.target.url);
+            let profile_id =
+                api.sign_up(&args.username, password.as_bytes(), args.token.as_deref(), args.email.as_deref()).await?;
+            println!("{}", serde_json::json!({ "profile_id": profile_id }));
+        }
+        Command::SignIn(args) => {
+            let password = read_password("Password: ")?;
+            let api = Api::new(&args.target.url);
+            match api.sign_in(&args.username, password.as_bytes()).await? {
+                SignInOutcome::Session(session) => println!("{}", serde_json::to_string_pretty(&session)?),
+                SignInOutcome::MfaRequired { mfa_ticket } => {
+                    println!("{}", serde_json::json!({ "mfa_required": true, "mfa_ticket": mfa_ticket }))
+                }
+            }
+        }
+        Command::Refresh(args) => {
+            let session = Api::new(&args.target.url).refresh(&args.refresh_token).await?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
+        }
+        Command::Verify(args) => {
+            let verified = Api::new(&args.target.url).jwt_verify(&args.access_token).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "profile_id": verified.profile_id,
+                    "session_id": verified.session_id,
+                    "expires_at": verified.expires_at,
+                })
+            );
+        }
+        Command::SignOut(args) => {
+            let api = Api::new(&args.token.target.url);
+            let revoked = api.sign_out(&args.token.access_token, args.all).await?;
+            println!("{}", serde_json::json!({ "revoked": revoked }));
+        }
+        Command::Serve | Command::Openapi | Command::Bench(_) => bail!("not a client command"),
+    }
+    Ok(())
+}
+
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).context("cannot read the password")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password)
+}

@@ -1,0 +1,173 @@
+//! Configuration: command-line flags, each mirrored by an environment variable.
+//! The variable names API.md fixes are kept exactly; the README lists them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "authd", version, about = "Event-sourced, password-blind (OPAQUE) authentication server")]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the OpenAPI spec (YAML) the server serves.
+    Openapi,
+    /// Fill a bucket with N new single-use tokens and print them (admin).
+    Fill(FillArgs),
+    /// Sign up with OPAQUE; the password is read from the terminal or stdin.
+    SignUp(SignUpArgs),
+    /// Sign in with OPAQUE and print the session (tokens) as JSON.
+    SignIn(SignInArgs),
+    /// Exchange a refresh token for a new session and print it as JSON.
+    Refresh(RefreshArgs),
+    /// Check an access token with the server and print who it belongs to.
+    Verify(TokenArgs),
+    /// End this session (or every session of the account with --all).
+    SignOut(SignOutArgs),
+    /// Drive concurrent sign-ins, refreshes and verifications against a running
+    /// server and print throughput and latency.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "AUTHD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded database, the OPAQUE server setup and other state.
+    #[arg(long, env = "AUTHD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Event store: postgres://… or sqlite://… (default: sqlite file in the data directory).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Secret that admin routes require as a Bearer token (unset: admin routes answer 403).
+    #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Let anyone sign up without a `signup` token.
+    #[arg(long, env = "AUTHD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub open_signup: bool,
+    /// NATS server for the audit stream (unset: no NATS).
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Per-address rate limits (`off` for load tests and benchmarks).
+    #[arg(long, env = "AUTHD_RATE_LIMIT", default_value = "on")]
+    pub rate_limit: String,
+    /// The OPAQUE server setup as base64url (128 bytes). Unset: kept in the data directory.
+    #[arg(long, env = "AUTHD_SERVER_SETUP", hide_env_values = true)]
+    pub server_setup: Option<String>,
+    /// `iss` of access tokens.
+    #[arg(long, env = "AUTHD_JWT_ISSUER", default_value = "authd")]
+    pub jwt_issuer: String,
+    /// `aud` of access tokens.
+    #[arg(long, env = "AUTHD_JWT_AUDIENCE", default_value = "authd")]
+    pub jwt_audience: String,
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "AUTHD_ACCESS_TTL", default_value_t = 900)]
+    pub access_ttl: u32,
+    /// Refresh token lifetime in seconds.
+    #[arg(long, env = "AUTHD_REFRESH_TTL", default_value_t = 30 * 24 * 3600)]
+    pub refresh_ttl: u32,
+    /// Seconds a sign-in may take between KE1 and KE3.
+    #[arg(long, env = "AUTHD_SIGN_IN_TTL", default_value_t = 120)]
+    pub sign_in_ttl: u32,
+    /// Seconds between catch-up passes of the read models.
+    #[arg(long, env = "AUTHD_CATCH_UP_INTERVAL", default_value_t = 5)]
+    pub catch_up_interval: u64,
+    /// Log format.
+    #[arg(long, env = "AUTHD_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+impl ServerConfig {
+    /// The event store URL: the configured one, or a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("authd.db").display()),
+        }
+    }
+}
+
+/// Where the CLI's client commands find the server.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Base URL of the authd server.
+    #[arg(long, env = "AUTHD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FillArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Admin token of the server.
+    #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// `signup` or `profile`.
+    #[arg(long, default_value = "signup")]
+    pub bucket: String,
+    /// How many tokens to generate.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SignUpArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long)]
+    pub username: String,
+    /// Invitation token from the `signup` bucket.
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignInArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long)]
+    pub username: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, env = "AUTHD_REFRESH_TOKEN", hide_env_values = true)]
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Access token (JWT).
+    #[arg(long, env = "AUTHD_ACCESS_TOKEN", hide_env_values = true)]
+    pub access_token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SignOutArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[arg(long)]
+    pub all: bool,
+}

@@ -1,0 +1,78 @@
+//! `authd serve`: open the store, load the keys, catch the read models up, listen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::listener::TcpListener;
+use poem::Server;
+
+use crate::app::{App, Policy};
+use crate::config::ServerConfig;
+use crate::keys::Keys;
+use crate::store::{self, Store};
+
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    }
+    let db = store::connect(&url).await?;
+    let keys = Keys::load(config.server_setup.as_deref(), &config.data_dir)?;
+    let store = Store::new(db);
+
+    // Fold whatever the read models missed (a crash between commit and fold).
+    let caught_up = store.read_models().catch_up().await.context("read model catch-up failed")?;
+    tracing::info!(events = caught_up, "read models caught up");
+    spawn_catch_up(store.clone(), Duration::from_secs(config.catch_up_interval.max(1)));
+
+    if config.nats_url.is_some() {
+        tracing::warn!("NATS_URL is set, but the audit relay is not part of this build yet");
+    }
+    let policy = Policy {
+        open_signup: config.open_signup,
+        admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        access_ttl: chrono::Duration::seconds(config.access_ttl.into()),
+        refresh_ttl: chrono::Duration::seconds(config.refresh_ttl.into()),
+        sign_in_ttl: chrono::Duration::seconds(config.sign_in_ttl.into()),
+    };
+    let app = Arc::new(App::new(store, keys, policy));
+    tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
+    Server::new(TcpListener::bind(config.listen))
+        .run_with_graceful_shutdown(crate::api::routes(app), shutdown(), Some(Duration::from_secs(10)))
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))
+}
+
+/// Keeps the read models up with writes this process did not fold itself.
+fn spawn_catch_up(store: Store, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = store.read_models().catch_up().await {
+                tracing::warn!(%error, "read model catch-up failed; retrying");
+            }
+        }
+    });
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

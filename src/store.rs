@@ -1,0 +1,262 @@
+//! The event store: PostgreSQL (postgres-es) or SQLite (sqlite-es), chosen by
+//! `DATABASE_URL`, behind one repository type so everything above is written once.
+//!
+//! Commands run through [`Store::execute`]: load the aggregate from its events, let
+//! it decide, commit with optimistic concurrency (retried on conflict, bounded),
+//! then fold the committed events into the read models.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
+    SerializedSnapshot,
+};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use postgres_es::PostgresEventRepository;
+use projections::{Db, ReadModels, StoredEvent};
+use serde_json::Value;
+use sqlite_es::SqliteEventRepository;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// How often a command is retried when another writer committed to the same
+/// aggregate first.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Context recorded with every event: request id, client address, user agent.
+pub type Metadata = HashMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the event store at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate the event store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL {0:?}: use postgres://… or sqlite://…")]
+    Scheme(String),
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many concurrent writers on one aggregate")]
+    Contended,
+}
+
+/// What a command can end in, besides success.
+#[derive(Debug)]
+pub enum CommandError<E> {
+    /// The aggregate refused the command (a business rule).
+    Rejected(E),
+    Store(StoreError),
+}
+
+impl<E> From<StoreError> for CommandError<E> {
+    fn from(error: StoreError) -> Self {
+        CommandError::Store(error)
+    }
+}
+
+/// Opens the store `url` names (creating a SQLite file if needed) and applies the
+/// migrations of its backend.
+pub async fn connect(url: &str) -> Result<Db, StoreError> {
+    let connect_error = |source| StoreError::Connect { url: redact(url), source };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(connect_error)?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Db::Postgres(pool))
+    } else if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(connect_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Db::Sqlite(pool))
+    } else {
+        Err(StoreError::Scheme(redact(url)))
+    }
+}
+
+/// A URL with any password replaced, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// One repository type over both backends.
+#[derive(Clone)]
+pub enum Repo {
+    Postgres(PostgresEventRepositoryHandle),
+    Sqlite(SqliteEventRepositoryHandle),
+}
+
+/// The backends' repositories are not `Clone`; they are cheap to rebuild from a pool.
+#[derive(Clone)]
+pub struct PostgresEventRepositoryHandle(sqlx::PgPool);
+#[derive(Clone)]
+pub struct SqliteEventRepositoryHandle(sqlx::SqlitePool);
+
+macro_rules! delegate {
+    ($self:ident, $repo:ident => $call:expr) => {
+        match $self {
+            Repo::Postgres(handle) => {
+                let $repo = PostgresEventRepository::new(handle.0.clone());
+                $call.await
+            }
+            Repo::Sqlite(handle) => {
+                let $repo = SqliteEventRepository::new(handle.0.clone());
+                $call.await
+            }
+        }
+    };
+}
+
+impl PersistedEventRepository for Repo {
+    async fn get_events<A: Aggregate>(&self, id: &str) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        delegate!(self, repo => repo.get_events::<A>(id))
+    }
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        delegate!(self, repo => repo.get_last_events::<A>(id, last_sequence))
+    }
+    async fn get_snapshot<A: Aggregate>(&self, id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        delegate!(self, repo => repo.get_snapshot::<A>(id))
+    }
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        delegate!(self, repo => repo.persist::<A>(events, snapshot_update))
+    }
+    async fn stream_events<A: Aggregate>(&self, id: &str) -> Result<ReplayStream, PersistenceError> {
+        delegate!(self, repo => repo.stream_events::<A>(id))
+    }
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        delegate!(self, repo => repo.stream_all_events::<A>())
+    }
+}
+
+/// The event store plus the read models its commits feed.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    repo: Repo,
+    read_models: ReadModels,
+}
+
+fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        let repo = match &db {
+            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepositoryHandle(pool.clone())),
+            Db::Sqlite(pool) => Repo::Sqlite(SqliteEventRepositoryHandle(pool.clone())),
+        };
+        let read_models = ReadModels::new(db.clone());
+        Self { db, repo, read_models }
+    }
+
+    pub fn read_models(&self) -> &ReadModels {
+        &self.read_models
+    }
+
+    fn events<A: Aggregate>(&self) -> PersistedEventStore<Repo, A> {
+        // The plain event store: the snapshot and aggregate stores apply each new
+        // event twice (see ARCHITECTURE.md).
+        PersistedEventStore::new_event_store(self.repo.clone())
+    }
+
+    /// The aggregate's current state, folded from its events.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<A, StoreError> {
+        let mut context = self.events::<A>().load_aggregate(id).await.map_err(unavailable)?;
+        Ok(std::mem::take(context.aggregate()))
+    }
+
+    /// Runs a command against the aggregate `id` and returns the events it committed.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let store = self.events::<A>();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut context = store.load_aggregate(id).await.map_err(unavailable)?;
+            let sink = EventSink::default();
+            context
+                .aggregate()
+                .handle(command.clone(), services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(events);
+            }
+            match store.commit(events, context, metadata.clone()).await {
+                Ok(committed) => {
+                    self.project::<A>(&committed).await;
+                    return Ok(committed.into_iter().map(|envelope| envelope.payload).collect());
+                }
+                Err(AggregateError::AggregateConflict) => continue,
+                Err(error) => return Err(unavailable(error).into()),
+            }
+        }
+        Err(StoreError::Contended.into())
+    }
+
+    /// Folds committed events into the read models. A failure here loses nothing:
+    /// the events are in the log and catch-up folds them later.
+    async fn project<A: Aggregate>(&self, committed: &[cqrs_es::EventEnvelope<A>]) {
+        let events: Vec<StoredEvent> = committed
+            .iter()
+            .filter_map(|envelope| {
+                Some(StoredEvent {
+                    aggregate_type: A::TYPE.to_string(),
+                    aggregate_id: envelope.aggregate_id.clone(),
+                    sequence: i64::try_from(envelope.sequence).ok()?,
+                    payload: serde_json::to_value(&envelope.payload).ok()?,
+                })
+            })
+            .collect();
+        if let Err(error) = self.read_models.project(&events).await {
+            tracing::warn!(%error, aggregate_type = A::TYPE, "read model update deferred to catch-up");
+        }
+    }
+
+    /// True when the store answers a trivial query.
+    pub async fn ready(&self) -> bool {
+        projections::with_pool!(&self.db, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+}
