@@ -31,7 +31,7 @@ pub type Metadata = HashMap<String, String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the event store at {url}: {source}")]
+    #[error("cannot open the event store at {url}")]
     Connect { url: String, source: sqlx::Error },
     #[error("cannot migrate the event store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -54,7 +54,9 @@ pub fn metadata(request: &Request) -> Metadata {
     let mut metadata = Metadata::new();
     let request_id = header("x-request-id", 128).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     metadata.insert("request_id".into(), request_id);
-    metadata.insert("client_address".into(), request.remote_addr().to_string());
+    if let Some(address) = request.remote_addr().as_socket_addr() {
+        metadata.insert("client_address".into(), address.ip().to_string());
+    }
     if let Some(agent) = header("user-agent", 256) {
         metadata.insert("user_agent".into(), agent);
     }

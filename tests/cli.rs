@@ -1,0 +1,90 @@
+//! The binary's own commands: the spec it prints, start-up failures, the CLI flow.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{unique, Backend, Server, ADMIN};
+
+fn authd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_authd"))
+}
+
+#[test]
+fn the_committed_spec_matches_the_code() {
+    let output = authd().arg("openapi").output().expect("run authd openapi");
+    assert!(output.status.success());
+    let generated = String::from_utf8(output.stdout).expect("utf-8");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.yaml"))
+        .expect("openapi/openapi.yaml is committed");
+    assert!(
+        generated == committed,
+        "openapi/openapi.yaml is out of date: run `cargo run -- openapi > openapi/openapi.yaml`"
+    );
+}
+
+#[test]
+fn an_unreachable_store_is_one_clear_line_and_a_failure() {
+    let output = authd()
+        .env("DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/nothing")
+        .env("AUTHD_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run authd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("authd: cannot open the event store at postgres://postgres:***@127.0.0.1:1/nothing"), "{stderr}");
+    assert!(!stderr.contains("secret") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_store_scheme_is_refused() {
+    let output = authd().env("DATABASE_URL", "mysql://localhost/x").output().expect("run authd");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unsupported DATABASE_URL"));
+}
+
+/// Runs a client subcommand against `server`, feeding `stdin`; returns stdout.
+fn run(server: &Server, args: &[&str], stdin: &str) -> String {
+    let mut child = authd()
+        .args(args)
+        .env("AUTHD_URL", &server.base)
+        .env("AUTHD_ADMIN_TOKEN", ADMIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "authd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_walk_through_works() {
+    let server = Server::start(Backend::Sqlite).await;
+    let tokens = tokio::task::block_in_place(|| run(&server, &["fill", "--count", "1"], ""));
+    let token = tokens.trim();
+    let username = unique("walker");
+    tokio::task::block_in_place(|| {
+        let signed_up = run(&server, &["sign-up", "--username", &username, "--token", token], "pass phrase\n");
+        let profile_id = serde_json::from_str::<serde_json::Value>(&signed_up).expect("json")["profile_id"].clone();
+        let session: serde_json::Value =
+            serde_json::from_str(&run(&server, &["sign-in", "--username", &username], "pass phrase\n")).expect("json");
+        assert_eq!(session["profile_id"], profile_id);
+        let access = session["access_token"].as_str().expect("access token");
+        let verified: serde_json::Value =
+            serde_json::from_str(&run(&server, &["verify", "--access-token", access], "")).expect("json");
+        assert_eq!(verified["profile_id"], profile_id);
+        let refreshed: serde_json::Value = serde_json::from_str(&run(
+            &server,
+            &["refresh", "--refresh-token", session["refresh_token"].as_str().expect("refresh")],
+            "",
+        ))
+        .expect("json");
+        let out = run(&server, &["sign-out", "--access-token", refreshed["access_token"].as_str().expect("a")], "");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out).expect("json")["revoked"], 1);
+    });
+}

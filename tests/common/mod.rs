@@ -1,0 +1,256 @@
+//! Black-box harness: starts the real `authd` binary on a free port against a fresh
+//! store (a SQLite file in a temporary data directory, or a new PostgreSQL database
+//! on the server `TEST_DATABASE_URL` names) and talks to it over HTTP with the real
+//! OPAQUE client.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{b64, Api, Login, Registration, Session, SignInOutcome};
+use serde_json::Value;
+use sqlx::Connection;
+
+pub const ADMIN: &str = "test-admin-token";
+pub const PASSWORD: &[u8] = b"correct horse battery staple";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("TEST_DATABASE_URL has a database part");
+    format!("{base}/{database}")
+}
+
+/// Runs `sql` on the admin database, failing loudly when PostgreSQL is not there.
+fn postgres_admin(sql: String) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let url = postgres_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach PostgreSQL at {url} ({e}). Start it (see README: `scripts/test` starts it) \
+                     or set TEST_DATABASE_URL"
+                )
+            });
+            sqlx::query(&sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        })
+    })
+    .join()
+    .expect("postgres admin thread");
+}
+
+pub struct Server {
+    pub backend: Backend,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    pg_database: Option<String>,
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts a server with extra environment variables (these win over defaults).
+    pub async fn start_with(backend: Backend, extra: &[(&str, &str)]) -> Server {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let data_dir = std::env::temp_dir().join(format!("authd-test-{id}"));
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let (database_url, pg_database) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}", data_dir.join("authd.db").display()), None),
+            Backend::Postgres => {
+                let name = format!("authd_test_{id}");
+                postgres_admin(format!("CREATE DATABASE {name}"));
+                (with_database(&postgres_admin_url(), &name), Some(name))
+            }
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("AUTHD_ADMIN_TOKEN".into(), ADMIN.into()),
+            ("AUTHD_RATE_LIMIT".into(), "off".into()),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+        ];
+        for (key, value) in extra {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        let mut server = Server {
+            backend,
+            base: String::new(),
+            data_dir,
+            database_url,
+            env,
+            child: None,
+            pg_database,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        self.base = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(self.data_dir.join(format!("authd-{port}.log"))).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_authd"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AUTHD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AUTHD_DATA_DIR", &self.data_dir)
+            .env("DATABASE_URL", &self.database_url)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("start authd"));
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = http.get(format!("{}/healthz", self.base)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("authd exited with {status} during start-up:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "authd did not start in time:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".log") {
+                    all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+
+    /// Kills the process (no graceful shutdown) and starts it again on the same store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.base)
+    }
+
+    /// One fresh invitation.
+    pub async fn invitation(&self) -> String {
+        let filled = self.api().fill_bucket(ADMIN, "signup", 1).await.expect("fill");
+        filled.tokens[0].clone()
+    }
+
+    /// Signs a new account up with an invitation; returns its profile id.
+    pub async fn sign_up(&self, username: &str) -> String {
+        let token = self.invitation().await;
+        self.api().sign_up(username, PASSWORD, Some(&token), None).await.expect("sign up")
+    }
+
+    pub async fn sign_in(&self, username: &str) -> Session {
+        match self.api().sign_in(username, PASSWORD).await.expect("sign in") {
+            SignInOutcome::Session(session) => session,
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+
+    /// Raw call; returns status and JSON body.
+    pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.api().raw(method, path, bearer, body.as_ref()).await.expect("transport")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(name) = self.pg_database.take() {
+            postgres_admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// A registration prepared up to the record, ready to finish.
+pub async fn registration_record(server: &Server, username: &str, token: Option<&str>) -> String {
+    let (registration, request) = Registration::start(PASSWORD).expect("registration start");
+    let response = server.api().sign_up_start(username, token, &request).await.expect("sign up start");
+    registration.finish(PASSWORD, &response).expect("registration finish")
+}
+
+/// A valid KE3 for `username`, with its sign-in id.
+pub async fn ke3(server: &Server, username: &str) -> (String, String) {
+    let (login, ke1) = Login::start(PASSWORD).expect("login start");
+    let (sign_in_id, ke2) = server.api().sign_in_start(username, &ke1).await.expect("sign in start");
+    let (ke3, _) = login.finish(PASSWORD, &ke2).expect("login finish");
+    (sign_in_id, ke3)
+}
+
+pub fn bogus_ke3() -> String {
+    b64(&[7u8; 64])
+}
+
+/// The `path`s of a 422's details.
+pub fn detail_paths(body: &Value) -> Vec<String> {
+    body["details"]
+        .as_array()
+        .map(|details| details.iter().filter_map(|d| d["path"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Declares each async test once per backend: `mod sqlite` and `mod postgres`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
