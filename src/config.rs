@@ -21,6 +21,8 @@ pub enum Command {
     Serve,
     /// Print the OpenAPI spec (YAML) the server serves.
     Openapi,
+    /// Print a new OPAQUE server setup (base64url) for `AUTHD_SERVER_SETUP`.
+    GenerateSetup,
     /// Fill a bucket with N new single-use tokens and print them (admin).
     Fill(FillArgs),
     /// Sign up with OPAQUE; the password is read from the terminal or stdin.

@@ -113,6 +113,11 @@ impl Keys {
     }
 }
 
+/// A fresh setup as base64url, for `AUTHD_SERVER_SETUP`.
+pub fn generate_setup() -> String {
+    URL_SAFE_NO_PAD.encode(ServerSetup::<Suite>::new(&mut OsRng).serialize())
+}
+
 fn keyed_hash(key: &[u8; 32], parts: &[&[u8]]) -> String {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     for part in parts {
@@ -195,6 +200,15 @@ mod tests {
         let mut tampered = sealed.clone();
         tampered[30] ^= 1;
         assert_eq!(keys.open(b"sign-in-1", &tampered), None);
+    }
+
+    #[test]
+    fn a_generated_setup_loads_from_configuration() {
+        let text = generate_setup();
+        let first = Keys::load(Some(&text), &std::env::temp_dir()).expect("load");
+        let second = Keys::load(Some(&text), &std::env::temp_dir()).expect("load");
+        assert_eq!(first.jwt.kid, second.jwt.kid);
+        assert_eq!(first.aggregate_id("username", "a"), second.aggregate_id("username", "a"));
     }
 
     #[test]

@@ -26,6 +26,10 @@ async fn main() -> ExitCode {
             print!("{}", api::spec_yaml());
             Ok(())
         }
+        Some(Command::GenerateSetup) => {
+            println!("{}", keys::generate_setup());
+            Ok(())
+        }
         Some(Command::Bench(args)) => bench::run(args).await,
         Some(command) => cli::run(command).await,
     };

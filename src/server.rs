@@ -19,7 +19,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     }
     let db = store::connect(&url).await?;
-    let keys = Keys::load(config.server_setup.as_deref(), &config.data_dir)?;
+    let configured_setup = config.server_setup.as_deref().filter(|setup| !setup.trim().is_empty());
+    let keys = Keys::load(configured_setup, &config.data_dir)?;
     let store = Store::new(db);
 
     // Fold whatever the read models missed (a crash between commit and fold).

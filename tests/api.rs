@@ -473,3 +473,32 @@ async fn buckets_fill_and_top_up(backend: Backend) {
     assert_eq!((status.available, status.redeemed), (4, 1));
     assert_eq!(api.bucket(ADMIN, "profile").await.expect("status").available, 3);
 }
+
+/// PostgreSQL goes away under a running server: answers are 503 (never 500),
+/// readiness says so, and service resumes when the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_answers_503() {
+    use sqlx::Connection;
+    let server = Server::start(Backend::Postgres).await;
+    let username = unique("victor");
+    server.sign_up(&username).await;
+    let database = server.database_url.rsplit('/').next().expect("database name").to_string();
+    let mut admin = sqlx::PgConnection::connect(&common::postgres_admin_url()).await.expect("admin connection");
+    for sql in [
+        format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.expect(&sql);
+    }
+    let (status, body) = server.call("GET", "/readyz", None, None).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let (_, ke1) = Login::start(PASSWORD).expect("start");
+    let (status, body) = server.call("POST", "/v1/sign/in", None, Some(json!({"username": username, "credential_request": ke1}))).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")), "{body}");
+
+    let sql = format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true");
+    sqlx::query(&sql).execute(&mut admin).await.expect(&sql);
+    let (status, _) = server.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
+    server.sign_in(&username).await;
+}
