@@ -162,16 +162,20 @@ mod tests {
         }
     }
 
+    fn register(record_len: usize) -> UserCommand {
+        Register {
+            username: "alice".into(),
+            registration_record: vec![7u8; record_len],
+            email: None,
+            at: at(),
+        }
+    }
+
     #[tokio::test]
     async fn registering_a_new_account() {
         T::with(())
             .given_no_previous_events()
-            .when_async(Register {
-                username: "alice".into(),
-                registration_record: vec![7u8; REGISTRATION_RECORD_LEN],
-                email: None,
-                at: at(),
-            })
+            .when_async(register(REGISTRATION_RECORD_LEN))
             .await
             .then_expect_events(vec![registered()]);
     }
@@ -180,12 +184,7 @@ mod tests {
     async fn registering_twice_is_rejected() {
         T::with(())
             .given(vec![registered()])
-            .when_async(Register {
-                username: "alice".into(),
-                registration_record: vec![7u8; REGISTRATION_RECORD_LEN],
-                email: None,
-                at: at(),
-            })
+            .when_async(register(REGISTRATION_RECORD_LEN))
             .await
             .then_expect_error(UserError::AlreadyRegistered);
     }
@@ -194,12 +193,7 @@ mod tests {
     async fn a_record_of_the_wrong_size_is_rejected() {
         T::with(())
             .given_no_previous_events()
-            .when_async(Register {
-                username: "alice".into(),
-                registration_record: vec![7u8; 191],
-                email: None,
-                at: at(),
-            })
+            .when_async(register(191))
             .await
             .then_expect_error(UserError::BadRecord);
     }

@@ -238,6 +238,7 @@ impl ReadModels {
 
     async fn catch_up_where(&self, only: Option<(&str, &str)>) -> Result<u64, Error> {
         let mut folded = 0;
+        let mut stalls = 0;
         loop {
             let batch = self.unseen(only).await?;
             if batch.is_empty() {
@@ -250,9 +251,11 @@ impl ReadModels {
                     progressed = true;
                 }
             }
-            if !progressed {
-                // Another projector folded these between our read and our write.
-                continue;
+            // No progress: another projector folded these between our read and our
+            // write. Read again a few times, then leave the rest to the next pass.
+            stalls = if progressed { 0 } else { stalls + 1 };
+            if stalls > 3 {
+                return Ok(folded);
             }
         }
     }
