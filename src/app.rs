@@ -46,6 +46,15 @@ pub enum AppError {
     TokenRedeemed,
     #[error("username taken")]
     UsernameTaken,
+    /// 404 with this machine code.
+    #[error("not found")]
+    NotFound(&'static str),
+    /// 403 with this machine code.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// 429: retry after this many seconds.
+    #[error("too many attempts; retry in {retry_after_secs} s")]
+    TooMany { code: &'static str, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
 }

@@ -51,6 +51,9 @@ pub enum ApiError {
     /// Well-formed but breaks a rule; `details` names every bad field.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
+    /// Too many attempts or requests; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooMany(Json<ErrorBody>, #[oai(header = "Retry-After")] Option<u64>),
     /// The event store is unavailable.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -70,8 +73,15 @@ impl ApiError {
             404 => Self::NotFound(body),
             409 => Self::Conflict(body),
             422 => Self::Unprocessable(body),
+            429 => Self::TooMany(body, None),
             _ => Self::Unavailable(body),
         }
+    }
+
+    /// 429 with a `Retry-After` header.
+    pub fn too_many(error: &str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let body = Json(ErrorBody { status: 429, error: error.to_string(), message: message.into(), details: vec![] });
+        Self::TooMany(body, Some(retry_after_secs.max(1)))
     }
 
     pub fn invalid(details: Vec<FieldError>) -> Self {
@@ -99,6 +109,9 @@ impl From<AppError> for ApiError {
             ),
             AppError::TokenRedeemed => ApiError::new(409, "token_redeemed", message),
             AppError::UsernameTaken => ApiError::new(409, "username_taken", message),
+            AppError::NotFound(code) => ApiError::new(404, code, message),
+            AppError::Forbidden(code) => ApiError::new(403, code, message),
+            AppError::TooMany { code, retry_after_secs } => ApiError::too_many(code, message, retry_after_secs),
             AppError::Unavailable(detail) => {
                 tracing::error!(%detail, "store unavailable");
                 ApiError::new(503, "unavailable", "the event store is unavailable; try again")
