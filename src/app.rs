@@ -8,12 +8,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use domain::invite_token::{InviteTokenCommand, InviteTokenError};
-use domain::services::LoginVerifier;
+use domain::mfa::{MfaCommand, MfaError};
+use domain::mfa_challenge::MfaChallengeCommand;
+use domain::services::{LoginVerifier, TotpCheck};
 use domain::session::{SessionCommand, SessionError, SessionEvent};
 use domain::sign_in::{SignInCommand, SignInEvent};
-use domain::user::UserCommand;
+use domain::user::{Lockout, UserCommand};
 use domain::username::{self as usernames, UsernameCommand, UsernameError};
-use domain::{Bucket, InviteToken, Session, SignIn, User, Username};
+use domain::{Bucket, InviteToken, Mfa, MfaChallenge, Session, SignIn, User, Username};
 use futures::{stream, StreamExt, TryStreamExt};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use projections::{BucketView, UserView};
@@ -46,6 +48,9 @@ pub enum AppError {
     TokenRedeemed,
     #[error("username taken")]
     UsernameTaken,
+    /// 409 with this machine code.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
     /// 404 with this machine code.
     #[error("not found")]
     NotFound(&'static str),
@@ -107,6 +112,24 @@ pub fn bucket(name: &str) -> Option<Bucket> {
     }
 }
 
+/// What a sign-in with the right password ends in.
+#[derive(Debug, Clone)]
+pub enum SignInResult {
+    Session(Tokens),
+    /// The account has MFA on: a code must follow with this single-use ticket.
+    MfaRequired { mfa_ticket: String },
+}
+
+/// A freshly generated TOTP secret, shown once.
+#[derive(Debug, Clone)]
+pub struct TotpEnrollment {
+    /// Base32, for manual entry.
+    pub otp_secret: String,
+    pub otpauth_uri: String,
+    /// QR code of the URI, PNG as base64.
+    pub qr_png: String,
+}
+
 /// A new session as the API returns it.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -147,13 +170,21 @@ pub struct Policy {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub sign_in_ttl: Duration,
+    pub lockout: Lockout,
+    pub mfa_ticket_ttl: Duration,
+    /// Sign-in needs a verified email.
+    pub require_verified_email: bool,
 }
+
+/// Wrong codes an `mfa_ticket` survives.
+const MFA_TICKET_MAX_FAILURES: u32 = 5;
 
 pub struct App {
     pub store: Store,
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     pub policy: Policy,
     verifier: Arc<dyn LoginVerifier>,
+    totp: Arc<dyn TotpCheck>,
     validation: Validation,
 }
 
@@ -176,7 +207,9 @@ impl App {
         validation.set_issuer(&[&policy.issuer]);
         validation.set_audience(&[&policy.audience]);
         validation.leeway = 5;
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), validation }
+        let keys = Arc::new(keys);
+        let totp = Arc::new(crate::totp::TotpChecker(keys.clone()));
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation }
     }
 
     // ---- buckets ----------------------------------------------------------
@@ -350,26 +383,28 @@ impl App {
         let ke1 = fields.check("credential_request", message(credential_request, 96));
         let (Some(username), Some(ke1)) = (username, ke1) else { return Err(fields.error()) };
 
+        let at = Utc::now();
         let name_id = self.keys.aggregate_id("username", &username);
         let account = match self.store.load::<Username>(&name_id).await?.owner() {
             Some(profile_id) => {
                 let user = self.store.load::<User>(&profile_id.to_string()).await?;
-                user.registration_record().map(|record| (profile_id, record.to_vec()))
+                let locked = user.is_locked(at);
+                user.registration_record().map(|record| (profile_id, record.to_vec(), locked))
             }
             None => None,
         };
         let start = opaque::login_start(
             &self.keys.setup,
-            account.as_ref().map(|(_, record)| record.as_slice()),
+            account.as_ref().map(|(_, record, _)| record.as_slice()),
             &ke1,
             username.as_bytes(),
         )
         .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
 
         let sign_in = Uuid::new_v4();
-        let at = Utc::now();
         let command = SignInCommand::Start {
-            profile_id: account.map(|(profile_id, _)| profile_id),
+            profile_id: account.as_ref().map(|(profile_id, _, _)| *profile_id),
+            locked: account.is_some_and(|(_, _, locked)| locked),
             at,
             expires_at: at + self.policy.sign_in_ttl,
         };
@@ -381,14 +416,16 @@ impl App {
         Ok((format!("{sign_in}.{}", URL_SAFE_NO_PAD.encode(sealed)), URL_SAFE_NO_PAD.encode(start.ke2)))
     }
 
-    /// Checks KE3. Any failure — wrong password, unknown user, unknown, expired or
-    /// finished attempt — is the same 401.
+    /// Checks KE3. Any failure — wrong password, unknown user, locked account,
+    /// unknown, expired or finished attempt — is the same 401. With the right
+    /// password: 403 while the email must be verified first, a ticket when MFA is
+    /// on, a session otherwise.
     pub async fn sign_in_finish(
         &self,
         sign_in_id: &str,
         credential_finalization: &str,
         meta: &Metadata,
-    ) -> Result<Tokens, AppError> {
+    ) -> Result<SignInResult, AppError> {
         let mut fields = Fields::default();
         let ke3 = fields.check("credential_finalization", message(credential_finalization, 64));
         let Some(ke3) = ke3 else { return Err(fields.error()) };
@@ -406,14 +443,85 @@ impl App {
             Some(SignInEvent::SignInFailed { profile_id: Some(profile_id), .. }) => (*profile_id, false),
             _ => return Err(AppError::InvalidCredentials),
         };
+        let record = UserCommand::RecordSignIn { succeeded, at, lockout: self.policy.lockout };
         self.store
-            .execute::<User>(&profile_id.to_string(), UserCommand::RecordSignIn { succeeded, at }, &(), meta)
+            .execute::<User>(&profile_id.to_string(), record, &(), meta)
             .await
             .map_err(|e| rejected(e, |e| AppError::Unavailable(e.to_string())))?;
         if !succeeded {
             return Err(AppError::InvalidCredentials);
         }
-        self.open_session(profile_id, vec!["pwd".into()], meta).await
+        if self.policy.require_verified_email
+            && !self.store.load::<User>(&profile_id.to_string()).await?.email_verified()
+        {
+            return Err(AppError::Forbidden("email_not_verified"));
+        }
+        if self.store.load::<Mfa>(&profile_id.to_string()).await?.is_enabled() {
+            let mfa_ticket = random_token();
+            let command = MfaChallengeCommand::Issue {
+                profile_id,
+                max_failures: MFA_TICKET_MAX_FAILURES,
+                at,
+                expires_at: at + self.policy.mfa_ticket_ttl,
+            };
+            self.store
+                .execute::<MfaChallenge>(&self.keys.aggregate_id("mfa_ticket", &mfa_ticket), command, &(), meta)
+                .await
+                .map_err(|e| rejected(e, |e| AppError::Unavailable(e.to_string())))?;
+            return Ok(SignInResult::MfaRequired { mfa_ticket });
+        }
+        Ok(SignInResult::Session(self.open_session(profile_id, vec!["pwd".into()], meta).await?))
+    }
+
+    /// The second factor of a sign-in: a valid, unused TOTP code and the ticket.
+    pub async fn sign_in_mfa(&self, mfa_ticket: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        let at = Utc::now();
+        let ticket_id = self.keys.aggregate_id("mfa_ticket", mfa_ticket);
+        let challenge = self.store.load::<MfaChallenge>(&ticket_id).await?;
+        let profile_id = challenge.usable_for(at).ok_or(AppError::InvalidCredentials)?;
+        let use_code = MfaCommand::UseCode { code: code.to_string(), at };
+        if let Err(error) = self.store.execute::<Mfa>(&profile_id.to_string(), use_code, &self.totp, meta).await {
+            let error = rejected(error, |_| AppError::InvalidCredentials);
+            if matches!(error, AppError::InvalidCredentials) {
+                // Count the wrong code; an already dead ticket changes nothing.
+                let _ = self.store.execute::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Fail { at }, &(), meta).await;
+            }
+            return Err(error);
+        }
+        self.store
+            .execute::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Complete { at }, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+        self.open_session(profile_id, vec!["pwd".into(), "otp".into()], meta).await
+    }
+
+    // ---- MFA --------------------------------------------------------------------
+
+    /// A new TOTP secret for the account, pending until a code enables it.
+    pub async fn mfa_generate(&self, who: &Verified, meta: &Metadata) -> Result<TotpEnrollment, AppError> {
+        let user = self.store.load::<User>(&who.profile_id.to_string()).await?;
+        let secret = crate::totp::new_secret();
+        let command = MfaCommand::Generate { sealed_secret: crate::totp::seal(&self.keys, &secret), at: Utc::now() };
+        self.store
+            .execute::<Mfa>(&who.profile_id.to_string(), command, &self.totp, meta)
+            .await
+            .map_err(|e| rejected(e, mfa_error))?;
+        let totp = crate::totp::totp(secret, &self.policy.issuer, user.username()).map_err(AppError::Unavailable)?;
+        let otpauth_uri = totp.to_url().map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let qr_png = totp.to_qr_base64().map_err(|e| AppError::Unavailable(e.to_string()))?;
+        Ok(TotpEnrollment { otp_secret: totp.secret().to_base32(), otpauth_uri, qr_png })
+    }
+
+    pub async fn mfa_enable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let command = MfaCommand::Enable { code: code.to_string(), at: Utc::now() };
+        self.store.execute::<Mfa>(&who.profile_id.to_string(), command, &self.totp, meta).await.map_err(|e| rejected(e, mfa_error))?;
+        Ok(())
+    }
+
+    pub async fn mfa_disable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let command = MfaCommand::Disable { code: code.to_string(), at: Utc::now() };
+        self.store.execute::<Mfa>(&who.profile_id.to_string(), command, &self.totp, meta).await.map_err(|e| rejected(e, mfa_error))?;
+        Ok(())
     }
 
     fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, Vec<u8>)> {
@@ -552,6 +660,17 @@ impl App {
             Some(token) if bool::from(token.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
             Some(_) => Err(AdminDenied::Wrong),
         }
+    }
+}
+
+fn mfa_error(error: MfaError) -> AppError {
+    match error {
+        MfaError::InvalidCode | MfaError::CodeReplayed => {
+            AppError::Invalid(vec![("code".into(), "is not a valid, unused code".into())])
+        }
+        MfaError::AlreadyEnabled => AppError::Conflict("mfa_already_enabled"),
+        MfaError::NothingPending => AppError::Conflict("mfa_not_generated"),
+        MfaError::NotEnabled => AppError::Conflict("mfa_not_enabled"),
     }
 }
 

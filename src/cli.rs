@@ -21,8 +21,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("{} added; {} available in `{}`", filled.added, filled.available, filled.bucket);
         }
         Command::SignUp(args) => {
-            let password = read_password("Password: ")?;
-            let confirm = if std::io::stdin().is_terminal() { read_password("Again: ")? } else { password.clone() };
+            let password = read_secret("Password: ")?;
+            let confirm = if std::io::stdin().is_terminal() { read_secret("Again: ")? } else { password.clone() };
             if password != confirm {
                 bail!("the passwords differ");
             }
@@ -32,12 +32,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "profile_id": profile_id }));
         }
         Command::SignIn(args) => {
-            let password = read_password("Password: ")?;
+            let password = read_secret("Password: ")?;
             let api = Api::new(&args.target.url);
             match api.sign_in(&args.username, password.as_bytes()).await? {
                 SignInOutcome::Session(session) => println!("{}", serde_json::to_string_pretty(&session)?),
                 SignInOutcome::MfaRequired { mfa_ticket } => {
-                    println!("{}", serde_json::json!({ "mfa_required": true, "mfa_ticket": mfa_ticket }))
+                    let code = read_secret("Authenticator code: ")?;
+                    let session = api.sign_in_mfa(&mfa_ticket, code.trim()).await?;
+                    println!("{}", serde_json::to_string_pretty(&session)?);
                 }
             }
         }
@@ -66,16 +68,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_password(prompt: &str) -> anyhow::Result<String> {
-    let password = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt).context("cannot read the password")?
+/// A line from the terminal (not echoed) or from stdin.
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
+    let secret = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).context("cannot read from the terminal")?
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        std::io::stdin().lock().read_line(&mut line).context("cannot read stdin")?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
-    if password.is_empty() {
-        bail!("empty password");
+    if secret.is_empty() {
+        bail!("nothing entered");
     }
-    Ok(password)
+    Ok(secret)
 }

@@ -66,9 +66,11 @@ pub struct ServerConfig {
     /// NATS server for the audit stream (unset: no NATS).
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
-    /// Per-address rate limits (`off` for load tests and benchmarks).
+    /// Per-address rate limits on sign-in, sign-up, password recovery and code
+    /// validation: `on` (60 a minute per address and kind), `<n>/min`, `<n>/s`, or
+    /// `off` for load tests and benchmarks.
     #[arg(long, env = "AUTHD_RATE_LIMIT", default_value = "on")]
-    pub rate_limit: String,
+    pub rate_limit: crate::api::RateLimitSetting,
     /// The OPAQUE server setup as base64url (128 bytes). Unset: kept in the data directory.
     #[arg(long, env = "AUTHD_SERVER_SETUP", hide_env_values = true)]
     pub server_setup: Option<String>,
@@ -93,6 +95,18 @@ pub struct ServerConfig {
     /// Log format.
     #[arg(long, env = "AUTHD_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Consecutive failed sign-ins that lock an account.
+    #[arg(long, env = "AUTHD_LOCKOUT_THRESHOLD", default_value_t = 10)]
+    pub lockout_threshold: u32,
+    /// Seconds a locked account stays locked.
+    #[arg(long, env = "AUTHD_LOCKOUT_DURATION", default_value_t = 900)]
+    pub lockout_duration: u32,
+    /// Seconds an `mfa_ticket` from sign-in stays valid.
+    #[arg(long, env = "AUTHD_MFA_TICKET_TTL", default_value_t = 300)]
+    pub mfa_ticket_ttl: u32,
+    /// Refuse sign-in (403 `email_not_verified`) until the account's email is verified.
+    #[arg(long, env = "AUTHD_REQUIRE_VERIFIED_EMAIL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_verified_email: bool,
 }
 
 impl ServerConfig {

@@ -9,6 +9,7 @@ mod keys;
 mod opaque;
 mod server;
 mod store;
+mod totp;
 
 use std::process::ExitCode;
 

@@ -39,11 +39,18 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         access_ttl: chrono::Duration::seconds(config.access_ttl.into()),
         refresh_ttl: chrono::Duration::seconds(config.refresh_ttl.into()),
         sign_in_ttl: chrono::Duration::seconds(config.sign_in_ttl.into()),
+        lockout: domain::user::Lockout {
+            threshold: config.lockout_threshold.max(1),
+            duration: chrono::Duration::seconds(config.lockout_duration.into()),
+        },
+        mfa_ticket_ttl: chrono::Duration::seconds(config.mfa_ticket_ttl.into()),
+        require_verified_email: config.require_verified_email,
     };
     let app = Arc::new(App::new(store, keys, policy));
+    let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
-        .run_with_graceful_shutdown(crate::api::routes(app), shutdown(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(crate::api::routes(app, limits), shutdown(), Some(Duration::from_secs(10)))
         .await
         .with_context(|| format!("cannot serve on {}", config.listen))
 }

@@ -476,6 +476,12 @@ impl Api {
             .await
     }
 
+    /// POST /v1/sign/in/mfa: the ticket from a sign-in with MFA on and a TOTP code.
+    pub async fn sign_in_mfa(&self, mfa_ticket: &str, code: &str) -> Result<Session, Error> {
+        let body = json!({ "mfa_ticket": mfa_ticket, "code": code });
+        self.call(Method::POST, "/v1/sign/in/mfa", None, Some(body)).await
+    }
+
     /// GET /.well-known/jwks.json.
     pub async fn jwks(&self) -> Result<Value, Error> {
         self.call(Method::GET, "/.well-known/jwks.json", None, None)

@@ -5,6 +5,8 @@
 //! [`services`], so every rule can be driven by given/when/then tests.
 
 pub mod invite_token;
+pub mod mfa;
+pub mod mfa_challenge;
 pub mod services;
 pub mod session;
 pub mod sign_in;
@@ -12,6 +14,8 @@ pub mod user;
 pub mod username;
 
 pub use invite_token::{Bucket, InviteToken};
+pub use mfa::Mfa;
+pub use mfa_challenge::MfaChallenge;
 pub use session::Session;
 pub use sign_in::SignIn;
 pub use user::User;

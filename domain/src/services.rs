@@ -7,3 +7,10 @@ pub trait LoginVerifier: Send + Sync {
     /// finalization. True only when the client proved knowledge of the password.
     fn verify(&self, login_state: &[u8], ke3: &[u8]) -> bool;
 }
+
+/// Checks a TOTP code against a sealed secret.
+pub trait TotpCheck: Send + Sync {
+    /// The time step (RFC 6238) whose code `code` is, allowing one step of clock skew
+    /// either way around `at`; `None` when it matches none.
+    fn matching_step(&self, sealed_secret: &str, code: &str, at: chrono::DateTime<chrono::Utc>) -> Option<u64>;
+}

@@ -15,6 +15,7 @@ use crate::services::LoginVerifier;
 pub struct SignIn {
     started: bool,
     finished: bool,
+    locked: bool,
     profile_id: Option<Uuid>,
     expires_at: Option<DateTime<Utc>>,
 }
@@ -22,8 +23,10 @@ pub struct SignIn {
 #[derive(Debug, Clone)]
 pub enum SignInCommand {
     /// `profile_id` is `None` for an unknown username: the attempt still runs (with a
-    /// dummy KE2) so the answer does not reveal whether the account exists.
-    Start { profile_id: Option<Uuid>, at: DateTime<Utc>, expires_at: DateTime<Utc> },
+    /// dummy KE2) so the answer does not reveal whether the account exists. A locked
+    /// account also runs the whole protocol, and fails at the end like a wrong
+    /// password would.
+    Start { profile_id: Option<Uuid>, locked: bool, at: DateTime<Utc>, expires_at: DateTime<Utc> },
     Finish { login_state: Vec<u8>, ke3: Vec<u8>, at: DateTime<Utc> },
 }
 
@@ -33,11 +36,18 @@ pub enum FailureReason {
     WrongPassword,
     UnknownUser,
     Expired,
+    AccountLocked,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SignInEvent {
-    SignInStarted { profile_id: Option<Uuid>, started_at: DateTime<Utc>, expires_at: DateTime<Utc> },
+    SignInStarted {
+        profile_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        locked: bool,
+        started_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
     SignInSucceeded { profile_id: Uuid, at: DateTime<Utc> },
     SignInFailed { profile_id: Option<Uuid>, reason: FailureReason, at: DateTime<Utc> },
 }
@@ -73,11 +83,11 @@ impl Aggregate for SignIn {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            SignInCommand::Start { profile_id, at, expires_at } => {
+            SignInCommand::Start { profile_id, locked, at, expires_at } => {
                 if self.started {
                     return Err(SignInError::AlreadyStarted);
                 }
-                SignInEvent::SignInStarted { profile_id, started_at: at, expires_at }
+                SignInEvent::SignInStarted { profile_id, locked, started_at: at, expires_at }
             }
             SignInCommand::Finish { login_state, ke3, at } => {
                 if !self.started {
@@ -92,6 +102,7 @@ impl Aggregate for SignIn {
                         failed(FailureReason::Expired)
                     }
                     None => failed(FailureReason::UnknownUser),
+                    Some(_) if self.locked => failed(FailureReason::AccountLocked),
                     Some(profile_id) if verifier.verify(&login_state, &ke3) => {
                         SignInEvent::SignInSucceeded { profile_id, at }
                     }
@@ -105,8 +116,9 @@ impl Aggregate for SignIn {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SignInEvent::SignInStarted { profile_id, expires_at, .. } => {
+            SignInEvent::SignInStarted { profile_id, locked, expires_at, .. } => {
                 self.started = true;
+                self.locked = locked;
                 self.profile_id = profile_id;
                 self.expires_at = Some(expires_at);
             }
@@ -142,7 +154,7 @@ mod tests {
     }
 
     fn started(profile_id: Option<Uuid>) -> SignInEvent {
-        SignInStarted { profile_id, started_at: t0(), expires_at: t0() + Duration::minutes(2) }
+        SignInStarted { profile_id, locked: false, started_at: t0(), expires_at: t0() + Duration::minutes(2) }
     }
 
     fn finish(ke3: &[u8], after: Duration) -> SignInCommand {
@@ -154,7 +166,7 @@ mod tests {
         let profile_id = Some(Uuid::new_v4());
         framework()
             .given_no_previous_events()
-            .when_async(Start { profile_id, at: t0(), expires_at: t0() + Duration::minutes(2) })
+            .when_async(Start { profile_id, locked: false, at: t0(), expires_at: t0() + Duration::minutes(2) })
             .await
             .then_expect_events(vec![started(profile_id)]);
     }
@@ -163,7 +175,7 @@ mod tests {
     async fn starting_twice_is_rejected() {
         framework()
             .given(vec![started(None)])
-            .when_async(Start { profile_id: None, at: t0(), expires_at: t0() })
+            .when_async(Start { profile_id: None, locked: false, at: t0(), expires_at: t0() })
             .await
             .then_expect_error(SignInError::AlreadyStarted);
     }
@@ -216,6 +228,25 @@ mod tests {
                 profile_id,
                 reason: FailureReason::Expired,
                 at: t0() + Duration::minutes(2),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn a_locked_account_fails_even_with_the_right_proof() {
+        let profile_id = Some(Uuid::new_v4());
+        framework()
+            .given(vec![SignInStarted {
+                profile_id,
+                locked: true,
+                started_at: t0(),
+                expires_at: t0() + Duration::minutes(2),
+            }])
+            .when_async(finish(b"proof", Duration::seconds(5)))
+            .await
+            .then_expect_events(vec![SignInFailed {
+                profile_id,
+                reason: FailureReason::AccountLocked,
+                at: t0() + Duration::seconds(5),
             }]);
     }
 

@@ -1,4 +1,6 @@
-//! An account: registered with its OPAQUE record, counts consecutive failed sign-ins.
+//! An account: registered with its OPAQUE record; counts consecutive failed sign-ins
+//! and locks itself for a while after too many; verifies its email; resets its
+//! password (a fresh OPAQUE registration); can be removed.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -11,9 +13,20 @@ pub const REGISTRATION_RECORD_LEN: usize = 192;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct User {
     registered: bool,
+    removed: bool,
     username: String,
     registration_record: Vec<u8>,
+    email: Option<String>,
+    email_verified: bool,
     failed_sign_ins: u32,
+    locked_until: Option<DateTime<Utc>>,
+}
+
+/// When consecutive failed sign-ins lock an account, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lockout {
+    pub threshold: u32,
+    pub duration: chrono::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -25,7 +38,12 @@ pub enum UserCommand {
         at: DateTime<Utc>,
     },
     /// The outcome of a finished sign-in for this account.
-    RecordSignIn { succeeded: bool, at: DateTime<Utc> },
+    RecordSignIn { succeeded: bool, at: DateTime<Utc>, lockout: Lockout },
+    /// A code sent to `email` came back.
+    VerifyEmail { email: String, at: DateTime<Utc> },
+    /// A fresh OPAQUE registration replaces the old one.
+    ResetPassword { registration_record: Vec<u8>, at: DateTime<Utc> },
+    Remove { at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,8 +57,21 @@ pub enum UserEvent {
     },
     SignInFailureCounted { consecutive: u32, at: DateTime<Utc> },
     SignInFailuresReset { at: DateTime<Utc> },
+    /// Too many consecutive failures: sign-ins fail until `until`.
+    AccountLocked { until: DateTime<Utc>, at: DateTime<Utc> },
+    EmailVerified { email: String, at: DateTime<Utc> },
+    PasswordReset { registration_record: String, at: DateTime<Utc> },
+    UserRemoved { at: DateTime<Utc> },
 }
-crate::domain_event!(UserEvent { UserRegistered, SignInFailureCounted, SignInFailuresReset });
+crate::domain_event!(UserEvent {
+    UserRegistered,
+    SignInFailureCounted,
+    SignInFailuresReset,
+    AccountLocked,
+    EmailVerified,
+    PasswordReset,
+    UserRemoved,
+});
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UserError {
@@ -50,18 +81,31 @@ pub enum UserError {
     NotRegistered,
     #[error("registration record must be {REGISTRATION_RECORD_LEN} bytes")]
     BadRecord,
+    #[error("the email was changed or is already verified")]
+    EmailMismatch,
 }
 
 impl User {
+    /// Registered and not removed.
     pub fn is_registered(&self) -> bool {
-        self.registered
+        self.registered && !self.removed
+    }
+    pub fn email(&self) -> Option<&str> {
+        self.email.as_deref()
+    }
+    pub fn email_verified(&self) -> bool {
+        self.email_verified
+    }
+    /// Locked at `at` by too many failed sign-ins.
+    pub fn is_locked(&self, at: DateTime<Utc>) -> bool {
+        self.locked_until.is_some_and(|until| at < until)
     }
     pub fn username(&self) -> &str {
         &self.username
     }
     /// The OPAQUE record, present once registered.
     pub fn registration_record(&self) -> Option<&[u8]> {
-        self.registered.then_some(self.registration_record.as_slice())
+        self.is_registered().then_some(self.registration_record.as_slice())
     }
     pub fn failed_sign_ins(&self) -> u32 {
         self.failed_sign_ins
@@ -81,6 +125,9 @@ impl Aggregate for User {
         _: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
+        if !matches!(command, UserCommand::Register { .. }) && !self.is_registered() {
+            return Err(UserError::NotRegistered);
+        }
         match command {
             UserCommand::Register { username, registration_record, email, at } => {
                 if self.registered {
@@ -97,32 +144,60 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
-            UserCommand::RecordSignIn { succeeded, at } => {
-                if !self.registered {
-                    return Err(UserError::NotRegistered);
-                }
+            UserCommand::RecordSignIn { succeeded, at, lockout } => {
                 if !succeeded {
                     let consecutive = self.failed_sign_ins + 1;
                     sink.write(UserEvent::SignInFailureCounted { consecutive, at }, self).await;
+                    if consecutive >= lockout.threshold {
+                        sink.write(UserEvent::AccountLocked { until: at + lockout.duration, at }, self).await;
+                    }
                 } else if self.failed_sign_ins > 0 {
                     sink.write(UserEvent::SignInFailuresReset { at }, self).await;
                 }
             }
+            UserCommand::VerifyEmail { email, at } => {
+                if self.email.as_deref() != Some(email.as_str()) || self.email_verified {
+                    return Err(UserError::EmailMismatch);
+                }
+                sink.write(UserEvent::EmailVerified { email, at }, self).await;
+            }
+            UserCommand::ResetPassword { registration_record, at } => {
+                if registration_record.len() != REGISTRATION_RECORD_LEN {
+                    return Err(UserError::BadRecord);
+                }
+                let event = UserEvent::PasswordReset { registration_record: encode(&registration_record), at };
+                sink.write(event, self).await;
+            }
+            UserCommand::Remove { at } => sink.write(UserEvent::UserRemoved { at }, self).await,
         }
         Ok(())
     }
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            UserEvent::UserRegistered { username, registration_record, .. } => {
+            UserEvent::UserRegistered { username, registration_record, email, .. } => {
                 self.registered = true;
                 self.username = username;
                 self.registration_record = decode(&registration_record);
+                self.email = email;
             }
             UserEvent::SignInFailureCounted { consecutive, .. } => {
                 self.failed_sign_ins = consecutive
             }
             UserEvent::SignInFailuresReset { .. } => self.failed_sign_ins = 0,
+            // A lock starts a fresh count, so the account is not re-locked by the
+            // first failure after it ends.
+            UserEvent::AccountLocked { until, .. } => {
+                self.locked_until = Some(until);
+                self.failed_sign_ins = 0;
+            }
+            UserEvent::EmailVerified { .. } => self.email_verified = true,
+            UserEvent::PasswordReset { registration_record, .. } => {
+                self.registration_record = decode(&registration_record);
+                self.failed_sign_ins = 0;
+                self.locked_until = None;
+            }
+            UserEvent::UserRemoved { .. } => self.removed = true,
         }
     }
 }
@@ -160,6 +235,118 @@ mod tests {
             email: None,
             registered_at: at(),
         }
+    }
+
+    fn lockout() -> Lockout {
+        Lockout { threshold: 3, duration: chrono::Duration::minutes(15) }
+    }
+
+    fn with_email(email: &str) -> UserEvent {
+        UserRegistered {
+            username: "alice".into(),
+            registration_record: encode(&[7u8; REGISTRATION_RECORD_LEN]),
+            email: Some(email.into()),
+            registered_at: at(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_threshold_failure_locks_the_account() {
+        T::with(())
+            .given(vec![registered(), SignInFailureCounted { consecutive: 2, at: at() }])
+            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
+            .await
+            .then_expect_events(vec![
+                SignInFailureCounted { consecutive: 3, at: at() },
+                AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() },
+            ]);
+    }
+
+    #[test]
+    fn a_lock_holds_until_it_ends_and_restarts_the_count() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(SignInFailureCounted { consecutive: 3, at: at() });
+        user.apply(AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() });
+        assert!(user.is_locked(at() + chrono::Duration::minutes(14)));
+        assert!(!user.is_locked(at() + chrono::Duration::minutes(15)));
+        assert_eq!(user.failed_sign_ins(), 0);
+    }
+
+    #[tokio::test]
+    async fn verifying_the_registered_email() {
+        T::with(())
+            .given(vec![with_email("a@example.com")])
+            .when_async(VerifyEmail { email: "a@example.com".into(), at: at() })
+            .await
+            .then_expect_events(vec![EmailVerified { email: "a@example.com".into(), at: at() }]);
+    }
+
+    #[tokio::test]
+    async fn verifying_another_email_is_rejected() {
+        T::with(())
+            .given(vec![with_email("a@example.com")])
+            .when_async(VerifyEmail { email: "b@example.com".into(), at: at() })
+            .await
+            .then_expect_error(UserError::EmailMismatch);
+    }
+
+    #[tokio::test]
+    async fn verifying_twice_is_rejected() {
+        T::with(())
+            .given(vec![with_email("a@example.com"), EmailVerified { email: "a@example.com".into(), at: at() }])
+            .when_async(VerifyEmail { email: "a@example.com".into(), at: at() })
+            .await
+            .then_expect_error(UserError::EmailMismatch);
+    }
+
+    #[tokio::test]
+    async fn a_reset_replaces_the_record_and_lifts_a_lock() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() });
+        user.apply(PasswordReset { registration_record: encode(&[9u8; REGISTRATION_RECORD_LEN]), at: at() });
+        assert_eq!(user.registration_record(), Some([9u8; REGISTRATION_RECORD_LEN].as_slice()));
+        assert!(!user.is_locked(at()));
+        T::with(())
+            .given(vec![registered()])
+            .when_async(ResetPassword { registration_record: vec![9u8; REGISTRATION_RECORD_LEN], at: at() })
+            .await
+            .then_expect_events(vec![PasswordReset {
+                registration_record: encode(&[9u8; REGISTRATION_RECORD_LEN]),
+                at: at(),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn a_reset_with_a_bad_record_is_rejected() {
+        T::with(())
+            .given(vec![registered()])
+            .when_async(ResetPassword { registration_record: vec![9u8; 10], at: at() })
+            .await
+            .then_expect_error(UserError::BadRecord);
+    }
+
+    #[tokio::test]
+    async fn removing_an_account() {
+        T::with(())
+            .given(vec![registered()])
+            .when_async(Remove { at: at() })
+            .await
+            .then_expect_events(vec![UserRemoved { at: at() }]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_account_takes_no_more_commands() {
+        T::with(())
+            .given(vec![registered(), UserRemoved { at: at() }])
+            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
+            .await
+            .then_expect_error(UserError::NotRegistered);
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserRemoved { at: at() });
+        assert_eq!(user.registration_record(), None);
     }
 
     fn register(record_len: usize) -> UserCommand {
@@ -202,7 +389,7 @@ mod tests {
     async fn failures_are_counted_consecutively() {
         T::with(())
             .given(vec![registered(), SignInFailureCounted { consecutive: 1, at: at() }])
-            .when_async(RecordSignIn { succeeded: false, at: at() })
+            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
             .await
             .then_expect_events(vec![SignInFailureCounted { consecutive: 2, at: at() }]);
     }
@@ -211,7 +398,7 @@ mod tests {
     async fn a_success_resets_the_count() {
         T::with(())
             .given(vec![registered(), SignInFailureCounted { consecutive: 1, at: at() }])
-            .when_async(RecordSignIn { succeeded: true, at: at() })
+            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
             .await
             .then_expect_events(vec![SignInFailuresReset { at: at() }]);
     }
@@ -220,7 +407,7 @@ mod tests {
     async fn a_success_without_failures_records_nothing() {
         T::with(())
             .given(vec![registered()])
-            .when_async(RecordSignIn { succeeded: true, at: at() })
+            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
             .await
             .then_expect_events(vec![]);
     }
@@ -229,7 +416,7 @@ mod tests {
     async fn recording_a_sign_in_for_an_unknown_account_is_rejected() {
         T::with(())
             .given_no_previous_events()
-            .when_async(RecordSignIn { succeeded: false, at: at() })
+            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
             .await
             .then_expect_error(UserError::NotRegistered);
     }

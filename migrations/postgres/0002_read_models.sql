@@ -13,7 +13,6 @@ CREATE TABLE users_view
     username        text    NOT NULL,
     email           text,
     email_verified  boolean NOT NULL DEFAULT false,
-    mfa_enabled     boolean NOT NULL DEFAULT false,
     failed_sign_ins bigint  NOT NULL DEFAULT 0,
     created_at      text    NOT NULL
 );

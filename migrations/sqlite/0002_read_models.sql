@@ -13,7 +13,6 @@ CREATE TABLE users_view
     username        text    NOT NULL,
     email           text,
     email_verified  integer NOT NULL DEFAULT 0,
-    mfa_enabled     integer NOT NULL DEFAULT 0,
     failed_sign_ins integer  NOT NULL DEFAULT 0,
     created_at      text    NOT NULL
 );

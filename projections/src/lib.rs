@@ -11,9 +11,10 @@
 
 use cqrs_es::Aggregate;
 use domain::invite_token::InviteTokenEvent;
+use domain::mfa::MfaEvent;
 use domain::session::SessionEvent;
 use domain::user::UserEvent;
-use domain::{InviteToken, Session, User};
+use domain::{InviteToken, Mfa, Session, User};
 use sqlx::{PgPool, Row, SqlitePool};
 
 /// A connection pool to whichever store `DATABASE_URL` selected.
@@ -76,7 +77,7 @@ pub struct BucketView {
 }
 
 /// The aggregate types that feed a read model.
-const PROJECTED: [&str; 3] = [User::TYPE, Session::TYPE, InviteToken::TYPE];
+const PROJECTED: [&str; 4] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE];
 const BATCH: i64 = 500;
 
 enum Arg {
@@ -118,11 +119,31 @@ fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
                 "UPDATE users_view SET failed_sign_ins = $2 WHERE profile_id = $1",
                 vec![id(), Int(i64::from(consecutive))],
             )],
-            UserEvent::SignInFailuresReset { .. } => vec![stmt(
+            UserEvent::SignInFailuresReset { .. } | UserEvent::AccountLocked { .. } => vec![stmt(
                 "UPDATE users_view SET failed_sign_ins = $2 WHERE profile_id = $1",
                 vec![id(), Int(0)],
             )],
+            UserEvent::EmailVerified { .. } => vec![stmt(
+                "UPDATE users_view SET email_verified = $2 WHERE profile_id = $1",
+                vec![id(), Bool(true)],
+            )],
+            UserEvent::PasswordReset { .. } => vec![],
+            UserEvent::UserRemoved { .. } => {
+                vec![stmt("DELETE FROM users_view WHERE profile_id = $1", vec![id()])]
+            }
         },
+        Mfa::TYPE => {
+            let enabled = match serde_json::from_value(payload).map_err(parse_error)? {
+                MfaEvent::TotpEnabled { .. } => true,
+                MfaEvent::TotpDisabled { .. } => false,
+                MfaEvent::TotpSecretGenerated { .. } | MfaEvent::TotpCodeUsed { .. } => return Ok(vec![]),
+            };
+            vec![stmt(
+                "INSERT INTO mfa_view (profile_id, enabled) VALUES ($1, $2)
+                 ON CONFLICT (profile_id) DO UPDATE SET enabled = excluded.enabled",
+                vec![id(), Bool(enabled)],
+            )]
+        }
         Session::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
             SessionEvent::SessionOpened { profile_id, opened_at, .. } => vec![stmt(
                 "INSERT INTO sessions_view (session_id, profile_id, active, opened_at) VALUES ($1, $2, $3, $4)
@@ -309,7 +330,7 @@ impl ReadModels {
     pub async fn rebuild(&self) -> Result<u64, Error> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for table in ["users_view", "sessions_view", "invite_tokens_view", "projection_versions"] {
+            for table in ["users_view", "sessions_view", "invite_tokens_view", "mfa_view", "projection_versions"] {
                 sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -318,10 +339,12 @@ impl ReadModels {
     }
 
     pub async fn user(&self, profile_id: &str) -> Result<Option<UserView>, Error> {
-        let sql = "SELECT profile_id, username, email, email_verified, mfa_enabled, created_at
-                   FROM users_view WHERE profile_id = $1";
+        let sql = "SELECT u.profile_id, u.username, u.email, u.email_verified,
+                          COALESCE(m.enabled, $2), u.created_at
+                   FROM users_view u LEFT JOIN mfa_view m ON m.profile_id = u.profile_id
+                   WHERE u.profile_id = $1";
         Ok(with_pool!(&self.db, pool => {
-            match sqlx::query(sql).bind(profile_id).fetch_optional(pool).await? {
+            match sqlx::query(sql).bind(profile_id).bind(false).fetch_optional(pool).await? {
                 None => None,
                 Some(row) => Some(UserView {
                     profile_id: row.try_get(0)?,

@@ -110,6 +110,7 @@ impl From<AppError> for ApiError {
             AppError::TokenRedeemed => ApiError::new(409, "token_redeemed", message),
             AppError::UsernameTaken => ApiError::new(409, "username_taken", message),
             AppError::NotFound(code) => ApiError::new(404, code, message),
+            AppError::Conflict(code) => ApiError::new(409, code, message),
             AppError::Forbidden(code) => ApiError::new(403, code, message),
             AppError::TooMany { code, retry_after_secs } => ApiError::too_many(code, message, retry_after_secs),
             AppError::Unavailable(detail) => {

@@ -6,6 +6,8 @@ mod body;
 mod buckets;
 mod error;
 mod health;
+mod mfa;
+mod rate_limit;
 mod sessions;
 mod sign_in;
 mod sign_up;
@@ -18,6 +20,7 @@ use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
 pub use body::JsonBody;
 pub use error::ApiError;
+pub use rate_limit::{RateLimitSetting, RateLimits};
 
 use crate::app::App;
 use crate::store::Metadata;
@@ -32,6 +35,8 @@ pub enum Tag {
     SignIn,
     /// Access tokens, refresh, sign-out, the JWKS.
     Sessions,
+    /// TOTP second factor.
+    Mfa,
     /// Liveness and readiness.
     Health,
 }
@@ -69,11 +74,19 @@ pub type Apis = (
     sign_up::SignUpApi,
     sign_in::SignInApi,
     sessions::SessionApi,
+    mfa::MfaApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
 pub fn service() -> OpenApiService<Apis, ()> {
-    let apis = (health::HealthApi, buckets::BucketApi, sign_up::SignUpApi, sign_in::SignInApi, sessions::SessionApi);
+    let apis = (
+        health::HealthApi,
+        buckets::BucketApi,
+        sign_up::SignUpApi,
+        sign_in::SignInApi,
+        sessions::SessionApi,
+        mfa::MfaApi,
+    );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
          EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
@@ -88,7 +101,7 @@ pub fn spec_yaml() -> String {
 }
 
 /// Every route: the API, its spec and the interactive UI at `/docs`.
-pub fn routes(app: Arc<App>) -> impl Endpoint {
+pub fn routes(app: Arc<App>, limits: RateLimits) -> impl Endpoint {
     let api = service();
     let ui = api.swagger_ui();
     let yaml = api.spec_endpoint_yaml();
@@ -99,5 +112,9 @@ pub fn routes(app: Arc<App>) -> impl Endpoint {
         .at("/openapi.yaml", yaml)
         .at("/openapi.json", json)
         .data(app)
+        .around(move |endpoint, request| {
+            let limits = limits.clone();
+            async move { limits.call(endpoint, request).await }
+        })
         .after(error::json_errors)
 }

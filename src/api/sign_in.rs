@@ -3,11 +3,11 @@ use std::sync::Arc;
 use poem::web::Data;
 use poem::Request;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{Object, OpenApi, Union};
 
 use super::sessions::SessionBody;
 use super::{metadata, ApiError, JsonBody, Tag};
-use crate::app::App;
+use crate::app::{App, SignInResult};
 
 #[derive(Object)]
 pub struct SignInStart {
@@ -34,6 +34,42 @@ pub struct SignInFinish {
     /// OPAQUE KE3 (CredentialFinalization, 64 bytes, base64url).
     #[oai(validator(pattern = "^[A-Za-z0-9_-]{86}$"))]
     pub credential_finalization: String,
+}
+
+/// MFA is on: send a code with this ticket to `/v1/sign/in/mfa`.
+#[derive(Object)]
+pub struct MfaRequired {
+    /// Always true.
+    pub mfa_required: bool,
+    /// Single-use, short-lived.
+    pub mfa_ticket: String,
+}
+
+/// A session, or the demand for a second factor.
+#[derive(Union)]
+pub enum SignInAnswer {
+    Session(SessionBody),
+    MfaRequired(MfaRequired),
+}
+
+impl From<SignInResult> for SignInAnswer {
+    fn from(result: SignInResult) -> Self {
+        match result {
+            SignInResult::Session(tokens) => SignInAnswer::Session(tokens.into()),
+            SignInResult::MfaRequired { mfa_ticket } => {
+                SignInAnswer::MfaRequired(MfaRequired { mfa_required: true, mfa_ticket })
+            }
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct MfaSignIn {
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub mfa_ticket: String,
+    /// The current TOTP code.
+    #[oai(validator(pattern = "^[0-9]{6}$"))]
+    pub code: String,
 }
 
 #[derive(Object)]
@@ -65,17 +101,33 @@ impl SignInApi {
         Ok(Json(SignInStarted { sign_in_id, credential_response }))
     }
 
-    /// Sign in, step 2: send KE3, get a session. 401 `invalid_credentials` for a
-    /// wrong password and for an unknown, expired or already finished sign-in.
+    /// Sign in, step 2: send KE3, get a session — or `{"mfa_required": true,
+    /// "mfa_ticket"}` when the account has MFA on. 401 `invalid_credentials` for a
+    /// wrong password, a locked account, and an unknown, expired or already finished
+    /// sign-in; 403 `email_not_verified` when verified email is required.
     #[oai(path = "/v1/sign/in/finish", method = "post", operation_id = "sign_in_finish")]
     async fn finish(
         &self,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<SignInFinish>,
-    ) -> Result<Json<SessionBody>, ApiError> {
-        let tokens =
+    ) -> Result<Json<SignInAnswer>, ApiError> {
+        let result =
             app.sign_in_finish(&body.0.sign_in_id, &body.0.credential_finalization, &metadata(request)).await?;
+        Ok(Json(result.into()))
+    }
+
+    /// Sign in, MFA step: the ticket from `sign/in/finish` and a TOTP code give a
+    /// session (`amr` = `["pwd", "otp"]`). Each code works once; 401 for a wrong or
+    /// replayed code or a used, expired or exhausted ticket.
+    #[oai(path = "/v1/sign/in/mfa", method = "post", operation_id = "sign_in_mfa")]
+    async fn mfa(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        body: JsonBody<MfaSignIn>,
+    ) -> Result<Json<SessionBody>, ApiError> {
+        let tokens = app.sign_in_mfa(&body.0.mfa_ticket, &body.0.code, &metadata(request)).await?;
         Ok(Json(tokens.into()))
     }
 

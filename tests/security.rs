@@ -1,0 +1,225 @@
+//! MFA, lockout and rate limits, black-box on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use client::{Login, SignInOutcome};
+use common::{bogus_ke3, ke3, unique, Backend, Server, PASSWORD};
+use serde_json::{json, Value};
+
+both_stores!(
+    mfa_enable_sign_in_and_disable,
+    mfa_rejections,
+    mfa_wrong_codes_exhaust_the_ticket,
+    lockout_locks_and_ends,
+    rate_limits_answer_429,
+);
+
+/// The TOTP of a base32 secret, as an authenticator app would have it.
+fn authenticator(secret_base32: &str) -> totp_rs::Totp {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32).expect("base32 secret");
+    totp_rs::Builder::new().with_secret(secret.as_ref().to_vec()).build().expect("totp")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// Code for the step `offset` steps from now (the server accepts -1..=+1).
+fn code(totp: &totp_rs::Totp, offset: i64) -> String {
+    let time = now() as i64 + offset * 30;
+    totp.generate(u64::try_from(time).expect("positive")).to_string()
+}
+
+/// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
+async fn start_of_step() {
+    let into_step = now() % 30;
+    if into_step > 10 {
+        tokio::time::sleep(Duration::from_secs(30 - into_step)).await;
+    }
+}
+
+fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json")
+}
+
+/// An account with MFA on; returns the authenticator and the generated step offset
+/// already spent (enabling used the code of step -1).
+async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::Totp {
+    server.sign_up(username).await;
+    let session = server.sign_in(username).await;
+    let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(&session.access_token), None).await;
+    assert_eq!(status, 200, "{enrollment}");
+    assert!(enrollment["otpauth_uri"].as_str().expect("uri").starts_with("otpauth://totp/"));
+    let png = base64::engine::general_purpose::STANDARD.decode(enrollment["qr_png"].as_str().expect("qr")).expect("b64");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let totp = authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let (status, body) = server
+        .call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": code(&totp, -1)})))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(server.api().user(&session.access_token).await.expect("user").mfa_enabled);
+    totp
+}
+
+async fn mfa_ticket(server: &Server, username: &str) -> String {
+    match server.api().sign_in(username, PASSWORD).await.expect("password step") {
+        SignInOutcome::MfaRequired { mfa_ticket } => mfa_ticket,
+        other => panic!("expected mfa_required, got {other:?}"),
+    }
+}
+
+async fn mfa_enable_sign_in_and_disable(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start(backend).await;
+    let username = unique("mfa");
+    let totp = account_with_mfa(&server, &username).await;
+
+    let ticket = mfa_ticket(&server, &username).await;
+    let session = server.api().sign_in_mfa(&ticket, &code(&totp, 0)).await.expect("second factor");
+    assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
+    server.api().jwt_verify(&session.access_token).await.expect("a working session");
+
+    // The same code again, even with a fresh ticket, is a replay.
+    let ticket = mfa_ticket(&server, &username).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": code(&totp, 0)}))).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = server
+        .call("POST", "/v1/mfa/totp/disable", Some(&session.access_token), Some(json!({"code": code(&totp, 1)})))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
+    assert!(matches!(server.api().sign_in(&username, PASSWORD).await, Ok(SignInOutcome::Session(_))));
+}
+
+async fn mfa_rejections(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start(backend).await;
+    let username = unique("mfa-no");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+    let bearer = Some(session.access_token.as_str());
+
+    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": "123456"}))).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("mfa_not_generated")));
+    let (status, body) = server.call("POST", "/v1/mfa/totp/disable", bearer, Some(json!({"code": "123456"}))).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("mfa_not_enabled")));
+    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": "12ab"}))).await;
+    assert_eq!((status, common::detail_paths(&body)), (422, vec!["code".to_string()]));
+    let (status, _) = server.call("POST", "/v1/mfa/totp/generate", None, None).await;
+    assert_eq!(status, 401);
+
+    let (_, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    let totp = authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let wrong = if code(&totp, 0) == "000000" { "111111" } else { "000000" };
+    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": wrong}))).await;
+    assert_eq!((status, common::detail_paths(&body)), (422, vec!["code".to_string()]));
+    assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
+    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": code(&totp, 0)}))).await;
+    assert_eq!(status, 204);
+    let (status, body) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("mfa_already_enabled")));
+
+    // A made-up ticket is refused.
+    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": "made-up", "code": code(&totp, 1)}))).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")));
+    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({}))).await;
+    assert_eq!(status, 422);
+    let mut paths = common::detail_paths(&body);
+    paths.sort();
+    assert_eq!(paths, ["code", "mfa_ticket"]);
+}
+
+async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start(backend).await;
+    let username = unique("mfa-brute");
+    let totp = account_with_mfa(&server, &username).await;
+    let ticket = mfa_ticket(&server, &username).await;
+    let right = code(&totp, 0);
+    let wrong = if right == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": wrong}))).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": right}))).await;
+    assert_eq!(status, 401, "five wrong codes kill the ticket");
+    // A new ticket with the right code works; then that ticket is spent.
+    let ticket = mfa_ticket(&server, &username).await;
+    server.api().sign_in_mfa(&ticket, &right).await.expect("fresh ticket");
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": code(&totp, 1)}))).await;
+    assert_eq!(status, 401, "a ticket is single-use");
+}
+
+async fn finish_with(server: &Server, username: &str, proof: Option<String>) -> (u16, Value) {
+    let (sign_in_id, ke3) = match proof {
+        None => ke3(server, username).await,
+        Some(bogus) => {
+            let (_, ke1) = Login::start(PASSWORD).expect("start");
+            let (sign_in_id, _) = server.api().sign_in_start(username, &ke1).await.expect("ke2");
+            (sign_in_id, bogus)
+        }
+    };
+    server.call("POST", "/v1/sign/in/finish", None, Some(json!({"sign_in_id": sign_in_id, "credential_finalization": ke3}))).await
+}
+
+async fn lockout_locks_and_ends(backend: Backend) {
+    let server =
+        Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "3"), ("AUTHD_LOCKOUT_DURATION", "3")]).await;
+    let username = unique("locked");
+    server.sign_up(&username).await;
+    for _ in 0..2 {
+        assert_eq!(finish_with(&server, &username, Some(bogus_ke3())).await.0, 401);
+    }
+    // Two failures, then the right password resets the count.
+    assert_eq!(finish_with(&server, &username, None).await.0, 200);
+    for _ in 0..3 {
+        assert_eq!(finish_with(&server, &username, Some(bogus_ke3())).await.0, 401);
+    }
+    // Locked: the right password is refused exactly like a wrong one or an unknown user.
+    let locked = finish_with(&server, &username, None).await;
+    let wrong = finish_with(&server, &username, Some(bogus_ke3())).await;
+    let unknown = finish_with(&server, &unique("nobody"), Some(bogus_ke3())).await;
+    assert_eq!(locked.0, 401);
+    assert_eq!(locked, wrong);
+    assert_eq!(locked, unknown);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(finish_with(&server, &username, None).await.0, 200, "the lock ends");
+}
+
+async fn rate_limits_answer_429(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_RATE_LIMIT", "3/min")]).await;
+    let username = unique("hammer");
+    server.sign_up(&username).await; // two sign-up calls: within the sign-up limit
+    let session_token = {
+        let (sign_in_id, ke3) = ke3(&server, &username).await; // sign-in call 1
+        let (status, body) = server
+            .call("POST", "/v1/sign/in/finish", None, Some(json!({"sign_in_id": sign_in_id, "credential_finalization": ke3})))
+            .await; // sign-in call 2
+        assert_eq!(status, 200);
+        body["access_token"].as_str().expect("token").to_string()
+    };
+    let (_, ke1) = Login::start(PASSWORD).expect("start");
+    let body = json!({"username": username, "credential_request": ke1});
+    let (status, _) = server.call("POST", "/v1/sign/in", None, Some(body.clone())).await; // call 3
+    assert_eq!(status, 200);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/sign/in", server.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["error"], "rate_limited");
+    // Other kinds of routes are not limited by it.
+    for _ in 0..5 {
+        server.api().jwt_verify(&session_token).await.expect("verification is not rate limited");
+    }
+}
