@@ -194,7 +194,7 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn rejected<E: std::fmt::Debug>(error: CommandError<E>, map: impl FnOnce(E) -> AppError) -> AppError {
+pub(crate) fn rejected<E: std::fmt::Debug>(error: CommandError<E>, map: impl FnOnce(E) -> AppError) -> AppError {
     match error {
         CommandError::Rejected(error) => map(error),
         CommandError::Store(error) => error.into(),
@@ -215,15 +215,24 @@ impl App {
     // ---- buckets ----------------------------------------------------------
 
     /// Issues the given tokens into a bucket; known ones are ignored. Returns how
-    /// many were new.
-    pub async fn fill(&self, bucket: Bucket, tokens: Vec<String>, meta: &Metadata) -> Result<u64, AppError> {
+    /// many were new. Recovery (`profile`) tokens are issued for one account.
+    pub async fn fill(
+        &self,
+        bucket: Bucket,
+        for_profile: Option<Uuid>,
+        tokens: Vec<String>,
+        meta: &Metadata,
+    ) -> Result<u64, AppError> {
         let issued = stream::iter(tokens)
             .map(|token| async move {
                 let id = self.token_id(bucket, &token);
-                match self.store.execute::<InviteToken>(&id, InviteTokenCommand::Issue { bucket }, &(), meta).await {
+                let issue = InviteTokenCommand::Issue { bucket, for_profile };
+                match self.store.execute::<InviteToken>(&id, issue, &(), meta).await {
                     Ok(_) => Ok(1u64),
                     Err(CommandError::Rejected(InviteTokenError::AlreadyIssued)) => Ok(0),
-                    Err(error) => Err(rejected(error, |_| AppError::Unavailable("unexpected".into()))),
+                    Err(error) => Err(rejected(error, |_| {
+                        AppError::Invalid(vec![("username".into(), "is required for the profile bucket".into())])
+                    })),
                 }
             })
             .buffer_unordered(FILL_CONCURRENCY)
@@ -233,24 +242,36 @@ impl App {
     }
 
     /// Generates `count` fresh tokens into a bucket.
-    pub async fn generate(&self, bucket: Bucket, count: usize, meta: &Metadata) -> Result<Vec<String>, AppError> {
+    pub async fn generate(
+        &self,
+        bucket: Bucket,
+        for_profile: Option<Uuid>,
+        count: usize,
+        meta: &Metadata,
+    ) -> Result<Vec<String>, AppError> {
         let tokens: Vec<String> = (0..count).map(|_| random_token()).collect();
-        self.fill(bucket, tokens.clone(), meta).await?;
+        self.fill(bucket, for_profile, tokens.clone(), meta).await?;
         Ok(tokens)
+    }
+
+    /// The account holding a username, if any.
+    pub async fn account_of(&self, username: &str) -> Result<Option<Uuid>, AppError> {
+        let Ok(username) = usernames::normalize(username) else { return Ok(None) };
+        Ok(self.store.load::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner())
     }
 
     /// Generates tokens until `size` are available in the `signup` bucket.
     pub async fn top_up(&self, size: u64, meta: &Metadata) -> Result<Vec<String>, AppError> {
         let available = u64::try_from(self.bucket(Bucket::Signup).await?.available).unwrap_or(0);
         let missing = usize::try_from(size.saturating_sub(available)).unwrap_or(0);
-        self.generate(Bucket::Signup, missing, meta).await
+        self.generate(Bucket::Signup, None, missing, meta).await
     }
 
     pub async fn bucket(&self, bucket: Bucket) -> Result<BucketView, AppError> {
         Ok(self.store.read_models().bucket(bucket.as_str()).await?)
     }
 
-    fn token_id(&self, bucket: Bucket, token: &str) -> String {
+    pub(crate) fn token_id(&self, bucket: Bucket, token: &str) -> String {
         self.keys.aggregate_id(bucket.as_str(), token)
     }
 
@@ -318,11 +339,7 @@ impl App {
     ) -> Result<Uuid, AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
-        let record = fields.check(
-            "registration_record",
-            message(registration_record, domain::user::REGISTRATION_RECORD_LEN)
-                .and_then(|record| opaque::check_record(&record).map(|_| record).map_err(|e| e.to_string())),
-        );
+        let record = fields.check("registration_record", crate::account::checked_record(registration_record));
         let (Some(username), Some(record)) = (username, record) else { return Err(fields.error()) };
         let invitation = self.check_invitation(token, &mut fields).await?;
         if !fields.is_empty() {
@@ -636,6 +653,16 @@ impl App {
             let others = self.store.read_models().active_sessions(&who.profile_id.to_string()).await?;
             sessions.extend(others.into_iter().filter(|id| *id != this));
         }
+        self.end_sessions(sessions, meta).await
+    }
+
+    /// Ends every open session of an account (after a password change or removal).
+    pub async fn end_all_sessions(&self, profile_id: Uuid, meta: &Metadata) -> Result<u64, AppError> {
+        let sessions = self.store.read_models().active_sessions(&profile_id.to_string()).await?;
+        self.end_sessions(sessions, meta).await
+    }
+
+    async fn end_sessions(&self, sessions: Vec<String>, meta: &Metadata) -> Result<u64, AppError> {
         let mut revoked = 0;
         for session in sessions {
             let command = SessionCommand::SignOut { at: Utc::now() };

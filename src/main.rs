@@ -1,5 +1,6 @@
 //! authd: the server and its command-line client.
 
+mod account;
 mod api;
 mod app;
 mod bench;

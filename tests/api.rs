@@ -200,7 +200,12 @@ async fn unknown_and_missing_tokens_are_refused(backend: Backend) {
     assert_eq!(status, 422);
     assert_eq!(detail_paths(&body), ["signup_token"]);
     // A token of the other bucket does not open sign-up.
-    let profile = server.api().fill_bucket(ADMIN, "profile", 1).await.expect("fill").tokens[0].clone();
+    let owner = unique("owner");
+    server.sign_up(&owner).await;
+    let (_, filled) = server
+        .call("POST", "/v1/bucket/fill", Some(ADMIN), Some(json!({"bucket": "profile", "count": 1, "username": owner})))
+        .await;
+    let profile = filled["tokens"][0].as_str().expect("token").to_string();
     let (status, _) = server
         .call("POST", "/v1/sign/up", None, Some(json!({"username": unique("heidi"), "signup_token": profile, "registration_request": request})))
         .await;
@@ -462,16 +467,31 @@ async fn buckets_fill_and_top_up(backend: Backend) {
     assert_eq!((first.added, first.available), (2, 2));
     let again = api.fill_bucket_tokens(ADMIN, "signup", &given).await.expect("fill again");
     assert_eq!((again.added, again.available), (0, 2), "known tokens are ignored");
-    let generated = api.fill_bucket(ADMIN, "profile", 3).await.expect("generate");
-    assert_eq!((generated.added, generated.available, generated.tokens.len()), (3, 3, 3));
-    let topped = api.top_up(ADMIN, 5).await.expect("top up");
-    assert_eq!((topped.added, topped.available, topped.tokens.len()), (3, 5, 3));
+    let generated = api.fill_bucket(ADMIN, "signup", 3).await.expect("generate");
+    assert_eq!((generated.added, generated.available, generated.tokens.len()), (3, 5, 3));
+    let topped = api.top_up(ADMIN, 8).await.expect("top up");
+    assert_eq!((topped.added, topped.available, topped.tokens.len()), (3, 8, 3));
     let topped = api.top_up(ADMIN, 4).await.expect("already full");
-    assert_eq!((topped.added, topped.available), (0, 5));
-    api.sign_up(&unique("trent"), PASSWORD, Some("alpha-token"), None).await.expect("a given token works");
+    assert_eq!((topped.added, topped.available), (0, 8));
+    let trent = unique("trent");
+    api.sign_up(&trent, PASSWORD, Some("alpha-token"), None).await.expect("a given token works");
     let status = api.bucket(ADMIN, "signup").await.expect("status");
-    assert_eq!((status.available, status.redeemed), (4, 1));
-    assert_eq!(api.bucket(ADMIN, "profile").await.expect("status").available, 3);
+    assert_eq!((status.available, status.redeemed), (7, 1));
+
+    // Recovery tokens are issued for one account.
+    let (status, body) = server
+        .call("POST", "/v1/bucket/fill", Some(ADMIN), Some(json!({"bucket": "profile", "tokens": ["r1", "r2"], "username": trent})))
+        .await;
+    assert_eq!((status, body["added"].as_u64()), (200, Some(2)), "{body}");
+    assert_eq!(api.bucket(ADMIN, "profile").await.expect("status").available, 2);
+    for (body, field) in [
+        (json!({"bucket": "profile", "count": 1}), "username"),
+        (json!({"bucket": "profile", "count": 1, "username": unique("nobody")}), "username"),
+        (json!({"bucket": "signup", "count": 1, "username": trent}), "username"),
+    ] {
+        let (status, answer) = server.call("POST", "/v1/bucket/fill", Some(ADMIN), Some(body)).await;
+        assert_eq!((status, detail_paths(&answer)), (422, vec![field.to_string()]), "{answer}");
+    }
 }
 
 /// PostgreSQL goes away under a running server: answers are 503 (never 500),

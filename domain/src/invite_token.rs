@@ -1,6 +1,8 @@
 //! Single-use invite and recovery tokens. Each token is its own aggregate (its id is
 //! a keyed hash of bucket and token), so the event store's key guarantees that a token
 //! is issued once and redeemed at most once, even under concurrent redemptions.
+//! A recovery (`profile`) token is issued for one account and redeems only for it:
+//! otherwise whoever was handed one could take over any account.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
@@ -29,18 +31,24 @@ impl Bucket {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct InviteToken {
     bucket: Option<Bucket>,
+    for_profile: Option<Uuid>,
     redeemed_by: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
 pub enum InviteTokenCommand {
-    Issue { bucket: Bucket },
+    /// `for_profile`: the account a `profile` token recovers (required there).
+    Issue { bucket: Bucket, for_profile: Option<Uuid> },
     Redeem { profile_id: Uuid },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InviteTokenEvent {
-    InviteTokenIssued { bucket: Bucket },
+    InviteTokenIssued {
+        bucket: Bucket,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_profile: Option<Uuid>,
+    },
     InviteTokenRedeemed { profile_id: Uuid },
 }
 crate::domain_event!(InviteTokenEvent { InviteTokenIssued, InviteTokenRedeemed });
@@ -53,6 +61,10 @@ pub enum InviteTokenError {
     Unknown,
     #[error("token already redeemed")]
     AlreadyRedeemed,
+    #[error("a recovery token must be issued for one account")]
+    Unbound,
+    #[error("token issued for another account")]
+    WrongAccount,
 }
 
 impl InviteToken {
@@ -61,6 +73,10 @@ impl InviteToken {
     }
     pub fn is_redeemed(&self) -> bool {
         self.redeemed_by.is_some()
+    }
+    /// Issued, unredeemed, and (when bound) bound to `profile_id`.
+    pub fn redeemable_by(&self, profile_id: Uuid) -> bool {
+        self.is_issued() && !self.is_redeemed() && self.for_profile.is_none_or(|bound| bound == profile_id)
     }
 }
 
@@ -78,11 +94,14 @@ impl Aggregate for InviteToken {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            InviteTokenCommand::Issue { bucket } => {
+            InviteTokenCommand::Issue { bucket, for_profile } => {
                 if self.is_issued() {
                     return Err(InviteTokenError::AlreadyIssued);
                 }
-                InviteTokenEvent::InviteTokenIssued { bucket }
+                if bucket == Bucket::Profile && for_profile.is_none() {
+                    return Err(InviteTokenError::Unbound);
+                }
+                InviteTokenEvent::InviteTokenIssued { bucket, for_profile }
             }
             InviteTokenCommand::Redeem { profile_id } => {
                 if !self.is_issued() {
@@ -90,6 +109,9 @@ impl Aggregate for InviteToken {
                 }
                 if self.is_redeemed() {
                     return Err(InviteTokenError::AlreadyRedeemed);
+                }
+                if self.for_profile.is_some_and(|bound| bound != profile_id) {
+                    return Err(InviteTokenError::WrongAccount);
                 }
                 InviteTokenEvent::InviteTokenRedeemed { profile_id }
             }
@@ -100,7 +122,10 @@ impl Aggregate for InviteToken {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            InviteTokenEvent::InviteTokenIssued { bucket } => self.bucket = Some(bucket),
+            InviteTokenEvent::InviteTokenIssued { bucket, for_profile } => {
+                self.bucket = Some(bucket);
+                self.for_profile = for_profile;
+            }
             InviteTokenEvent::InviteTokenRedeemed { profile_id } => {
                 self.redeemed_by = Some(profile_id)
             }
@@ -121,16 +146,16 @@ mod tests {
     async fn issuing_a_new_token() {
         T::with(())
             .given_no_previous_events()
-            .when_async(Issue { bucket: Bucket::Signup })
+            .when_async(Issue { bucket: Bucket::Signup, for_profile: None })
             .await
-            .then_expect_events(vec![InviteTokenIssued { bucket: Bucket::Signup }]);
+            .then_expect_events(vec![InviteTokenIssued { bucket: Bucket::Signup, for_profile: None }]);
     }
 
     #[tokio::test]
     async fn issuing_a_known_token_is_rejected() {
         T::with(())
-            .given(vec![InviteTokenIssued { bucket: Bucket::Signup }])
-            .when_async(Issue { bucket: Bucket::Signup })
+            .given(vec![InviteTokenIssued { bucket: Bucket::Signup, for_profile: None }])
+            .when_async(Issue { bucket: Bucket::Signup, for_profile: None })
             .await
             .then_expect_error(InviteTokenError::AlreadyIssued);
     }
@@ -139,10 +164,38 @@ mod tests {
     async fn redeeming_an_issued_token() {
         let profile_id = Uuid::new_v4();
         T::with(())
-            .given(vec![InviteTokenIssued { bucket: Bucket::Profile }])
+            .given(vec![InviteTokenIssued { bucket: Bucket::Signup, for_profile: None }])
             .when_async(Redeem { profile_id })
             .await
             .then_expect_events(vec![InviteTokenRedeemed { profile_id }]);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_token_must_name_its_account() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Issue { bucket: Bucket::Profile, for_profile: None })
+            .await
+            .then_expect_error(InviteTokenError::Unbound);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_token_redeems_for_its_account() {
+        let profile_id = Uuid::new_v4();
+        T::with(())
+            .given(vec![InviteTokenIssued { bucket: Bucket::Profile, for_profile: Some(profile_id) }])
+            .when_async(Redeem { profile_id })
+            .await
+            .then_expect_events(vec![InviteTokenRedeemed { profile_id }]);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_token_does_not_redeem_for_another_account() {
+        T::with(())
+            .given(vec![InviteTokenIssued { bucket: Bucket::Profile, for_profile: Some(Uuid::new_v4()) }])
+            .when_async(Redeem { profile_id: Uuid::new_v4() })
+            .await
+            .then_expect_error(InviteTokenError::WrongAccount);
     }
 
     #[tokio::test]
@@ -158,7 +211,7 @@ mod tests {
     async fn redeeming_twice_is_rejected() {
         T::with(())
             .given(vec![
-                InviteTokenIssued { bucket: Bucket::Signup },
+                InviteTokenIssued { bucket: Bucket::Signup, for_profile: None },
                 InviteTokenRedeemed { profile_id: Uuid::new_v4() },
             ])
             .when_async(Redeem { profile_id: Uuid::new_v4() })

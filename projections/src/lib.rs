@@ -156,7 +156,7 @@ fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
             }
         },
         InviteToken::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
-            InviteTokenEvent::InviteTokenIssued { bucket } => vec![stmt(
+            InviteTokenEvent::InviteTokenIssued { bucket, .. } => vec![stmt(
                 "INSERT INTO invite_tokens_view (token_id, bucket, redeemed) VALUES ($1, $2, $3)
                  ON CONFLICT (token_id) DO NOTHING",
                 vec![id(), Text(bucket.as_str().to_string()), Bool(false)],

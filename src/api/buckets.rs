@@ -35,6 +35,10 @@ pub struct FillRequest {
     /// How many tokens to generate.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     pub count: Option<u32>,
+    /// `profile` bucket only, and required there: the account these recovery
+    /// tokens are for. A recovery token redeems only for its account.
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub username: Option<String>,
 }
 
 #[derive(Object)]
@@ -86,9 +90,27 @@ impl BucketApi {
         let body = body.0;
         let bucket = domain::Bucket::from(body.bucket);
         let meta = metadata(request);
+        let mut fields = Fields::default();
+        let for_profile = match (bucket, body.username) {
+            (domain::Bucket::Profile, Some(username)) => {
+                let account = app.account_of(&username).await?;
+                if account.is_none() {
+                    fields.bad("username", "no such account");
+                }
+                account
+            }
+            (domain::Bucket::Profile, None) => {
+                fields.bad("username", "is required for the profile bucket");
+                None
+            }
+            (domain::Bucket::Signup, Some(_)) => {
+                fields.bad("username", "only profile tokens are issued for an account");
+                None
+            }
+            (domain::Bucket::Signup, None) => None,
+        };
         let (added, tokens) = match (body.tokens, body.count) {
             (Some(tokens), None) => {
-                let mut fields = Fields::default();
                 for (i, token) in tokens.iter().enumerate() {
                     if !(1..=256).contains(&token.chars().count()) {
                         fields.bad(&format!("tokens[{i}]"), "must be 1 to 256 characters");
@@ -97,14 +119,14 @@ impl BucketApi {
                 if !fields.is_empty() {
                     return Err(fields.error().into());
                 }
-                (app.fill(bucket, tokens, &meta).await?, vec![])
+                (app.fill(bucket, for_profile, tokens, &meta).await?, vec![])
             }
-            (None, Some(count)) => {
-                let tokens = app.generate(bucket, count as usize, &meta).await?;
+            (None, Some(count)) if fields.is_empty() => {
+                let tokens = app.generate(bucket, for_profile, count as usize, &meta).await?;
                 (tokens.len() as u64, tokens)
             }
+            (None, Some(_)) => return Err(fields.error().into()),
             _ => {
-                let mut fields = Fields::default();
                 fields.bad("tokens", "give exactly one of tokens and count");
                 fields.bad("count", "give exactly one of tokens and count");
                 return Err(fields.error().into());

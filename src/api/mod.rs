@@ -2,6 +2,7 @@
 //! the types in its module), calls one use case of [`App`], and maps the result.
 //! The OpenAPI spec is generated from these types: `authd openapi` prints it.
 
+mod account;
 mod body;
 mod buckets;
 mod error;
@@ -37,6 +38,8 @@ pub enum Tag {
     Sessions,
     /// TOTP second factor.
     Mfa,
+    /// Account activation, password recovery, removal.
+    Account,
     /// Liveness and readiness.
     Health,
 }
@@ -75,6 +78,7 @@ pub type Apis = (
     sign_in::SignInApi,
     sessions::SessionApi,
     mfa::MfaApi,
+    account::AccountApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
@@ -86,6 +90,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
         sign_in::SignInApi,
         sessions::SessionApi,
         mfa::MfaApi,
+        account::AccountApi,
     );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \

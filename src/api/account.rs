@@ -1,0 +1,74 @@
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem::Request;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::mfa::Done;
+use super::sign_up::SignUpStarted;
+use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use crate::app::App;
+
+#[derive(Object)]
+pub struct RecoverStart {
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub username: String,
+    /// A `profile` bucket token issued for this account.
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub recovery_token: String,
+    /// OPAQUE RegistrationRequest for the new password (32 bytes, base64url).
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{43}$"))]
+    pub registration_request: String,
+}
+
+#[derive(Object)]
+pub struct RecoverFinish {
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub username: String,
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub recovery_token: String,
+    /// OPAQUE registration record for the new password (192 bytes, base64url).
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{256}$"))]
+    pub registration_record: String,
+}
+
+pub struct AccountApi;
+
+#[OpenApi(tag = "Tag::Account")]
+impl AccountApi {
+    /// Recovery, step 1: a new password registered with a recovery token an admin
+    /// issued for this account (`profile` bucket). 422 when the token is not valid
+    /// for the account (whether or not the account exists).
+    #[oai(path = "/v1/account/recover", method = "post", operation_id = "account_recover")]
+    async fn recover(&self, app: Data<&Arc<App>>, body: JsonBody<RecoverStart>) -> Result<Json<SignUpStarted>, ApiError> {
+        let body = body.0;
+        let registration_response =
+            app.recover_start(&body.username, &body.recovery_token, &body.registration_request).await?;
+        Ok(Json(SignUpStarted { registration_response }))
+    }
+
+    /// Recovery, step 2: the token is redeemed (once), the new password replaces the
+    /// old one, and every session of the account ends.
+    #[oai(path = "/v1/account/recover/finish", method = "post", operation_id = "account_recover_finish")]
+    async fn recover_finish(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        body: JsonBody<RecoverFinish>,
+    ) -> Result<Done, ApiError> {
+        let body = body.0;
+        app.recover_finish(&body.username, &body.recovery_token, &body.registration_record, &metadata(request))
+            .await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Remove the account of the Bearer token: every session ends and the username
+    /// is free again.
+    #[oai(path = "/v1/account/remove", method = "post", operation_id = "account_remove")]
+    async fn remove(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.remove_account(&who, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+}
