@@ -6,6 +6,7 @@ mod body;
 mod buckets;
 mod error;
 mod health;
+mod private_sign_in;
 mod sessions;
 mod sign_in;
 mod sign_up;
@@ -30,6 +31,9 @@ pub enum Tag {
     SignUp,
     /// OPAQUE login.
     SignIn,
+    /// OPAQUE login inside an ephemeral X25519 key agreement (reference 001): the
+    /// username travels only encrypted, the session comes back encrypted.
+    PrivateSignIn,
     /// Access tokens, refresh, sign-out, the JWKS.
     Sessions,
     /// Liveness and readiness.
@@ -68,12 +72,20 @@ pub type Apis = (
     buckets::BucketApi,
     sign_up::SignUpApi,
     sign_in::SignInApi,
+    private_sign_in::PrivateSignInApi,
     sessions::SessionApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
 pub fn service() -> OpenApiService<Apis, ()> {
-    let apis = (health::HealthApi, buckets::BucketApi, sign_up::SignUpApi, sign_in::SignInApi, sessions::SessionApi);
+    let apis = (
+        health::HealthApi,
+        buckets::BucketApi,
+        sign_up::SignUpApi,
+        sign_in::SignInApi,
+        private_sign_in::PrivateSignInApi,
+        sessions::SessionApi,
+    );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
          EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
