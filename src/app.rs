@@ -541,7 +541,7 @@ impl App {
         Ok(())
     }
 
-    fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, Vec<u8>)> {
+    pub(crate) fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, Vec<u8>)> {
         let (id, sealed) = sign_in_id.split_once('.')?;
         let id = Uuid::parse_str(id).ok()?;
         let state = self.keys.open(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;

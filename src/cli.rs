@@ -34,7 +34,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::SignIn(args) => {
             let password = read_secret("Password: ")?;
             let api = Api::new(&args.target.url);
-            match api.sign_in(&args.username, password.as_bytes()).await? {
+            let outcome = if args.private {
+                api.sign_in_private(&args.username, password.as_bytes()).await?
+            } else {
+                api.sign_in(&args.username, password.as_bytes()).await?
+            };
+            match outcome {
                 SignInOutcome::Session(session) => println!("{}", serde_json::to_string_pretty(&session)?),
                 SignInOutcome::MfaRequired { mfa_ticket } => {
                     let code = read_secret("Authenticator code: ")?;

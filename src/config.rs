@@ -161,6 +161,10 @@ pub struct SignInArgs {
     pub target: Target,
     #[arg(long)]
     pub username: String,
+    /// Private sign-in (`/v1/step/*`): the username travels only encrypted under an
+    /// ephemeral key agreement, and the session comes back encrypted.
+    #[arg(long)]
+    pub private: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod keys;
 mod opaque;
+mod private_sign_in;
 mod server;
 mod store;
 mod totp;

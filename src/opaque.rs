@@ -67,14 +67,17 @@ pub struct OpaqueVerifier;
 
 impl LoginVerifier for OpaqueVerifier {
     fn verify(&self, login_state: &[u8], ke3: &[u8]) -> bool {
-        let (Ok(state), Ok(ke3)) = (
-            ServerLogin::<Suite>::deserialize(login_state),
-            CredentialFinalization::<Suite>::deserialize(ke3),
-        ) else {
-            return false;
-        };
-        state.finish(ke3, ServerLoginParameters::default()).is_ok()
+        session_key(login_state, ke3).is_some()
     }
+}
+
+/// The OPAQUE session key (64 bytes) when KE3 proves the client knew the
+/// password; `None` otherwise. The client derives the same key from KE2.
+pub fn session_key(login_state: &[u8], ke3: &[u8]) -> Option<Vec<u8>> {
+    let state = ServerLogin::<Suite>::deserialize(login_state).ok()?;
+    let ke3 = CredentialFinalization::<Suite>::deserialize(ke3).ok()?;
+    let finished = state.finish(ke3, ServerLoginParameters::default()).ok()?;
+    Some(finished.session_key.to_vec())
 }
 
 #[cfg(test)]
@@ -93,9 +96,11 @@ mod tests {
         let (login, ke1) = Login::start(b"hunter2").expect("login");
         let start = login_start(&setup, Some(&record), &unb64(&ke1).expect("b64"), b"alice").expect("ke2");
         assert_eq!(start.ke2.len(), 320);
-        let (ke3, _) = login.finish(b"hunter2", &client::b64(&start.ke2)).expect("client finish");
+        let (ke3, client_key) = login.finish(b"hunter2", &client::b64(&start.ke2)).expect("client finish");
         assert!(OpaqueVerifier.verify(&start.state, &unb64(&ke3).expect("b64")));
         assert!(!OpaqueVerifier.verify(&start.state, &[0u8; 64]));
+        assert_eq!(session_key(&start.state, &unb64(&ke3).expect("b64")), Some(client_key), "both ends agree");
+        assert_eq!(session_key(&start.state, &[0u8; 64]), None);
 
         let (wrong, ke1) = Login::start(b"hunter3").expect("login");
         let start = login_start(&setup, Some(&record), &unb64(&ke1).expect("b64"), b"alice").expect("ke2");

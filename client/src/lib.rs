@@ -2,7 +2,12 @@
 //!
 //! The [`Suite`] cipher suite is shared with the server. [`Registration`] and
 //! [`Login`] wrap the opaque-ke client state machines and exchange base64url
-//! messages; [`Api`] wraps the authd HTTP routes.
+//! messages; [`Api`] wraps the authd HTTP routes. [`private`] holds private
+//! sign-in (reference 001): the same login inside an ephemeral key agreement.
+
+pub mod private;
+
+pub use private::PrivateSignIn;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -43,6 +48,10 @@ pub enum Error {
     /// A 2xx response did not have the expected shape.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// A private sign-in message did not check out (bad key, tampering, a server
+    /// that could not prove it holds the session keys).
+    #[error("private sign-in: {0}")]
+    Private(#[from] private::ChannelError),
 }
 
 /// The OPAQUE cipher suite fixed by authd: OPRF Ristretto255,

@@ -8,6 +8,7 @@ mod buckets;
 mod error;
 mod health;
 mod mfa;
+mod private_sign_in;
 mod rate_limit;
 mod sessions;
 mod sign_in;
@@ -34,6 +35,9 @@ pub enum Tag {
     SignUp,
     /// OPAQUE login.
     SignIn,
+    /// OPAQUE login inside an ephemeral X25519 key agreement (reference 001): the
+    /// username travels only encrypted, the session comes back encrypted.
+    PrivateSignIn,
     /// Access tokens, refresh, sign-out, the JWKS.
     Sessions,
     /// TOTP second factor.
@@ -76,6 +80,7 @@ pub type Apis = (
     buckets::BucketApi,
     sign_up::SignUpApi,
     sign_in::SignInApi,
+    private_sign_in::PrivateSignInApi,
     sessions::SessionApi,
     mfa::MfaApi,
     account::AccountApi,
@@ -88,6 +93,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
         buckets::BucketApi,
         sign_up::SignUpApi,
         sign_in::SignInApi,
+        private_sign_in::PrivateSignInApi,
         sessions::SessionApi,
         mfa::MfaApi,
         account::AccountApi,
