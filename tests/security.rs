@@ -15,6 +15,7 @@ both_stores!(
     mfa_wrong_codes_exhaust_the_ticket,
     lockout_locks_and_ends,
     rate_limits_answer_429,
+    private_sign_in_obeys_mfa_and_lockout,
 );
 
 /// The TOTP of a base32 secret, as an authenticator app would have it.
@@ -222,4 +223,23 @@ async fn rate_limits_answer_429(backend: Backend) {
     for _ in 0..5 {
         server.api().jwt_verify(&session_token).await.expect("verification is not rate limited");
     }
+}
+
+async fn private_sign_in_obeys_mfa_and_lockout(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "2"), ("AUTHD_LOCKOUT_DURATION", "60")]).await;
+    let username = unique("private-mfa");
+    let totp = account_with_mfa(&server, &username).await;
+    let api = server.api();
+    let SignInOutcome::MfaRequired { mfa_ticket } = api.sign_in_private(&username, PASSWORD).await.expect("private") else {
+        panic!("MFA applies to private sign-in");
+    };
+    let session = api.sign_in_mfa(&mfa_ticket, &code(&totp, 0)).await.expect("second factor");
+    assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
+
+    // Failures through the normal flow lock the private flow too.
+    for _ in 0..2 {
+        assert_eq!(finish_with(&server, &username, Some(bogus_ke3())).await.0, 401);
+    }
+    assert!(matches!(api.sign_in_private(&username, PASSWORD).await, Err(client::Error::Http { status: 401, .. })));
 }
