@@ -7,3 +7,17 @@ pub trait LoginVerifier: Send + Sync {
     /// finalization. True only when the client proved knowledge of the password.
     fn verify(&self, login_state: &[u8], ke3: &[u8]) -> bool;
 }
+
+/// Checks a presented verification code against the keyed hash stored for it.
+pub trait CodeVerifier: Send + Sync {
+    /// True only when `code` is the code `code_hash` was made from. Must compare in
+    /// constant time.
+    fn matches(&self, code_hash: &str, code: &str) -> bool;
+}
+
+/// Checks a TOTP code (RFC 6238) against a consumer's secret.
+pub trait TotpVerifier: Send + Sync {
+    /// True when `code` is the code of `secret` for the time step of `at` or one
+    /// step either side.
+    fn matches(&self, secret: &[u8], code: &str, at: chrono::DateTime<chrono::Utc>) -> bool;
+}
