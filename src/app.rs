@@ -26,6 +26,11 @@ use crate::keys::Keys;
 use crate::opaque::{self, OpaqueVerifier};
 use crate::store::{CommandError, Metadata, Store, StoreError};
 
+mod verifications;
+// `send_email_code` and `redeem_code` (and their types) serve the account flows.
+#[allow(unused_imports)]
+pub use verifications::{CodeOutcome, CodeSpec, Initiated, Initiation, Template, VerifiedCode, VerifierData};
+
 /// Commands in flight at once when a bucket is filled.
 const FILL_CONCURRENCY: usize = 8;
 
@@ -57,6 +62,12 @@ pub enum AppError {
     TooMany { code: &'static str, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 409: a verifier with the forced verification id exists.
+    #[error("verification id already in use")]
+    VerificationIdTaken,
+    /// 503: a message could not be sent, or no way to send it is configured.
+    #[error("{0}")]
+    Delivery(String),
 }
 
 impl From<StoreError> for AppError {
@@ -155,6 +166,7 @@ pub struct App {
     pub policy: Policy,
     verifier: Arc<dyn LoginVerifier>,
     validation: Validation,
+    verifications: verifications::Verifications,
 }
 
 fn random_token() -> String {
@@ -176,7 +188,8 @@ impl App {
         validation.set_issuer(&[&policy.issuer]);
         validation.set_audience(&[&policy.audience]);
         validation.leeway = 5;
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), validation }
+        let verifications = verifications::Verifications::new(&keys);
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), validation, verifications }
     }
 
     // ---- buckets ----------------------------------------------------------

@@ -5,6 +5,7 @@ mod app;
 mod bench;
 mod cli;
 mod config;
+mod delivery;
 mod keys;
 mod opaque;
 mod server;

@@ -9,6 +9,7 @@ use poem::Server;
 
 use crate::app::{App, Policy};
 use crate::config::ServerConfig;
+use crate::delivery::Delivery;
 use crate::keys::Keys;
 use crate::store::{self, Store};
 
@@ -40,7 +41,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         refresh_ttl: chrono::Duration::seconds(config.refresh_ttl.into()),
         sign_in_ttl: chrono::Duration::seconds(config.sign_in_ttl.into()),
     };
-    let app = Arc::new(App::new(store, keys, policy));
+    let delivery = Delivery::new(
+        config.smtp_url.as_deref().filter(|url| !url.trim().is_empty()),
+        &config.smtp_from,
+        config.data_dir.join("outbox"),
+        config.sms_webhook_url.as_deref().filter(|url| !url.trim().is_empty()),
+    )?;
+    tracing::info!(delivery = %delivery.describe(), "verification messages");
+    let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts));
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
         .run_with_graceful_shutdown(crate::api::routes(app), shutdown(), Some(Duration::from_secs(10)))

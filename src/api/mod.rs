@@ -9,6 +9,7 @@ mod health;
 mod sessions;
 mod sign_in;
 mod sign_up;
+mod verifications;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub enum Tag {
     Sessions,
     /// Liveness and readiness.
     Health,
+    /// Verification codes by email, phone or authenticator app (admin; reference 004).
+    Verifications,
 }
 
 /// An access token issued by this server.
@@ -69,11 +72,19 @@ pub type Apis = (
     sign_up::SignUpApi,
     sign_in::SignInApi,
     sessions::SessionApi,
+    verifications::VerificationApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
 pub fn service() -> OpenApiService<Apis, ()> {
-    let apis = (health::HealthApi, buckets::BucketApi, sign_up::SignUpApi, sign_in::SignInApi, sessions::SessionApi);
+    let apis = (
+        health::HealthApi,
+        buckets::BucketApi,
+        sign_up::SignUpApi,
+        sign_in::SignInApi,
+        sessions::SessionApi,
+        verifications::VerificationApi,
+    );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
          EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
