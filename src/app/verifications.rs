@@ -466,7 +466,12 @@ impl App {
         let sealed_secret = URL_SAFE_NO_PAD.encode(self.keys.seal(&seal_context(&owner), &secret));
         let command = TotpSecretCommand::Generate { secret_id: Uuid::new_v4(), sealed_secret, at: Utc::now() };
         match self.store.execute::<TotpSecret>(&owner, command, &(), meta).await {
-            Ok(_) => Ok(Some(totp(secret, issuer, consumer.to_string()).get_url())),
+            // totp-rs leaves out parameters at their defaults; the reference (and
+            // some apps) want them spelled out.
+            Ok(_) => Ok(Some(format!(
+                "{}&algorithm=SHA1&digits=6&period=30",
+                totp(secret, issuer, consumer.to_string()).get_url()
+            ))),
             // Confirmed in the meantime: the consumer keeps that one.
             Err(CommandError::Rejected(TotpSecretError::AlreadyConfirmed)) => Ok(None),
             Err(error) => Err(rejected(error, |e| AppError::Unavailable(e.to_string()))),
