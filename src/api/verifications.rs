@@ -200,17 +200,20 @@ pub enum VerificationError {
     /// `Method not supported`.
     #[oai(status = 404)]
     NotFound(Json<VerificationErrorBody>),
-    /// `policy.forcedVerificationId` is already in use.
+    /// Initiate: `policy.forcedVerificationId` is already in use.
     #[oai(status = 409)]
     Conflict(Json<VerificationErrorBody>),
-    /// `Invalid code` (with the verifier, the attempt counted), or bad fields (`details`).
+    /// Validate: `Invalid code`, with the verifier and the attempt counted. Any route:
+    /// bad fields, each in `details`.
     #[oai(status = 422)]
     Unprocessable(Json<VerificationErrorBody>),
-    /// Too many wrong codes: the verifier refuses every code until it expires.
+    /// Validate: too many wrong codes; the verifier refuses every code until it
+    /// expires (`Retry-After`).
     #[oai(status = 429)]
     TooMany(Json<VerificationErrorBody>, #[oai(header = "Retry-After")] Option<u64>),
-    /// The event store is unavailable, or the message could not be sent (or no way
-    /// to send it is configured, as for `phone` without a webhook).
+    /// The event store is unavailable (`unavailable`), or initiate could not send the
+    /// message or has no way to (`delivery_unavailable`, as `phone` without
+    /// `AUTHD_SMS_WEBHOOK_URL`).
     #[oai(status = 503)]
     Unavailable(Json<VerificationErrorBody>),
 }

@@ -582,6 +582,83 @@ fn check_payload(payload: Value) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::Policy;
+
+    /// An app on a fresh SQLite store, mail going to `<dir>/outbox`.
+    async fn app(dir: &std::path::Path, max_attempts: u32) -> App {
+        std::fs::create_dir_all(dir).expect("dir");
+        let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
+        let keys = Keys::load(None, dir).expect("keys");
+        let policy = Policy {
+            open_signup: false,
+            admin_token: None,
+            issuer: "authd".into(),
+            audience: "authd".into(),
+            access_ttl: Duration::minutes(15),
+            refresh_ttl: Duration::days(30),
+            sign_in_ttl: Duration::minutes(2),
+        };
+        let delivery = Delivery::new(None, "authd@localhost", dir.join("outbox"), None).expect("delivery");
+        App::new(crate::store::Store::new(db), keys, policy).with_verifications(delivery, max_attempts)
+    }
+
+    /// The code in the only outbox message to `to`, sent as `Code <code> for <id>`.
+    fn sent_code(dir: &std::path::Path, to: &str, id: &str) -> String {
+        let messages: Vec<String> = std::fs::read_dir(dir.join("outbox"))
+            .expect("outbox")
+            .flatten()
+            .map(|entry| std::fs::read_to_string(entry.path()).expect("read"))
+            .filter(|text| text.contains(&format!("To: {to}\n")))
+            .collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        let body = messages[0].split_once("\n\n").expect("body").1.trim();
+        let (code, for_id) = body.strip_prefix("Code ").and_then(|rest| rest.split_once(" for ")).expect("template");
+        assert_eq!(for_id, id);
+        code.to_string()
+    }
+
+    #[tokio::test]
+    async fn account_flows_send_and_redeem_email_codes() {
+        let dir = std::env::temp_dir().join(format!("authd-codes-{}", Uuid::new_v4().simple()));
+        let app = app(&dir, 2).await;
+        let meta = Metadata::new();
+        let payload = serde_json::json!({"profile_id": "p-1", "purpose": "activation"});
+        let send = |to: &'static str| {
+            let (app, payload, meta) = (&app, payload.clone(), &meta);
+            async move {
+                let template = "Code {{{CODE}}} for {{{VERIFICATION_ID}}}";
+                app.send_email_code(to, "Activate", template, payload, Duration::minutes(10), meta).await
+            }
+        };
+
+        let id = send("alice@example.com").await.expect("sent");
+        let code = sent_code(&dir, "alice@example.com", &id);
+        assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        match app.redeem_code("email", &id, wrong, &meta).await {
+            Err(AppError::Invalid(fields)) => assert_eq!(fields, [("code".to_string(), "is not valid".to_string())]),
+            other => panic!("a wrong code: {other:?}"),
+        }
+        let redeemed = app.redeem_code("email", &id, &code, &meta).await.expect("the right code");
+        assert_eq!(redeemed, VerifiedCode { consumer: "alice@example.com".into(), payload: payload.clone() });
+        for (method, id) in [("email", id.as_str()), ("email", "unknown"), ("phone", id.as_str()), ("fax", id.as_str())] {
+            let again = app.redeem_code(method, id, &code, &meta).await;
+            assert!(matches!(again, Err(AppError::NotFound("verification_not_found"))), "{method} {id}: {again:?}");
+        }
+
+        // Two wrong codes exhaust it (this app allows two).
+        let id = send("bob@example.com").await.expect("sent");
+        let code = sent_code(&dir, "bob@example.com", &id);
+        for _ in 0..2 {
+            assert!(matches!(app.redeem_code("email", &id, wrong, &meta).await, Err(AppError::Invalid(_))));
+        }
+        let exhausted = app.redeem_code("email", &id, &code, &meta).await;
+        assert!(matches!(exhausted, Err(AppError::TooMany { retry_after_secs: 1..=600, .. })), "{exhausted:?}");
+
+        let refused = send("not an address").await;
+        assert!(matches!(&refused, Err(AppError::Invalid(fields)) if fields[0].0 == "email"), "{refused:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
 
     #[test]
     fn durations_are_hh_mm_ss_and_positive() {
