@@ -21,6 +21,7 @@ both_stores!(
     a_deleted_verifier_is_gone,
     totp_secrets_are_temporary_until_confirmed_and_can_be_removed,
     bad_input_is_named_field_by_field,
+    the_verifiers_view_catches_up_after_a_missed_fold,
 );
 
 const TEMPLATE: &str = "Your code is {{{CODE}}} (verification {{{VERIFICATION_ID}}}).";
@@ -553,6 +554,38 @@ async fn bad_input_is_named_field_by_field(backend: Backend) {
     assert_eq!(status, 200, "{answer}");
     // Nothing of the refused requests was sent.
     assert!(!server.data_dir.join("outbox").exists());
+}
+
+async fn the_verifiers_view_catches_up_after_a_missed_fold(backend: Backend) {
+    let mut server = Server::start(backend).await;
+    let consumer = format!("{}@example.com", unique("rupert"));
+    let (id, code) = email_end_to_end_code(&server, &consumer, email_request(&consumer)).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(validate(&server, "email", &id, json!({"code": wrong})).await.0, 422);
+    let before = get(&server, "email", &id).await;
+    assert_eq!(before.1["data"]["attempts"], 1);
+    server.kill();
+    // A crash between commit and fold: the log has the events, the view does not.
+    let forget = ["DELETE FROM verifiers_view", "DELETE FROM projection_versions WHERE aggregate_type = 'verifier'"];
+    match backend {
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
+            for sql in forget {
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+            for sql in forget {
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+        }
+    }
+    server.restart().await;
+    assert_eq!(get(&server, "email", &id).await, before);
+    assert_eq!(validate(&server, "email", &id, json!({"code": code})).await.0, 200, "the code survives a restart");
 }
 
 /// Email through a real SMTP server (Python's aiosmtpd, writing a maildir).

@@ -204,13 +204,12 @@ impl App {
         remove_secret: bool,
         meta: &Metadata,
     ) -> Result<CodeOutcome, AppError> {
+        // Read first for what the answer shows and whose TOTP secret applies; the
+        // command below decides (and re-reads on a concurrent write).
         let verifier = self.store.load::<Verifier>(verification_id).await?;
-        if verifier.method() != Some(method) {
-            return Err(NOT_FOUND);
-        }
-        let secret = match method {
-            Method::GoogleAuth => self.totp_secret(verifier.consumer()).await?,
-            Method::Email | Method::Phone => None,
+        let secret = match (method, verifier.method()) {
+            (Method::GoogleAuth, Some(Method::GoogleAuth)) => self.totp_secret(verifier.consumer()).await?,
+            _ => None,
         };
         let command = VerifierCommand::Validate {
             method,
