@@ -567,22 +567,7 @@ async fn the_verifiers_view_catches_up_after_a_missed_fold(backend: Backend) {
     server.kill();
     // A crash between commit and fold: the log has the events, the view does not.
     let forget = ["DELETE FROM verifiers_view", "DELETE FROM projection_versions WHERE aggregate_type = 'verifier'"];
-    match backend {
-        Backend::Sqlite => {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
-            for sql in forget {
-                sqlx::query(sql).execute(&mut conn).await.expect(sql);
-            }
-        }
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
-            for sql in forget {
-                sqlx::query(sql).execute(&mut conn).await.expect(sql);
-            }
-        }
-    }
+    server.execute_sql(&forget).await;
     server.restart().await;
     assert_eq!(get(&server, "email", &id).await, before);
     assert_eq!(validate(&server, "email", &id, json!({"code": code})).await.0, 200, "the code survives a restart");
