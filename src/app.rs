@@ -28,6 +28,11 @@ use crate::keys::Keys;
 use crate::opaque::{self, OpaqueVerifier};
 use crate::store::{CommandError, Metadata, Store, StoreError};
 
+mod verifications;
+// `send_email_code` and `redeem_code` (and their types) serve the account flows.
+#[allow(unused_imports)]
+pub use verifications::{CodeOutcome, CodeSpec, Initiated, Initiation, Template, VerifiedCode, VerifierData};
+
 /// Commands in flight at once when a bucket is filled.
 const FILL_CONCURRENCY: usize = 8;
 
@@ -62,6 +67,12 @@ pub enum AppError {
     TooMany { code: &'static str, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// 409: a verifier with the forced verification id exists.
+    #[error("verification id already in use")]
+    VerificationIdTaken,
+    /// 503: a message could not be sent, or no way to send it is configured.
+    #[error("{0}")]
+    Delivery(String),
 }
 
 impl From<StoreError> for AppError {
@@ -186,6 +197,7 @@ pub struct App {
     verifier: Arc<dyn LoginVerifier>,
     totp: Arc<dyn TotpCheck>,
     validation: Validation,
+    verifications: verifications::Verifications,
 }
 
 fn random_token() -> String {
@@ -209,7 +221,8 @@ impl App {
         validation.leeway = 5;
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::totp::TotpChecker(keys.clone()));
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation }
+        let verifications = verifications::Verifications::new(&keys);
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications }
     }
 
     // ---- buckets ----------------------------------------------------------
@@ -523,10 +536,10 @@ impl App {
             .execute::<Mfa>(&who.profile_id.to_string(), command, &self.totp, meta)
             .await
             .map_err(|e| rejected(e, mfa_error))?;
-        let totp = crate::totp::totp(secret, &self.policy.issuer, user.username()).map_err(AppError::Unavailable)?;
-        let otpauth_uri = totp.to_url().map_err(|e| AppError::Unavailable(e.to_string()))?;
-        let qr_png = totp.to_qr_base64().map_err(|e| AppError::Unavailable(e.to_string()))?;
-        Ok(TotpEnrollment { otp_secret: totp.secret().to_base32(), otpauth_uri, qr_png })
+        let totp = crate::totp::authenticator(secret, Some(self.policy.issuer.clone()), user.username().to_string());
+        let otpauth_uri = totp.get_url();
+        let qr_png = totp.get_qr_base64().map_err(AppError::Unavailable)?;
+        Ok(TotpEnrollment { otp_secret: totp.get_secret_base32(), otpauth_uri, qr_png })
     }
 
     pub async fn mfa_enable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {

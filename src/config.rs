@@ -107,6 +107,21 @@ pub struct ServerConfig {
     /// Refuse sign-in (403 `email_not_verified`) until the account's email is verified.
     #[arg(long, env = "AUTHD_REQUIRE_VERIFIED_EMAIL", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_verified_email: bool,
+    /// SMTP server for verification emails (`smtp://host:port`, `smtps://user:pass@host`).
+    /// Unset: emails are written to `<data dir>/outbox`.
+    #[arg(long, env = "AUTHD_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of verification emails.
+    #[arg(long, env = "AUTHD_SMTP_FROM", default_value = "authd@localhost")]
+    pub smtp_from: String,
+    /// Endpoint that text messages (`phone` verifications) are posted to as JSON
+    /// `{"to", "body"}`. Unset: `phone` verifications answer 503.
+    #[arg(long, env = "AUTHD_SMS_WEBHOOK_URL", hide_env_values = true)]
+    pub sms_webhook_url: Option<String>,
+    /// Wrong codes a verifier takes before it refuses every code (429).
+    #[arg(long, env = "AUTHD_VERIFICATION_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub verification_max_attempts: u32,
 }
 
 impl ServerConfig {

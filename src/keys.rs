@@ -45,6 +45,34 @@ pub struct Keys {
     ids: [u8; 32],
     refresh: [u8; 32],
     pub jwt: JwtKeys,
+    /// Keyed hashes of verification codes.
+    pub codes: CodeHasher,
+}
+
+/// Salted keyed hashes (HMAC-SHA256) of verification codes: what the log keeps in
+/// place of a code. Cheap to clone into the domain's services.
+#[derive(Clone)]
+pub struct CodeHasher {
+    key: [u8; 32],
+}
+
+impl CodeHasher {
+    /// `salt.mac`, both base64url; a fresh salt each time, so equal codes of two
+    /// verifiers do not show as equal hashes.
+    pub fn hash(&self, code: &str) -> String {
+        let mut salt = [0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(salt), keyed_hash(&self.key, &[&salt, code.as_bytes()]))
+    }
+
+    /// True when `code` is the code `stored` was made from; compared in constant time.
+    pub fn matches(&self, stored: &str, code: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some((salt, mac)) = stored.split_once('.') else { return false };
+        let Ok(salt) = URL_SAFE_NO_PAD.decode(salt) else { return false };
+        let expected = keyed_hash(&self.key, &[&salt, code.as_bytes()]);
+        bool::from(expected.as_bytes().ct_eq(mac.as_bytes()))
+    }
 }
 
 pub struct JwtKeys {
@@ -79,7 +107,8 @@ impl Keys {
         };
         let seal = XChaCha20Poly1305::new(&derive("sign-in-state").into());
         let jwt = JwtKeys::from_seed(derive("jwt-ed25519"))?;
-        Ok(Self { setup, seal, ids: derive("aggregate-ids"), refresh: derive("refresh-tokens"), jwt })
+        let codes = CodeHasher { key: derive("verification-codes") };
+        Ok(Self { setup, seal, ids: derive("aggregate-ids"), refresh: derive("refresh-tokens"), jwt, codes })
     }
 
     /// A stable, non-reversible aggregate id for a value that must not appear in
@@ -200,6 +229,20 @@ mod tests {
         let mut tampered = sealed.clone();
         tampered[30] ^= 1;
         assert_eq!(keys.open(b"sign-in-1", &tampered), None);
+    }
+
+    #[test]
+    fn code_hashes_match_only_their_code_and_differ_each_time() {
+        let keys = Keys::from_setup(ServerSetup::<Suite>::new(&mut OsRng)).expect("keys");
+        let first = keys.codes.hash("482913");
+        let second = keys.codes.hash("482913");
+        assert_ne!(first, second);
+        assert!(!first.contains("482913"));
+        assert!(keys.codes.matches(&first, "482913") && keys.codes.matches(&second, "482913"));
+        assert!(!keys.codes.matches(&first, "482914"));
+        assert!(!keys.codes.matches("garbage", "482913"));
+        let other = Keys::from_setup(ServerSetup::<Suite>::new(&mut OsRng)).expect("keys");
+        assert!(!other.codes.matches(&first, "482913"));
     }
 
     #[test]

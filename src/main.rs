@@ -6,6 +6,7 @@ mod app;
 mod bench;
 mod cli;
 mod config;
+mod delivery;
 mod keys;
 mod opaque;
 mod private_sign_in;

@@ -9,6 +9,7 @@ use poem::Server;
 
 use crate::app::{App, Policy};
 use crate::config::ServerConfig;
+use crate::delivery::Delivery;
 use crate::keys::Keys;
 use crate::store::{self, Store};
 
@@ -46,7 +47,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         mfa_ticket_ttl: chrono::Duration::seconds(config.mfa_ticket_ttl.into()),
         require_verified_email: config.require_verified_email,
     };
-    let app = Arc::new(App::new(store, keys, policy));
+    let delivery = Delivery::new(
+        config.smtp_url.as_deref().filter(|url| !url.trim().is_empty()),
+        &config.smtp_from,
+        config.data_dir.join("outbox"),
+        config.sms_webhook_url.as_deref().filter(|url| !url.trim().is_empty()),
+    )?;
+    tracing::info!(delivery = %delivery.describe(), "verification messages");
+    let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts));
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))

@@ -428,22 +428,7 @@ async fn a_missed_read_model_update_catches_up_on_start(backend: Backend) {
         "DELETE FROM sessions_view",
         "DELETE FROM projection_versions WHERE aggregate_type IN ('user', 'session')",
     ];
-    match backend {
-        Backend::Sqlite => {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
-            for sql in forget {
-                sqlx::query(sql).execute(&mut conn).await.expect(sql);
-            }
-        }
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
-            for sql in forget {
-                sqlx::query(sql).execute(&mut conn).await.expect(sql);
-            }
-        }
-    }
+    server.execute_sql(&forget).await;
     server.restart().await;
     let api = server.api();
     let user = api.user(&session.access_token).await.expect("caught up");

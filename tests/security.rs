@@ -19,9 +19,9 @@ both_stores!(
 );
 
 /// The TOTP of a base32 secret, as an authenticator app would have it.
-fn authenticator(secret_base32: &str) -> totp_rs::Totp {
-    let secret = totp_rs::Secret::try_from_base32(secret_base32).expect("base32 secret");
-    totp_rs::Builder::new().with_secret(secret.as_ref().to_vec()).build().expect("totp")
+fn authenticator(secret_base32: &str) -> totp_rs::TOTP {
+    let secret = totp_rs::Secret::Encoded(secret_base32.to_string()).to_bytes().expect("base32 secret");
+    totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, secret, None, String::new())
 }
 
 fn now() -> u64 {
@@ -29,9 +29,9 @@ fn now() -> u64 {
 }
 
 /// Code for the step `offset` steps from now (the server accepts -1..=+1).
-fn code(totp: &totp_rs::Totp, offset: i64) -> String {
+fn code(totp: &totp_rs::TOTP, offset: i64) -> String {
     let time = now() as i64 + offset * 30;
-    totp.generate(u64::try_from(time).expect("positive")).to_string()
+    totp.generate(u64::try_from(time).expect("positive"))
 }
 
 /// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
@@ -49,7 +49,7 @@ fn claims(jwt: &str) -> Value {
 
 /// An account with MFA on; returns the authenticator and the generated step offset
 /// already spent (enabling used the code of step -1).
-async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::Totp {
+async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::TOTP {
     server.sign_up(username).await;
     let session = server.sign_in(username).await;
     let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(&session.access_token), None).await;

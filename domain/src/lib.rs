@@ -10,8 +10,10 @@ pub mod mfa_challenge;
 pub mod services;
 pub mod session;
 pub mod sign_in;
+pub mod totp_secret;
 pub mod user;
 pub mod username;
+pub mod verifier;
 
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
@@ -20,6 +22,8 @@ pub use session::Session;
 pub use sign_in::SignIn;
 pub use user::User;
 pub use username::Username;
+pub use totp_secret::TotpSecret;
+pub use verifier::Verifier;
 
 /// Every event type is versioned; all current shapes are version 1.
 pub const EVENT_VERSION: &str = "1";

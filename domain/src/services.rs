@@ -14,3 +14,17 @@ pub trait TotpCheck: Send + Sync {
     /// either way around `at`; `None` when it matches none.
     fn matching_step(&self, sealed_secret: &str, code: &str, at: chrono::DateTime<chrono::Utc>) -> Option<u64>;
 }
+
+/// Checks a presented verification code against the keyed hash stored for it.
+pub trait CodeVerifier: Send + Sync {
+    /// True only when `code` is the code `code_hash` was made from. Must compare in
+    /// constant time.
+    fn matches(&self, code_hash: &str, code: &str) -> bool;
+}
+
+/// Checks a TOTP code (RFC 6238) against a consumer's secret.
+pub trait TotpVerifier: Send + Sync {
+    /// True when `code` is the code of `secret` for the time step of `at` or one
+    /// step either side.
+    fn matches(&self, secret: &[u8], code: &str, at: chrono::DateTime<chrono::Utc>) -> bool;
+}

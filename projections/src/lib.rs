@@ -1,4 +1,4 @@
-//! Read models folded from the event log: users, sessions and buckets.
+//! Read models folded from the event log: users, sessions, buckets and verifiers.
 //!
 //! Every fold is idempotent and ordered per aggregate: a row in
 //! `projection_versions` records the last sequence folded for each aggregate, and an
@@ -14,7 +14,8 @@ use domain::invite_token::InviteTokenEvent;
 use domain::mfa::MfaEvent;
 use domain::session::SessionEvent;
 use domain::user::UserEvent;
-use domain::{InviteToken, Mfa, Session, User};
+use domain::verifier::VerifierEvent;
+use domain::{InviteToken, Mfa, Session, User, Verifier};
 use sqlx::{PgPool, Row, SqlitePool};
 
 /// A connection pool to whichever store `DATABASE_URL` selected.
@@ -47,6 +48,8 @@ pub enum Error {
         sequence: i64,
         source: serde_json::Error,
     },
+    #[error("read model row {table}/{key} cannot be read: {source}")]
+    BadRow { table: &'static str, key: String, source: serde_json::Error },
 }
 
 /// One event as stored in the log.
@@ -76,8 +79,31 @@ pub struct BucketView {
     pub redeemed: i64,
 }
 
+/// `GET /v1/methods/{method}/verifiers/{id}`: a verifier as initiated, with the
+/// wrong codes counted so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierView {
+    pub verification_id: String,
+    pub method: String,
+    pub consumer: String,
+    pub payload: serde_json::Value,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    /// `pending`, `validated` or `deleted`.
+    pub status: String,
+}
+
+impl VerifierView {
+    /// Still usable at `now` (unix seconds): neither consumed, deleted nor expired.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.status == "pending" && now < self.expires_at
+    }
+}
+
 /// The aggregate types that feed a read model.
-const PROJECTED: [&str; 4] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE];
+const PROJECTED: [&str; 5] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE, Verifier::TYPE];
 const BATCH: i64 = 500;
 
 enum Arg {
@@ -164,6 +190,34 @@ fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
             InviteTokenEvent::InviteTokenRedeemed { .. } => vec![stmt(
                 "UPDATE invite_tokens_view SET redeemed = $2 WHERE token_id = $1",
                 vec![id(), Bool(true)],
+            )],
+        },
+        Verifier::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
+            VerifierEvent::VerifierInitiated { method, consumer, payload, expires_at, max_attempts, .. } => vec![stmt(
+                "INSERT INTO verifiers_view
+                   (verification_id, method, consumer, payload, expires_at, attempts, max_attempts, status)
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, 'pending')
+                 ON CONFLICT (verification_id) DO NOTHING",
+                vec![
+                    id(),
+                    Text(method.as_str().to_string()),
+                    Text(consumer),
+                    Text(payload.to_string()),
+                    Int(expires_at.timestamp()),
+                    Int(i64::from(max_attempts)),
+                ],
+            )],
+            VerifierEvent::VerificationFailed { attempts, .. } => vec![stmt(
+                "UPDATE verifiers_view SET attempts = $2 WHERE verification_id = $1",
+                vec![id(), Int(i64::from(attempts))],
+            )],
+            VerifierEvent::VerifierValidated { .. } => vec![stmt(
+                "UPDATE verifiers_view SET status = 'validated' WHERE verification_id = $1",
+                vec![id()],
+            )],
+            VerifierEvent::VerifierDeleted { .. } => vec![stmt(
+                "UPDATE verifiers_view SET status = 'deleted' WHERE verification_id = $1",
+                vec![id()],
             )],
         },
         _ => vec![],
@@ -330,7 +384,14 @@ impl ReadModels {
     pub async fn rebuild(&self) -> Result<u64, Error> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            for table in ["users_view", "sessions_view", "invite_tokens_view", "mfa_view", "projection_versions"] {
+            for table in [
+                "users_view",
+                "sessions_view",
+                "invite_tokens_view",
+                "mfa_view",
+                "verifiers_view",
+                "projection_versions",
+            ] {
                 sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -364,6 +425,36 @@ impl ReadModels {
         Ok(with_pool!(&self.db, pool => {
             sqlx::query_scalar(sql).bind(profile_id).bind(true).fetch_all(pool).await?
         }))
+    }
+
+    /// The verifier `verification_id` of `method`, whatever its status.
+    pub async fn verifier(&self, method: &str, verification_id: &str) -> Result<Option<VerifierView>, Error> {
+        let sql = "SELECT verification_id, method, consumer, payload, expires_at, attempts, max_attempts, status
+                   FROM verifiers_view WHERE verification_id = $1 AND method = $2";
+        let row = with_pool!(&self.db, pool => {
+            match sqlx::query(sql).bind(verification_id).bind(method).fetch_optional(pool).await? {
+                None => None,
+                Some(row) => Some((
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    row.try_get::<String, _>(2)?,
+                    row.try_get::<String, _>(3)?,
+                    row.try_get::<i64, _>(4)?,
+                    row.try_get::<i64, _>(5)?,
+                    row.try_get::<i64, _>(6)?,
+                    row.try_get::<String, _>(7)?,
+                )),
+            }
+        });
+        let Some((verification_id, method, consumer, payload, expires_at, attempts, max_attempts, status)) = row else {
+            return Ok(None);
+        };
+        let payload = serde_json::from_str(&payload).map_err(|source| Error::BadRow {
+            table: "verifiers_view",
+            key: verification_id.clone(),
+            source,
+        })?;
+        Ok(Some(VerifierView { verification_id, method, consumer, payload, expires_at, attempts, max_attempts, status }))
     }
 
     pub async fn bucket(&self, bucket: &str) -> Result<BucketView, Error> {

@@ -117,6 +117,8 @@ impl From<AppError> for ApiError {
                 tracing::error!(%detail, "store unavailable");
                 ApiError::new(503, "unavailable", "the event store is unavailable; try again")
             }
+            AppError::VerificationIdTaken => ApiError::new(409, "verification_id_taken", message),
+            AppError::Delivery(_) => ApiError::new(503, "delivery_unavailable", message),
         }
     }
 }

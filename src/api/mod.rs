@@ -13,6 +13,7 @@ mod rate_limit;
 mod sessions;
 mod sign_in;
 mod sign_up;
+mod verifications;
 
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub enum Tag {
     Account,
     /// Liveness and readiness.
     Health,
+    /// Verification codes by email, phone or authenticator app (admin; reference 004).
+    Verifications,
 }
 
 /// An access token issued by this server.
@@ -84,6 +87,7 @@ pub type Apis = (
     sessions::SessionApi,
     mfa::MfaApi,
     account::AccountApi,
+    verifications::VerificationApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
@@ -97,6 +101,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
         sessions::SessionApi,
         mfa::MfaApi,
         account::AccountApi,
+        verifications::VerificationApi,
     );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \

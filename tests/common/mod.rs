@@ -159,6 +159,25 @@ impl Server {
         }
     }
 
+    /// Runs statements straight on the server's store (to simulate what the server
+    /// itself cannot be made to do, like missing a read-model update).
+    pub async fn execute_sql(&self, statements: &[&str]) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("sqlite");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+                }
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("postgres");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+                }
+            }
+        }
+    }
+
     pub fn api(&self) -> Api {
         Api::new(&self.base)
     }
