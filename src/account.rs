@@ -1,9 +1,15 @@
-//! Account lifecycle use cases: recovery with an admin-issued token, removal.
-//! (The rules are in `domain::user`, `domain::username` and `domain::invite_token`.)
+//! Account lifecycle use cases: email activation, forgotten password (an emailed
+//! code), recovery with an admin-issued token, removal. The rules are in
+//! `domain::user`, `domain::username`, `domain::invite_token` and
+//! `domain::verifier`; codes travel through the verification service.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::Utc;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use domain::verifier::Method;
+use serde_json::{json, Value};
 use domain::invite_token::InviteTokenCommand;
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
@@ -14,12 +20,114 @@ use crate::app::{message, rejected, App, AppError, Fields, Verified};
 use crate::opaque;
 use crate::store::{CommandError, Metadata};
 
+const ACTIVATE: &str = "activate";
+const RESET: &str = "reset";
+
+/// What an emailed code is for, and for which account.
+fn purpose_of(payload: &Value, purpose: &str) -> Option<Uuid> {
+    if payload.get("purpose")?.as_str()? != purpose {
+        return None;
+    }
+    Uuid::parse_str(payload.get("profile_id")?.as_str()?).ok()
+}
+
+fn not_for(purpose: &str) -> AppError {
+    AppError::Invalid(vec![("verification_id".into(), format!("is not a code to {purpose} an account"))])
+}
+
 /// Why a recovery was refused, without saying whether the account exists.
 fn recovery_refused() -> AppError {
     AppError::Invalid(vec![("recovery_token".into(), "is not a valid recovery token for this account".into())])
 }
 
 impl App {
+    /// Sends the activation code for a new account's email (24 hours valid).
+    pub(crate) async fn send_activation(&self, profile_id: Uuid, email: &str, meta: &Metadata) -> Result<String, AppError> {
+        self.send_email_code(
+            email,
+            "Activate your account",
+            "Your activation code is {{{CODE}}}.\nVerification id: {{{VERIFICATION_ID}}}\n",
+            json!({"purpose": ACTIVATE, "profile_id": profile_id}),
+            Duration::hours(24),
+            meta,
+        )
+        .await
+    }
+
+    /// Activation: the emailed code proves the address; the email becomes verified.
+    pub async fn activate(&self, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
+        let profile_id = purpose_of(&redeemed.payload, ACTIVATE).ok_or_else(|| not_for(ACTIVATE))?;
+        let verify = UserCommand::VerifyEmail { email: redeemed.consumer, at: Utc::now() };
+        self.store
+            .execute::<User>(&profile_id.to_string(), verify, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Conflict("email_already_verified")))?;
+        Ok(())
+    }
+
+    /// Forgotten password: when the account exists and has a verified email, a reset
+    /// code goes there (15 minutes valid). Answers at once either way, and sends in
+    /// the background, so neither the answer nor its timing reveals the account.
+    pub fn forgot(self: &Arc<Self>, username: &str, meta: &Metadata) {
+        let (app, username, meta) = (self.clone(), username.to_string(), meta.clone());
+        tokio::spawn(async move {
+            if let Err(error) = app.send_reset(&username, &meta).await {
+                tracing::warn!(%error, "a password reset code could not be sent");
+            }
+        });
+    }
+
+    async fn send_reset(&self, username: &str, meta: &Metadata) -> Result<(), AppError> {
+        let Some(profile_id) = self.account_of(username).await? else { return Ok(()) };
+        let user = self.store.load::<User>(&profile_id.to_string()).await?;
+        let (Some(email), true) = (user.email(), user.email_verified()) else { return Ok(()) };
+        self.send_email_code(
+            email,
+            "Reset your password",
+            "Your password reset code is {{{CODE}}}.\nVerification id: {{{VERIFICATION_ID}}}\n",
+            json!({"purpose": RESET, "profile_id": profile_id}),
+            Duration::minutes(15),
+            meta,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Reset, step 1: a fresh OPAQUE registration for the account of a live reset
+    /// code. The code itself is checked (and spent) by step 2, before anything changes.
+    pub async fn reset_start(&self, verification_id: &str, registration_request: &str) -> Result<String, AppError> {
+        let mut fields = Fields::default();
+        let request = fields.check("registration_request", message(registration_request, 32));
+        let Some(request) = request else { return Err(fields.error()) };
+        let verifier = self.verifier(Method::Email, verification_id).await?;
+        let profile_id = purpose_of(&verifier.payload, RESET).ok_or_else(|| not_for(RESET))?;
+        let user = self.store.load::<User>(&profile_id.to_string()).await?;
+        if !user.is_registered() {
+            return Err(AppError::NotFound("verification_not_found"));
+        }
+        let response = opaque::registration_response(&self.keys.setup, &request, user.username().as_bytes())
+            .map_err(|e| AppError::Invalid(vec![("registration_request".into(), e.to_string())]))?;
+        Ok(URL_SAFE_NO_PAD.encode(response))
+    }
+
+    /// Reset, step 2: the code is checked and spent, the new record replaces the old
+    /// one, and every session of the account ends.
+    pub async fn reset_finish(
+        &self,
+        verification_id: &str,
+        code: &str,
+        registration_record: &str,
+        meta: &Metadata,
+    ) -> Result<(), AppError> {
+        let mut fields = Fields::default();
+        let record = fields.check("registration_record", checked_record(registration_record));
+        let Some(record) = record else { return Err(fields.error()) };
+        let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
+        let profile_id = purpose_of(&redeemed.payload, RESET).ok_or_else(|| not_for(RESET))?;
+        self.reset_password(profile_id, record, meta).await
+    }
+
     /// The account and the token's aggregate id, when `token` is a live recovery
     /// token issued for `username`'s account.
     async fn recovery(&self, username: &str, token: &str) -> Result<(Uuid, String), AppError> {

@@ -378,6 +378,7 @@ impl App {
                 }));
             }
         }
+        let activation_email = email.clone();
         let register = UserCommand::Register {
             username,
             registration_record: record,
@@ -388,6 +389,13 @@ impl App {
             .execute::<User>(&profile_id.to_string(), register, &(), meta)
             .await
             .map_err(|e| rejected(e, |e| AppError::Unavailable(e.to_string())))?;
+        if let Some(email) = &activation_email {
+            // The account exists either way; a lost message is sent again on request
+            // by nothing yet, so say so loudly.
+            if let Err(error) = self.send_activation(profile_id, email, meta).await {
+                tracing::warn!(%error, %profile_id, "the activation message could not be sent");
+            }
+        }
         Ok(profile_id)
     }
 

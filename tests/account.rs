@@ -7,7 +7,13 @@ use client::{Error, Registration, SignInOutcome};
 use common::{detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
 use serde_json::{json, Value};
 
-both_stores!(recovery_with_a_recovery_token, a_recovery_token_is_for_one_account, removal_frees_the_username);
+both_stores!(
+    recovery_with_a_recovery_token,
+    a_recovery_token_is_for_one_account,
+    removal_frees_the_username,
+    activation_gates_sign_in,
+    forgot_and_reset,
+);
 
 const NEW_PASSWORD: &[u8] = b"a brand new passphrase";
 
@@ -99,4 +105,99 @@ async fn removal_frees_the_username(backend: Backend) {
     assert_ne!(again, profile_id, "the name is free for a new account");
     let session = server.sign_in(&username).await;
     assert_eq!(api.user(&session.access_token).await.expect("user").profile_id, again);
+}
+
+/// (verification id, code) out of one of authd's own account messages.
+fn code_and_id(body: &str) -> (String, String) {
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    let id = body.split("Verification id: ").nth(1).expect("id").trim();
+    (id.to_string(), code.to_string())
+}
+
+async fn activation_code(server: &Server, email: &str) -> (String, String) {
+    let (_, body) = common::outbox_mail(server, email, |subject| subject == "Activate your account").await;
+    code_and_id(&body)
+}
+
+async fn finish_status(server: &Server, username: &str, password: &[u8]) -> (u16, Value) {
+    let (login, ke1) = client::Login::start(password).expect("start");
+    let (sign_in_id, ke2) = server.api().sign_in_start(username, &ke1).await.expect("ke2");
+    let (ke3, _) = login.finish(password, &ke2).expect("right password");
+    server.call("POST", "/v1/sign/in/finish", None, Some(json!({"sign_in_id": sign_in_id, "credential_finalization": ke3}))).await
+}
+
+async fn activation_gates_sign_in(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_REQUIRE_VERIFIED_EMAIL", "true")]).await;
+    let username = unique("activating");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = activation_code(&server, &email).await;
+
+    let (status, body) = finish_status(&server, &username, PASSWORD).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("email_not_verified")));
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (status, body) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": wrong}))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["code".to_string()]));
+    let (status, _) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204);
+    let (status, session) = finish_status(&server, &username, PASSWORD).await;
+    assert_eq!(status, 200);
+    let user = server.api().user(session["access_token"].as_str().expect("token")).await.expect("user");
+    assert!(user.email_verified);
+    let (status, _) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 404, "an activation code works once");
+
+    // Without an email there is nothing to verify: sign-in stays refused.
+    let plain = unique("no-email");
+    server.sign_up(&plain).await;
+    assert_eq!(finish_status(&server, &plain, PASSWORD).await.0, 403);
+}
+
+async fn forgot_and_reset(backend: Backend) {
+    let server = Server::start(backend).await;
+    let username = unique("resetting");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = activation_code(&server, &email).await;
+    server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    let before = server.sign_in(&username).await;
+
+    // Unknown accounts and unverified emails get the same 204 and no message.
+    let unverified = unique("unverified");
+    let token = server.invitation().await;
+    server.api().sign_up(&unverified, PASSWORD, Some(&token), Some(&format!("{unverified}@example.com"))).await.expect("sign up");
+    for name in [unique("ghost"), unverified.clone()] {
+        let (status, _) = server.call("POST", "/v1/account/forgot", None, Some(json!({"username": name}))).await;
+        assert_eq!(status, 204);
+    }
+    let (status, _) = server.call("POST", "/v1/account/forgot", None, Some(json!({"username": username.to_uppercase()}))).await;
+    assert_eq!(status, 204);
+    let (_, reset_mail) = common::outbox_mail(&server, &email, |subject| subject == "Reset your password").await;
+    let (verification_id, code) = code_and_id(&reset_mail);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let others = common::outbox(&server).into_iter().filter(|(_, subject, _)| subject == "Reset your password").count();
+    assert_eq!(others, 1, "no reset message for an unknown account or an unverified email");
+
+    let (registration, request) = Registration::start(NEW_PASSWORD).expect("start");
+    let (status, body) = server
+        .call("POST", "/v1/account/reset", None, Some(json!({"verification_id": verification_id, "code": code, "registration_request": request})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let record = registration.finish(NEW_PASSWORD, body["registration_response"].as_str().expect("response")).expect("finish");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let finish = |code: String| json!({"verification_id": verification_id, "code": code, "registration_record": record});
+    let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(wrong.into()))).await;
+    assert_eq!(status, 422, "a wrong code changes nothing");
+    assert!(server.api().sign_in(&username, PASSWORD).await.is_ok(), "the old password works until the reset");
+    let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(code.clone()))).await;
+    assert_eq!(status, 204);
+
+    let api = server.api();
+    assert!(matches!(api.jwt_verify(&before.access_token).await, Err(Error::Http { status: 401, .. })), "sessions end");
+    assert_eq!(api.sign_in(&username, PASSWORD).await.unwrap_err(), Error::InvalidLogin);
+    assert!(matches!(api.sign_in(&username, NEW_PASSWORD).await, Ok(SignInOutcome::Session(_))));
+    let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(code))).await;
+    assert_eq!(status, 404, "a reset code works once");
 }

@@ -71,32 +71,6 @@ async fn validate_with_headers(server: &Server, method: &str, id: &str, code: &s
     (status, retry_after, response.json().await.expect("JSON body"))
 }
 
-/// The one message for `to` in the outbox: (subject, body). Waits a little.
-async fn outbox_message(server: &Server, to: &str) -> (String, String) {
-    let dir = server.data_dir.join("outbox");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') {
-                continue;
-            }
-            let text = std::fs::read_to_string(entry.path()).expect("read outbox file");
-            let (head, body) = text.split_once("\n\n").expect("headers, blank line, body");
-            if head.lines().any(|line| line == format!("To: {to}")) {
-                let subject = head.lines().find_map(|l| l.strip_prefix("Subject: ")).expect("subject").to_string();
-                found.push((subject, body.trim_end().to_string()));
-            }
-        }
-        match found.len() {
-            0 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            1 => return found.remove(0),
-            n => panic!("expected one message to {to} in {}, found {n}", dir.display()),
-        }
-    }
-}
-
 /// The code and verification id out of a message rendered from [`TEMPLATE`].
 fn code_of(body: &str) -> (String, String) {
     let rest = body.strip_prefix("Your code is ").unwrap_or_else(|| panic!("unexpected message {body:?}"));
@@ -107,7 +81,7 @@ fn code_of(body: &str) -> (String, String) {
 async fn email_end_to_end_code(server: &Server, consumer: &str, request: Value) -> (String, String) {
     let (status, answer) = initiate(server, "email", request).await;
     assert_eq!(status, 200, "{answer}");
-    let (_, body) = outbox_message(server, consumer).await;
+    let (_, body) = common::outbox_message(server, consumer).await;
     let (code, id) = code_of(&body);
     assert_eq!(answer["verificationId"], id.as_str());
     (id, code)
@@ -129,7 +103,7 @@ async fn email_codes_go_out_and_validate_once(backend: Backend) {
     let id = answer["verificationId"].as_str().expect("id").to_string();
     uuid::Uuid::parse_str(&id).expect("a UUID by default");
 
-    let (subject, body) = outbox_message(&server, &consumer).await;
+    let (subject, body) = common::outbox_message(&server, &consumer).await;
     let (code, id_in_message) = code_of(&body);
     assert_eq!(id_in_message, id, "{{{{{{VERIFICATION_ID}}}}}} is replaced");
     assert_eq!(code.len(), 6);
@@ -320,7 +294,7 @@ async fn a_verifier_expires(backend: Backend) {
     let expired_on = answer["expiredOn"].as_i64().expect("expiredOn");
     assert!((before + 1..=before + 2).contains(&expired_on), "{expired_on} vs {before}");
     let id = answer["verificationId"].as_str().expect("id").to_string();
-    let (_, body) = outbox_message(&server, &consumer).await;
+    let (_, body) = common::outbox_message(&server, &consumer).await;
     let (code, _) = code_of(&body);
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -340,7 +314,7 @@ async fn forced_code_and_verification_id(backend: Backend) {
     let (status, answer) = initiate(&server, "email", request.clone()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["verificationId"], forced_id.as_str());
-    let (_, body) = outbox_message(&server, &consumer).await;
+    let (_, body) = common::outbox_message(&server, &consumer).await;
     assert_eq!(code_of(&body), ("Open-Sesame_42".to_string(), forced_id.clone()));
 
     // The id is taken now, whatever the method.

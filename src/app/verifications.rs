@@ -140,8 +140,6 @@ pub enum CodeOutcome {
 }
 
 /// A redeemed code: whom it verified and what the initiator attached.
-// The account flows (activation, password reset) are the callers.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedCode {
     pub consumer: String,
@@ -273,7 +271,6 @@ impl App {
         Ok(())
     }
 
-    #[allow(dead_code)] // called by the account flows
     /// Creates an `email` verifier for `to` (6 digits, expires in `ttl`), delivers it with the template, returns the verification id.
     pub async fn send_email_code(
         &self,
@@ -304,7 +301,6 @@ impl App {
         Ok(self.start(Method::Email, plan, meta).await?.verification_id)
     }
 
-    #[allow(dead_code)] // called by the account flows
     /// Validates a code of any method; counts the attempt. Ok → the verifier (consumer, payload). Wrong code → AppError::Invalid(vec![("code", "is not valid")]) ; unknown/expired → AppError::NotFound("verification_not_found"); exhausted → AppError::TooMany{..}.
     pub async fn redeem_code(
         &self,

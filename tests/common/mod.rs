@@ -273,3 +273,40 @@ macro_rules! both_stores {
         }
     };
 }
+
+/// Every message in the server's outbox: (to, subject, body).
+pub fn outbox(server: &Server) -> Vec<(String, String, String)> {
+    let mut messages = Vec::new();
+    for entry in std::fs::read_dir(server.data_dir.join("outbox")).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read outbox file");
+        let (head, body) = text.split_once("\n\n").expect("headers, blank line, body");
+        let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_string();
+        messages.push((header("To: "), header("Subject: "), body.trim_end().to_string()));
+    }
+    messages
+}
+
+/// The one message to `to` whose subject passes `subject`: (subject, body). Waits a little.
+pub async fn outbox_mail(server: &Server, to: &str, subject: impl Fn(&str) -> bool) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut found: Vec<(String, String)> = outbox(server)
+            .into_iter()
+            .filter(|(recipient, s, _)| recipient == to && subject(s))
+            .map(|(_, s, body)| (s, body))
+            .collect();
+        match found.len() {
+            0 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            1 => return found.remove(0),
+            n => panic!("expected one message to {to}, found {n}"),
+        }
+    }
+}
+
+/// The one message to `to` in the outbox: (subject, body). Waits a little.
+pub async fn outbox_message(server: &Server, to: &str) -> (String, String) {
+    outbox_mail(server, to, |_| true).await
+}
