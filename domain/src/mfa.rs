@@ -94,17 +94,13 @@ impl Aggregate for Mfa {
                 let step = self.fresh_step(check.as_ref(), pending, &code, at)?;
                 MfaEvent::TotpEnabled { step, at }
             }
-            MfaCommand::Disable { code, at } | MfaCommand::UseCode { code, at } if !self.is_enabled() => {
-                let _ = (code, at);
-                return Err(MfaError::NotEnabled);
-            }
             MfaCommand::Disable { code, at } => {
-                let secret = self.secret.as_deref().unwrap_or_default();
+                let secret = self.secret.as_deref().ok_or(MfaError::NotEnabled)?;
                 let step = self.fresh_step(check.as_ref(), secret, &code, at)?;
                 MfaEvent::TotpDisabled { step, at }
             }
             MfaCommand::UseCode { code, at } => {
-                let secret = self.secret.as_deref().unwrap_or_default();
+                let secret = self.secret.as_deref().ok_or(MfaError::NotEnabled)?;
                 let step = self.fresh_step(check.as_ref(), secret, &code, at)?;
                 MfaEvent::TotpCodeUsed { step, at }
             }

@@ -72,6 +72,7 @@ pub struct RecoverFinish {
     pub registration_record: String,
 }
 
+#[derive(Default)]
 pub struct AccountApi;
 
 #[OpenApi(tag = "Tag::Account")]

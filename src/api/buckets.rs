@@ -66,6 +66,7 @@ pub struct BucketStatus {
     pub redeemed: u64,
 }
 
+#[derive(Default)]
 pub struct BucketApi;
 
 impl BucketApi {

@@ -13,6 +13,7 @@ pub struct Status {
     pub status: String,
 }
 
+#[derive(Default)]
 pub struct HealthApi;
 
 #[OpenApi(tag = "Tag::Health")]

@@ -32,6 +32,7 @@ pub enum Done {
     NoContent,
 }
 
+#[derive(Default)]
 pub struct MfaApi;
 
 #[OpenApi(tag = "Tag::Mfa")]

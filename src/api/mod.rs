@@ -92,18 +92,7 @@ pub type Apis = (
 
 /// The API description; needs no server, so `authd openapi` can print it.
 pub fn service() -> OpenApiService<Apis, ()> {
-    let apis = (
-        health::HealthApi,
-        buckets::BucketApi,
-        sign_up::SignUpApi,
-        sign_in::SignInApi,
-        private_sign_in::PrivateSignInApi,
-        sessions::SessionApi,
-        mfa::MfaApi,
-        account::AccountApi,
-        verifications::VerificationApi,
-    );
-    OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
+    OpenApiService::new(Apis::default(), "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
          EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
          Protocol messages are base64url without padding. Every error is \

@@ -103,6 +103,7 @@ pub struct PrivateStepThreeAnswer {
     pub pake_proof: String,
 }
 
+#[derive(Default)]
 pub struct PrivateSignInApi;
 
 #[OpenApi(tag = "Tag::PrivateSignIn")]

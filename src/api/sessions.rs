@@ -91,6 +91,7 @@ pub struct JwkSet {
     pub keys: Vec<Jwk>,
 }
 
+#[derive(Default)]
 pub struct SessionApi;
 
 #[OpenApi(tag = "Tag::Sessions")]

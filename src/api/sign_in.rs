@@ -84,6 +84,7 @@ pub struct VerifiedProfile {
     pub profile_id: String,
 }
 
+#[derive(Default)]
 pub struct SignInApi;
 
 #[OpenApi(tag = "Tag::SignIn")]

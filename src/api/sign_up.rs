@@ -47,6 +47,7 @@ pub struct SignedUp {
     pub profile_id: String,
 }
 
+#[derive(Default)]
 pub struct SignUpApi;
 
 #[OpenApi(tag = "Tag::SignUp")]

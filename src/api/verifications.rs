@@ -272,6 +272,7 @@ fn method(name: &str) -> Result<Method, VerificationError> {
     Method::parse(name).ok_or_else(|| VerificationError::reference(404, "Method not supported", None))
 }
 
+#[derive(Default)]
 pub struct VerificationApi;
 
 #[OpenApi(tag = "Tag::Verifications")]
