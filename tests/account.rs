@@ -13,6 +13,7 @@ both_stores!(
     removal_frees_the_username,
     activation_gates_sign_in,
     forgot_and_reset,
+    account_routes_name_bad_fields,
 );
 
 const NEW_PASSWORD: &[u8] = b"a brand new passphrase";
@@ -200,4 +201,25 @@ async fn forgot_and_reset(backend: Backend) {
     assert!(matches!(api.sign_in(&username, NEW_PASSWORD).await, Ok(SignInOutcome::Session(_))));
     let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(code))).await;
     assert_eq!(status, 404, "a reset code works once");
+}
+
+async fn account_routes_name_bad_fields(backend: Backend) {
+    let server = Server::start(backend).await;
+    let cases: Vec<(&str, Value, u16, Vec<&str>)> = vec![
+        ("/v1/account/activate", json!({}), 422, vec!["code", "verification_id"]),
+        ("/v1/account/activate", json!({"verification_id": "nope", "code": "123456"}), 404, vec![]),
+        ("/v1/account/forgot", json!({"username": 7}), 422, vec!["username"]),
+        ("/v1/account/reset", json!({"code": ""}), 422, vec!["code", "registration_request", "verification_id"]),
+        ("/v1/account/reset", json!({"verification_id": "nope", "code": "1", "registration_request": client::b64(&[0u8; 32])}), 404, vec![]),
+        ("/v1/account/reset/finish", json!({"verification_id": "v", "code": "1", "registration_record": "short"}), 422, vec!["registration_record"]),
+        ("/v1/account/recover/finish", json!({}), 422, vec!["recovery_token", "registration_record", "username"]),
+        ("/v1/account/remove", json!({}), 401, vec![]),
+    ];
+    for (path, body, status, fields) in cases {
+        let (got, answer) = server.call("POST", path, None, Some(body.clone())).await;
+        assert_eq!(got, status, "{path} {body} -> {answer}");
+        let mut paths = detail_paths(&answer);
+        paths.sort();
+        assert_eq!(paths, fields, "{path} {body} -> {answer}");
+    }
 }
