@@ -4,11 +4,14 @@ mod account;
 mod api;
 mod app;
 mod bench;
+mod chain;
 mod cli;
 mod config;
+mod event_log;
 mod keys;
 mod opaque;
 mod private_sign_in;
+mod replay;
 mod server;
 mod store;
 mod totp;
@@ -34,6 +37,10 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Bench(args)) => bench::run(args).await,
+        Some(Command::Replay(args)) => match replay::run(args, &cli.server).await {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         Some(command) => cli::run(command).await,
     };
     match result {
