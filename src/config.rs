@@ -204,7 +204,7 @@ pub struct SignOutArgs {
 pub struct ReplayArgs {
     /// Event store: postgres://… or sqlite://… (default: the server's, the SQLite file
     /// in the data directory).
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// The server's data directory (the SQLite file, the OPAQUE server setup).
     #[arg(long, env = "AUTHD_DATA_DIR", global = true)]
@@ -225,7 +225,7 @@ pub enum ReplayCommand {
     /// An aggregate's state as it was at a log position or a time, as JSON.
     State(StateArgs),
     /// Rebuild every read model from the log into fresh tables, compare them with the
-    /// live ones, and (with --swap) replace the live ones.
+    /// live ones (exit 1 when they differ), and (with --swap) replace the live ones.
     Rebuild(RebuildArgs),
     /// Check the hash chain of every aggregate and the latest seal; exits non-zero
     /// naming the first broken link.

@@ -45,7 +45,8 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
         SignIn::TYPE => fold::<SignIn>(&events),
         Mfa::TYPE => fold::<Mfa>(&events),
         MfaChallenge::TYPE => fold::<MfaChallenge>(&events),
-        _ => fold::<InviteToken>(&events),
+        InviteToken::TYPE => fold::<InviteToken>(&events),
+        other => bail!("unknown aggregate type {other:?}: one of {}", TYPES.join(", ")),
     }?;
     let last = events.last();
     let at = match args.at {
