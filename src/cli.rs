@@ -68,7 +68,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let revoked = api.sign_out(&args.token.access_token, args.all).await?;
             println!("{}", serde_json::json!({ "revoked": revoked }));
         }
-        Command::Serve | Command::Openapi | Command::GenerateSetup | Command::Bench(_) => bail!("not a client command"),
+        Command::Serve | Command::Openapi | Command::GenerateSetup | Command::Bench(_) | Command::Replay(_) => bail!("not a client command"),
     }
     Ok(())
 }

@@ -38,6 +38,9 @@ pub enum Command {
     /// Drive concurrent sign-ins, refreshes and verifications against a running
     /// server and print throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Forensics on the event log: export, account timelines, past state, read-model
+    /// rebuilds, integrity checks.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +125,10 @@ pub struct ServerConfig {
     #[arg(long, env = "AUTHD_VERIFICATION_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub verification_max_attempts: u32,
+    /// Seconds between seals of the event log's hash-chain heads (written only when the
+    /// log grew); 0 turns sealing off.
+    #[arg(long, env = "AUTHD_SEAL_INTERVAL", default_value_t = 60)]
+    pub seal_interval: u64,
 }
 
 impl ServerConfig {
@@ -205,4 +212,122 @@ pub struct SignOutArgs {
     pub token: TokenArgs,
     #[arg(long)]
     pub all: bool,
+}
+
+/// `authd replay`: reads the store the server uses (same settings and defaults).
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Event store: postgres://… or sqlite://… (default: the server's, the SQLite file
+    /// in the data directory).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// The server's data directory (the SQLite file, the OPAQUE server setup).
+    #[arg(long, env = "AUTHD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The OPAQUE server setup (base64url), when it is not in the data directory.
+    #[arg(long, env = "AUTHD_SERVER_SETUP", hide_env_values = true, global = true)]
+    pub server_setup: Option<String>,
+    #[command(subcommand)]
+    pub command: ReplayCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Export events as JSON lines, in log order, optionally filtered.
+    Events(EventsArgs),
+    /// An account's history across all its aggregates, in log order.
+    Timeline(TimelineArgs),
+    /// An aggregate's state as it was at a log position or a time, as JSON.
+    State(StateArgs),
+    /// Rebuild every read model from the log into fresh tables, compare them with the
+    /// live ones (exit 1 when they differ), and (with --swap) replace the live ones.
+    Rebuild(RebuildArgs),
+    /// Check the hash chain of every aggregate and the latest seal; exits non-zero
+    /// naming the first broken link.
+    Verify,
+    /// Seal the current chain heads now (the server does this every AUTHD_SEAL_INTERVAL).
+    Seal(SealArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this aggregate type (user, username, session, sign_in, mfa, mfa_challenge, invite_token).
+    #[arg(long)]
+    pub aggregate_type: Option<String>,
+    /// Only this aggregate id.
+    #[arg(long)]
+    pub aggregate_id: Option<String>,
+    /// Only this event type (e.g. SessionOpened).
+    #[arg(long)]
+    pub event_type: Option<String>,
+    /// From this log position (inclusive).
+    #[arg(long)]
+    pub from: Option<i64>,
+    /// Up to this log position (inclusive).
+    #[arg(long)]
+    pub to: Option<i64>,
+    /// Recorded at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Recorded at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// A username (as typed at sign-up; normalised) or a profile id.
+    pub account: String,
+    /// JSON lines (each event's envelope plus its description) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// user, username, session, sign_in, mfa, mfa_challenge or invite_token.
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// A log position (folds events at or before it) or an RFC 3339 time (events
+    /// recorded at or before it). Default: now.
+    #[arg(long)]
+    pub at: Option<At>,
+}
+
+/// A moment in the log.
+#[derive(Debug, Clone, Copy)]
+pub enum At {
+    Position(i64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::str::FromStr for At {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.parse::<i64>() {
+            Ok(position) => Ok(At::Position(position)),
+            Err(_) => parse_time(text).map(At::Time),
+        }
+    }
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|error| format!("not a log position or an RFC 3339 time ({error}): {text:?}"))
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Replace the live read models with the rebuilt ones (in one transaction).
+    #[arg(long)]
+    pub swap: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Seal the log as it is now even when it no longer extends the latest seal: a new
+    /// baseline, after an investigation.
+    #[arg(long)]
+    pub accept_current: bool,
 }

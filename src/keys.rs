@@ -45,6 +45,8 @@ pub struct Keys {
     ids: [u8; 32],
     refresh: [u8; 32],
     pub jwt: JwtKeys,
+    /// Authenticates the seals over the event log's hash-chain heads (`chain_seals`).
+    chain_seals: [u8; 32],
     /// Keyed hashes of verification codes.
     pub codes: CodeHasher,
 }
@@ -107,8 +109,15 @@ impl Keys {
         };
         let seal = XChaCha20Poly1305::new(&derive("sign-in-state").into());
         let jwt = JwtKeys::from_seed(derive("jwt-ed25519"))?;
-        let codes = CodeHasher { key: derive("verification-codes") };
-        Ok(Self { setup, seal, ids: derive("aggregate-ids"), refresh: derive("refresh-tokens"), jwt, codes })
+        Ok(Self {
+            setup,
+            seal,
+            ids: derive("aggregate-ids"),
+            refresh: derive("refresh-tokens"),
+            jwt,
+            codes: CodeHasher { key: derive("verification-codes") },
+            chain_seals: derive("chain-seals"),
+        })
     }
 
     /// A stable, non-reversible aggregate id for a value that must not appear in
@@ -119,6 +128,19 @@ impl Keys {
 
     pub fn refresh_hash(&self, token: &str) -> String {
         keyed_hash(&self.refresh, &[token.as_bytes()])
+    }
+
+    /// HMAC-SHA256 of a chain seal's canonical encoding (see `chain.rs`).
+    pub fn chain_seal_mac(&self, message: &[u8]) -> [u8; 32] {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.chain_seals).expect("HMAC takes any key length");
+        mac.update(message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Names the seal key without revealing it, so `verify` can tell "sealed with
+    /// another server setup" from "seal altered".
+    pub fn chain_seal_key_id(&self) -> String {
+        keyed_hash(&self.chain_seals, &[b"key-id"])[..12].to_string()
     }
 
     /// Encrypts `plaintext` so that only this server (or a replica with the same

@@ -4,12 +4,15 @@ mod account;
 mod api;
 mod app;
 mod bench;
+mod chain;
 mod cli;
 mod config;
 mod delivery;
+mod event_log;
 mod keys;
 mod opaque;
 mod private_sign_in;
+mod replay;
 mod server;
 mod store;
 mod totp;
@@ -35,6 +38,10 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Bench(args)) => bench::run(args).await,
+        Some(Command::Replay(args)) => match replay::run(args, &cli.server).await {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         Some(command) => cli::run(command).await,
     };
     match result {

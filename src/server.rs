@@ -22,7 +22,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let db = store::connect(&url).await?;
     let configured_setup = config.server_setup.as_deref().filter(|setup| !setup.trim().is_empty());
     let keys = Keys::load(configured_setup, &config.data_dir)?;
-    let store = Store::new(db);
+    let store = Store::new(db.clone());
 
     // Fold whatever the read models missed (a crash between commit and fold).
     let caught_up = store.read_models().catch_up().await.context("read model catch-up failed")?;
@@ -55,6 +55,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     )?;
     tracing::info!(delivery = %delivery.describe(), "verification messages");
     let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts));
+    if config.seal_interval > 0 {
+        spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval));
+    }
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
@@ -71,6 +74,42 @@ fn spawn_catch_up(store: Store, every: Duration) {
             ticker.tick().await;
             if let Err(error) = store.read_models().catch_up().await {
                 tracing::warn!(%error, "read model catch-up failed; retrying");
+            }
+        }
+    });
+}
+
+/// Seals the event log's chain heads whenever it grew (see `chain.rs`). A log that
+/// no longer extends the latest seal is never sealed over: that is logged as an
+/// error on every pass until someone investigates (`authd replay verify`).
+fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match crate::chain::log_changed_since_seal(&db).await {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot check the event log for a seal; retrying");
+                    continue;
+                }
+            }
+            match crate::chain::seal(&db, &keys, false).await {
+                Ok(crate::chain::SealOutcome::Sealed(seal)) => tracing::info!(
+                    seal = seal.id,
+                    streams = seal.streams,
+                    events = seal.events,
+                    digest = %seal.digest,
+                    mac = %seal.mac,
+                    "event log sealed"
+                ),
+                Ok(_) => {}
+                Err(error @ crate::chain::SealError::Refused(_)) => {
+                    tracing::error!(%error, "tamper evidence: run `authd replay verify`")
+                }
+                Err(error) => tracing::warn!(%error, "cannot seal the event log; retrying"),
             }
         }
     });

@@ -146,12 +146,18 @@ impl PersistedEventRepository for Repo {
     async fn get_snapshot<A: Aggregate>(&self, id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         delegate!(self, repo => repo.get_snapshot::<A>(id))
     }
+    // Tamper evidence: we write the INSERT ourselves (same columns as postgres-es /
+    // sqlite-es, plus each event's hash link), see `chain::persist`.
     async fn persist<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        delegate!(self, repo => repo.persist::<A>(events, snapshot_update))
+        let db = match self {
+            Repo::Postgres(handle) => Db::Postgres(handle.0.clone()),
+            Repo::Sqlite(handle) => Db::Sqlite(handle.0.clone()),
+        };
+        crate::chain::persist(&db, A::TYPE, events, snapshot_update).await
     }
     async fn stream_events<A: Aggregate>(&self, id: &str) -> Result<ReplayStream, PersistenceError> {
         delegate!(self, repo => repo.stream_events::<A>(id))

@@ -18,25 +18,9 @@ both_stores!(
     private_sign_in_obeys_mfa_and_lockout,
 );
 
-/// The TOTP of a base32 secret, as an authenticator app would have it.
-fn authenticator(secret_base32: &str) -> totp_rs::TOTP {
-    let secret = totp_rs::Secret::Encoded(secret_base32.to_string()).to_bytes().expect("base32 secret");
-    totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, secret, None, String::new())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
-}
-
-/// Code for the step `offset` steps from now (the server accepts -1..=+1).
-fn code(totp: &totp_rs::TOTP, offset: i64) -> String {
-    let time = now() as i64 + offset * 30;
-    totp.generate(u64::try_from(time).expect("positive"))
-}
-
 /// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
 async fn start_of_step() {
-    let into_step = now() % 30;
+    let into_step = common::now() % 30;
     if into_step > 10 {
         tokio::time::sleep(Duration::from_secs(30 - into_step)).await;
     }
@@ -57,9 +41,9 @@ async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::TOTP {
     assert!(enrollment["otpauth_uri"].as_str().expect("uri").starts_with("otpauth://totp/"));
     let png = base64::engine::general_purpose::STANDARD.decode(enrollment["qr_png"].as_str().expect("qr")).expect("b64");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let totp = authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let totp = common::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
     let (status, body) = server
-        .call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": code(&totp, -1)})))
+        .call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": common::totp_code(&totp, -1)})))
         .await;
     assert_eq!(status, 204, "{body}");
     assert!(server.api().user(&session.access_token).await.expect("user").mfa_enabled);
@@ -80,17 +64,17 @@ async fn mfa_enable_sign_in_and_disable(backend: Backend) {
     let totp = account_with_mfa(&server, &username).await;
 
     let ticket = mfa_ticket(&server, &username).await;
-    let session = server.api().sign_in_mfa(&ticket, &code(&totp, 0)).await.expect("second factor");
+    let session = server.api().sign_in_mfa(&ticket, &common::totp_code(&totp, 0)).await.expect("second factor");
     assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
     server.api().jwt_verify(&session.access_token).await.expect("a working session");
 
     // The same code again, even with a fresh ticket, is a replay.
     let ticket = mfa_ticket(&server, &username).await;
-    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": code(&totp, 0)}))).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": common::totp_code(&totp, 0)}))).await;
     assert_eq!(status, 401);
 
     let (status, body) = server
-        .call("POST", "/v1/mfa/totp/disable", Some(&session.access_token), Some(json!({"code": code(&totp, 1)})))
+        .call("POST", "/v1/mfa/totp/disable", Some(&session.access_token), Some(json!({"code": common::totp_code(&totp, 1)})))
         .await;
     assert_eq!(status, 204, "{body}");
     assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
@@ -115,18 +99,18 @@ async fn mfa_rejections(backend: Backend) {
     assert_eq!(status, 401);
 
     let (_, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
-    let totp = authenticator(enrollment["otp_secret"].as_str().expect("secret"));
-    let wrong = if code(&totp, 0) == "000000" { "111111" } else { "000000" };
+    let totp = common::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let wrong = if common::totp_code(&totp, 0) == "000000" { "111111" } else { "000000" };
     let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": wrong}))).await;
     assert_eq!((status, common::detail_paths(&body)), (422, vec!["code".to_string()]));
     assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
-    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": code(&totp, 0)}))).await;
+    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": common::totp_code(&totp, 0)}))).await;
     assert_eq!(status, 204);
     let (status, body) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("mfa_already_enabled")));
 
     // A made-up ticket is refused.
-    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": "made-up", "code": code(&totp, 1)}))).await;
+    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": "made-up", "code": common::totp_code(&totp, 1)}))).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")));
     let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({}))).await;
     assert_eq!(status, 422);
@@ -141,7 +125,7 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
     let username = unique("mfa-brute");
     let totp = account_with_mfa(&server, &username).await;
     let ticket = mfa_ticket(&server, &username).await;
-    let right = code(&totp, 0);
+    let right = common::totp_code(&totp, 0);
     let wrong = if right == "000000" { "111111" } else { "000000" };
     for _ in 0..5 {
         let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": wrong}))).await;
@@ -152,7 +136,7 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
     // A new ticket with the right code works; then that ticket is spent.
     let ticket = mfa_ticket(&server, &username).await;
     server.api().sign_in_mfa(&ticket, &right).await.expect("fresh ticket");
-    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": code(&totp, 1)}))).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": common::totp_code(&totp, 1)}))).await;
     assert_eq!(status, 401, "a ticket is single-use");
 }
 
@@ -234,7 +218,7 @@ async fn private_sign_in_obeys_mfa_and_lockout(backend: Backend) {
     let SignInOutcome::MfaRequired { mfa_ticket } = api.sign_in_private(&username, PASSWORD).await.expect("private") else {
         panic!("MFA applies to private sign-in");
     };
-    let session = api.sign_in_mfa(&mfa_ticket, &code(&totp, 0)).await.expect("second factor");
+    let session = api.sign_in_mfa(&mfa_ticket, &common::totp_code(&totp, 0)).await.expect("second factor");
     assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
 
     // Failures through the normal flow lock the private flow too.

@@ -37,6 +37,25 @@ macro_rules! with_pool {
     };
 }
 
+/// One connection to whichever store: for work that must stay on one connection (a
+/// transaction, or temporary tables that shadow the live read models while
+/// `authd replay rebuild` folds the log into them).
+pub enum Conn<'a> {
+    Postgres(&'a mut sqlx::PgConnection),
+    Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+/// Runs the same code on either connection of a [`Conn`] (`$conn: &mut Conn`).
+#[macro_export]
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::Conn::Postgres($c) => $body,
+            $crate::Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("read model store: {0}")]
@@ -397,6 +416,27 @@ impl ReadModels {
             tx.commit().await?;
         });
         self.catch_up().await
+    }
+
+    /// Folds one event on `conn`, outside any transaction of its own, if it is the next
+    /// in line for its aggregate (the same fold and version guard as the live path).
+    /// `authd replay rebuild` runs it with temporary tables shadowing the live ones.
+    pub async fn fold_on(conn: &mut Conn<'_>, event: &StoredEvent) -> Result<bool, Error> {
+        if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+            return Ok(false);
+        }
+        let statements = fold(event)?;
+        let guard = version_guard(event);
+        with_conn!(conn, c => {
+            let moved = bind_all!(sqlx::query(guard.sql), guard.args).execute(&mut **c).await?;
+            if moved.rows_affected() != 1 {
+                return Ok(false);
+            }
+            for s in statements {
+                bind_all!(sqlx::query(s.sql), s.args).execute(&mut **c).await?;
+            }
+        });
+        Ok(true)
     }
 
     pub async fn user(&self, profile_id: &str) -> Result<Option<UserView>, Error> {

@@ -310,3 +310,19 @@ pub async fn outbox_mail(server: &Server, to: &str, subject: impl Fn(&str) -> bo
 pub async fn outbox_message(server: &Server, to: &str) -> (String, String) {
     outbox_mail(server, to, |_| true).await
 }
+
+/// The TOTP of a base32 secret, as an authenticator app would have it.
+pub fn authenticator(secret_base32: &str) -> totp_rs::TOTP {
+    let secret = totp_rs::Secret::Encoded(secret_base32.to_string()).to_bytes().expect("base32 secret");
+    totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, secret, None, String::new())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+/// Code for the step `offset` steps from now (the server accepts -1..=+1).
+pub fn totp_code(totp: &totp_rs::TOTP, offset: i64) -> String {
+    let time = now() as i64 + offset * 30;
+    totp.generate(u64::try_from(time).expect("positive"))
+}

@@ -1,0 +1,685 @@
+//! Tamper evidence for the event log.
+//!
+//! **Hash chain.** Every event carries `prev_hash` and `hash` (hex), where
+//! `hash = SHA-256("authd/event-chain/v1" ‖ lp(aggregate_type) ‖ lp(aggregate_id) ‖
+//! lp(sequence) ‖ lp(event_type) ‖ lp(event_version) ‖ lp(canonical payload) ‖
+//! lp(canonical metadata) ‖ prev_hash)`, `lp(x)` being x's length (u64, big-endian)
+//! then x, `canonical` JSON with object keys sorted and no whitespace (so it does
+//! not depend on how a store keeps JSON), and `prev_hash` the previous event's hash
+//! in the same aggregate (32 zero bytes before the first). [`persist`] writes both in
+//! the transaction that appends the events. The chain is a function of the events'
+//! content alone, so it can always be recomputed: the stored hashes let `verify`
+//! name the event that no longer matches them.
+//!
+//! **Seals.** SHA-256 needs no key, so whoever can write the database can rewrite a
+//! stream and its hashes, or drop its tail. A seal closes that: an HMAC, under a key
+//! derived from the OPAQUE server setup, over a digest of every aggregate's head
+//! (type, id, last sequence, hash). The heads the latest seal covers are kept in
+//! `chain_heads` (the digest is over exactly those rows). The server seals every
+//! `AUTHD_SEAL_INTERVAL` seconds when the log grew, and only when the log still
+//! extends the previous seal (no sealed head lost or changed): a log that was cut
+//! or rewritten is never sealed over, and the server logs an error instead.
+
+use std::collections::BTreeMap;
+
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use projections::{with_conn, Conn, Db};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::event_log::{self, Backend, LogError, LoggedEvent};
+use crate::keys::Keys;
+
+/// The `prev_hash` of an aggregate's first event.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The fields of an event its hash covers.
+pub struct Linked<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub payload: &'a Value,
+    pub metadata: &'a Value,
+}
+
+impl<'a> From<&'a LoggedEvent> for Linked<'a> {
+    fn from(event: &'a LoggedEvent) -> Self {
+        Linked {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
+        }
+    }
+}
+
+fn length_prefixed(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+/// The hash of `event` chained to `prev`.
+pub fn event_hash(event: &Linked<'_>, prev: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"authd/event-chain/v1");
+    length_prefixed(&mut hasher, event.aggregate_type.as_bytes());
+    length_prefixed(&mut hasher, event.aggregate_id.as_bytes());
+    length_prefixed(&mut hasher, event.sequence.to_string().as_bytes());
+    length_prefixed(&mut hasher, event.event_type.as_bytes());
+    length_prefixed(&mut hasher, event.event_version.as_bytes());
+    length_prefixed(&mut hasher, canonical_json(event.payload).as_bytes());
+    length_prefixed(&mut hasher, canonical_json(event.metadata).as_bytes());
+    hasher.update(prev);
+    hasher.finalize().into()
+}
+
+/// JSON with object keys in byte order and no whitespace: the same text whether the
+/// store kept the document verbatim (SQLite text) or normalised it (PostgreSQL).
+pub fn canonical_json(value: &Value) -> String {
+    fn write(value: &Value, out: &mut String) {
+        match value {
+            Value::Array(items) => {
+                out.push('[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push('{');
+                for (index, (key, item)) in entries.into_iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(item, out);
+                }
+                out.push('}');
+            }
+            // Scalars: serde_json's compact form.
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Recomputes one aggregate's chain head, up to and including `upto`, from the
+/// events' content (for events written before the chain existed, whose hash is
+/// empty).
+async fn recompute_head(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    upto: i64,
+) -> Result<[u8; 32], LogError> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 ORDER BY sequence",
+        event_log::columns(backend)
+    );
+    let events = with_conn!(conn, c => {
+        let rows = sqlx::query(&sql).bind(aggregate_type).bind(aggregate_id).bind(upto).fetch_all(&mut **c).await?;
+        rows.iter().map(LoggedEvent::from_row).collect::<Result<Vec<_>, _>>()?
+    });
+    let mut head = GENESIS;
+    for event in &events {
+        head = event_hash(&Linked::from(event), &head);
+    }
+    Ok(head)
+}
+
+/// The stored hash of event `sequence`, recomputed when it is missing or malformed.
+/// `None` when there is no such event.
+async fn hash_at(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> Result<Option<[u8; 32]>, LogError> {
+    let sql = "SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
+    let stored: Option<Option<String>> = with_conn!(conn, c => {
+        sqlx::query_scalar(sql).bind(aggregate_type).bind(aggregate_id).bind(sequence).fetch_optional(&mut **c).await?
+    });
+    match stored {
+        None => Ok(None),
+        Some(Some(hash)) if unhex(&hash).is_some() => Ok(unhex(&hash)),
+        Some(_) => Ok(Some(recompute_head(conn, backend, aggregate_type, aggregate_id, sequence).await?)),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Appending: the persist path of `store::Repo`.
+
+fn persistence_error(backend: Backend) -> impl Fn(sqlx::Error) -> PersistenceError {
+    move |error| {
+        // The same conflicts postgres-es and sqlite-es report: any unique violation on
+        // PostgreSQL, a primary-key violation on SQLite (see ARCHITECTURE.md).
+        let conflict = match (&error, backend) {
+            (sqlx::Error::Database(db), Backend::Postgres) => db.code().as_deref() == Some("23505"),
+            (sqlx::Error::Database(db), Backend::Sqlite) => db.code().as_deref() == Some("1555"),
+            _ => false,
+        };
+        match error {
+            _ if conflict => PersistenceError::OptimisticLockError,
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                PersistenceError::ConnectionError(Box::new(error))
+            }
+            other => PersistenceError::UnknownError(Box::new(other)),
+        }
+    }
+}
+
+fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
+    move |error| match error {
+        LogError::Store(error) => persistence_error(backend)(error),
+        other => PersistenceError::UnknownError(Box::new(other)),
+    }
+}
+
+/// Appends `events` (all of one aggregate, in sequence order) with their hash links,
+/// in one transaction: the same rows and columns postgres-es / sqlite-es write, plus
+/// `prev_hash` and `hash`. A second writer at the same sequence fails on the primary
+/// key, which surfaces as [`PersistenceError::OptimisticLockError`].
+pub async fn persist(
+    db: &Db,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+    snapshot_update: Option<(String, Value, usize)>,
+) -> Result<(), PersistenceError> {
+    if snapshot_update.is_some() {
+        // Store uses the plain event store (see ARCHITECTURE.md); a snapshot here
+        // would mean someone wired a snapshot store without its table.
+        return Err(PersistenceError::UnknownError("snapshots are not supported by authd's event store".into()));
+    }
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let backend = Backend::of(db);
+    let error = persistence_error(backend);
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(&error)?;
+            append(&mut Conn::Postgres(&mut tx), backend, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)
+        }
+        Db::Sqlite(pool) => {
+            // IMMEDIATE: take the write lock before reading the previous hash. A
+            // deferred transaction that reads and then writes fails with
+            // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
+            append(&mut Conn::Sqlite(&mut tx), backend, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)
+        }
+    }
+}
+
+async fn append(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    aggregate_type: &str,
+    first: &SerializedEvent,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    let error = persistence_error(backend);
+    let first_sequence = i64::try_from(first.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    let mut prev = if first_sequence <= 1 {
+        GENESIS
+    } else {
+        match hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
+            .await
+            .map_err(log_error(backend))?
+        {
+            Some(hash) => hash,
+            None => {
+                return Err(PersistenceError::UnknownError(
+                    format!(
+                        "cannot append {aggregate_type}/{}#{first_sequence}: event {} is missing from the log",
+                        first.aggregate_id,
+                        first_sequence - 1
+                    )
+                    .into(),
+                ))
+            }
+        }
+    };
+    let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    for event in events {
+        let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let hash = event_hash(
+            &Linked {
+                aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                payload: &event.payload,
+                metadata: &event.metadata,
+            },
+            &prev,
+        );
+        with_conn!(conn, c => {
+            sqlx::query(sql)
+                .bind(aggregate_type)
+                .bind(event.aggregate_id.as_str())
+                .bind(sequence)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version.as_str())
+                .bind(&event.payload)
+                .bind(&event.metadata)
+                .bind(hex(&prev))
+                .bind(hex(&hash))
+                .execute(&mut **c)
+                .await
+                .map(|_| ())
+                .map_err(&error)?
+        });
+        prev = hash;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Seals.
+
+/// (aggregate type, aggregate id) → (last sequence, hash), in byte order.
+pub type Heads = BTreeMap<(String, String), (i64, [u8; 32])>;
+
+/// The digest a seal authenticates: every head, in byte order of (type, id).
+pub fn heads_digest(heads: &Heads) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"authd/chain-heads/v1");
+    for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
+        length_prefixed(&mut hasher, aggregate_type.as_bytes());
+        length_prefixed(&mut hasher, aggregate_id.as_bytes());
+        hasher.update(sequence.to_be_bytes());
+        hasher.update(hash);
+    }
+    hasher.finalize().into()
+}
+
+/// One row of `chain_seals`.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    pub id: i64,
+    pub sealed_at: String,
+    pub streams: i64,
+    pub events: i64,
+    pub digest: String,
+    pub key_id: String,
+    pub mac: String,
+}
+
+impl Seal {
+    fn message(sealed_at: &str, streams: i64, events: i64, digest: &str) -> Vec<u8> {
+        let mut message = b"authd/chain-seal/v1".to_vec();
+        for part in [sealed_at.as_bytes(), &streams.to_be_bytes(), &events.to_be_bytes(), digest.as_bytes()] {
+            message.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            message.extend_from_slice(part);
+        }
+        message
+    }
+
+    /// Whether the seal's MAC verifies under `keys`.
+    pub fn authentic(&self, keys: &Keys) -> bool {
+        let expected = hex(&keys.chain_seal_mac(&Self::message(&self.sealed_at, self.streams, self.events, &self.digest)));
+        subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), self.mac.as_bytes()).into()
+    }
+}
+
+/// The latest seal, if any.
+pub async fn latest_seal(conn: &mut Conn<'_>) -> Result<Option<Seal>, sqlx::Error> {
+    let sql = "SELECT id, sealed_at, streams, events, digest, key_id, mac FROM chain_seals ORDER BY id DESC LIMIT 1";
+    with_conn!(conn, c => {
+        match sqlx::query(sql).fetch_optional(&mut **c).await? {
+            None => Ok(None),
+            Some(row) => Ok(Some(Seal {
+                id: row.try_get(0)?,
+                sealed_at: row.try_get(1)?,
+                streams: row.try_get(2)?,
+                events: row.try_get(3)?,
+                digest: row.try_get(4)?,
+                key_id: row.try_get(5)?,
+                mac: row.try_get(6)?,
+            })),
+        }
+    })
+}
+
+/// The heads the latest seal covers (`chain_heads`). A malformed hash reads as zeros
+/// (and so no longer matches the seal's digest).
+pub async fn sealed_heads(conn: &mut Conn<'_>) -> Result<Heads, sqlx::Error> {
+    let sql = "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads";
+    let rows: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
+        sqlx::query_as(sql).fetch_all(&mut **c).await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(aggregate_type, aggregate_id, sequence, hash)| {
+            ((aggregate_type, aggregate_id), (sequence, unhex(&hash).unwrap_or_default()))
+        })
+        .collect())
+}
+
+/// Every aggregate's current head in the log.
+async fn current_heads(conn: &mut Conn<'_>, backend: Backend) -> Result<Heads, LogError> {
+    let sql = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash FROM events e
+               JOIN (SELECT aggregate_type, aggregate_id, MAX(sequence) AS last FROM events
+                     GROUP BY aggregate_type, aggregate_id) h
+                 ON h.aggregate_type = e.aggregate_type AND h.aggregate_id = e.aggregate_id AND h.last = e.sequence";
+    let rows: Vec<(String, String, i64, Option<String>)> = with_conn!(conn, c => {
+        sqlx::query_as(sql).fetch_all(&mut **c).await?
+    });
+    let mut heads = Heads::new();
+    for (aggregate_type, aggregate_id, sequence, hash) in rows {
+        let hash = match hash.as_deref().and_then(unhex) {
+            Some(hash) => hash,
+            None => recompute_head(conn, backend, &aggregate_type, &aggregate_id, sequence).await?,
+        };
+        heads.insert((aggregate_type, aggregate_id), (sequence, hash));
+    }
+    Ok(heads)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("{0}")]
+    Log(#[from] LogError),
+    #[error("refusing to seal: the log no longer extends the latest seal: {}", .0.join("; "))]
+    Refused(Vec<String>),
+}
+
+impl From<sqlx::Error> for SealError {
+    fn from(error: sqlx::Error) -> Self {
+        SealError::Log(LogError::Store(error))
+    }
+}
+
+#[derive(Debug)]
+pub enum SealOutcome {
+    Sealed(Seal),
+    /// The heads are the ones the latest seal covers.
+    Unchanged,
+    /// The log is empty.
+    Empty,
+}
+
+/// Seals the current heads, if they changed since the latest seal and extend it.
+/// `accept_current` seals whatever the log holds now (after an investigation, to
+/// start a new baseline).
+pub async fn seal(db: &Db, keys: &Keys, accept_current: bool) -> Result<SealOutcome, SealError> {
+    let backend = Backend::of(db);
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            // One sealer at a time across replicas; plain reads go on.
+            sqlx::query("LOCK TABLE chain_heads IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+            let outcome = seal_on(&mut Conn::Postgres(&mut tx), backend, keys, accept_current).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let outcome = seal_on(&mut Conn::Sqlite(&mut tx), backend, keys, accept_current).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+    }
+}
+
+async fn seal_on(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    keys: &Keys,
+    accept_current: bool,
+) -> Result<SealOutcome, SealError> {
+    let current = current_heads(conn, backend).await?;
+    if current.is_empty() {
+        return Ok(SealOutcome::Empty);
+    }
+    let latest = latest_seal(conn).await?;
+    let sealed = sealed_heads(conn).await?;
+    let digest = hex(&heads_digest(&current));
+    if latest.as_ref().is_some_and(|seal| seal.digest == digest) && heads_digest(&sealed) == heads_digest(&current) {
+        return Ok(SealOutcome::Unchanged);
+    }
+    if !accept_current {
+        let problems = extension_problems(conn, backend, keys, latest.as_ref(), &sealed, &current).await?;
+        if !problems.is_empty() {
+            return Err(SealError::Refused(problems));
+        }
+    }
+    with_conn!(conn, c => {
+        if accept_current {
+            sqlx::query("DELETE FROM chain_heads").execute(&mut **c).await?;
+        }
+        for ((aggregate_type, aggregate_id), (sequence, hash)) in &current {
+            if !accept_current && sealed.get(&(aggregate_type.clone(), aggregate_id.clone())) == Some(&(*sequence, *hash)) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO chain_heads (aggregate_type, aggregate_id, sequence, hash) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
+            )
+            .bind(aggregate_type.as_str())
+            .bind(aggregate_id.as_str())
+            .bind(*sequence)
+            .bind(hex(hash))
+            .execute(&mut **c)
+            .await?;
+        }
+    });
+    let sealed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let streams = i64::try_from(current.len()).unwrap_or(i64::MAX);
+    let events: i64 = current.values().map(|(sequence, _)| *sequence).sum();
+    let mac = hex(&keys.chain_seal_mac(&Seal::message(&sealed_at, streams, events, &digest)));
+    let key_id = keys.chain_seal_key_id();
+    let id: i64 = with_conn!(conn, c => {
+        sqlx::query_scalar(
+            "INSERT INTO chain_seals (sealed_at, streams, events, digest, key_id, mac) VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id",
+        )
+        .bind(sealed_at.as_str())
+        .bind(streams)
+        .bind(events)
+        .bind(digest.as_str())
+        .bind(key_id.as_str())
+        .bind(mac.as_str())
+        .fetch_one(&mut **c)
+        .await?
+    });
+    Ok(SealOutcome::Sealed(Seal { id, sealed_at, streams, events, digest, key_id, mac }))
+}
+
+/// Why the current heads do not extend the latest seal (empty: they do).
+async fn extension_problems(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    keys: &Keys,
+    latest: Option<&Seal>,
+    sealed: &Heads,
+    current: &Heads,
+) -> Result<Vec<String>, SealError> {
+    let mut problems = Vec::new();
+    match latest {
+        None if !sealed.is_empty() => problems.push("chain_heads has rows but chain_seals has no seal".to_string()),
+        None => return Ok(problems),
+        Some(seal) => {
+            if !seal.authentic(keys) {
+                problems.push(format!("seal #{} does not verify with this server's key", seal.id));
+            }
+            if hex(&heads_digest(sealed)) != seal.digest {
+                problems.push(format!("chain_heads no longer match seal #{}", seal.id));
+            }
+        }
+    }
+    for ((aggregate_type, aggregate_id), (sequence, hash)) in sealed {
+        let stream = format!("{aggregate_type}/{aggregate_id}");
+        match current.get(&(aggregate_type.clone(), aggregate_id.clone())) {
+            None => problems.push(format!("{stream}: sealed at sequence {sequence}, now gone")),
+            Some((now, _)) if now < sequence => {
+                problems.push(format!("{stream}: sealed at sequence {sequence}, now ends at {now}"))
+            }
+            Some((now, now_hash)) if now == sequence => {
+                if now_hash != hash {
+                    problems.push(format!("{stream}: event {sequence} changed since it was sealed"));
+                }
+            }
+            Some(_) => {
+                if hash_at(conn, backend, aggregate_type, aggregate_id, *sequence).await?.as_ref() != Some(hash) {
+                    problems.push(format!("{stream}: event {sequence} changed since it was sealed"));
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Whether the log holds a different number of events than the latest seal covers
+/// (cheap enough to ask every interval).
+pub async fn log_changed_since_seal(db: &Db) -> Result<bool, LogError> {
+    let events = event_log::count(db, "", &[]).await?;
+    let sql = "SELECT events FROM chain_seals ORDER BY id DESC LIMIT 1";
+    let sealed: Option<i64> = projections::with_pool!(db, pool => sqlx::query_scalar(sql).fetch_optional(pool).await?);
+    Ok(sealed.and_then(|sealed| u64::try_from(sealed).ok()) != Some(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn linked<'a>(payload: &'a Value, metadata: &'a Value) -> Linked<'a> {
+        Linked {
+            aggregate_type: "user",
+            aggregate_id: "p1",
+            sequence: 1,
+            event_type: "UserRegistered",
+            event_version: "1",
+            payload,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn the_hash_does_not_depend_on_key_order_or_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, "x"], "x": null}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,"x"]},"b":1}"#).expect("json");
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,"x"]},"b":1}"#);
+        let meta = json!({"client_address": "127.0.0.1"});
+        assert_eq!(event_hash(&linked(&a, &meta), &GENESIS), event_hash(&linked(&b, &meta), &GENESIS));
+    }
+
+    #[test]
+    fn the_hash_covers_content_and_link() {
+        let payload = json!({"UserRegistered": {"username": "alice"}});
+        let meta = json!({});
+        let base = event_hash(&linked(&payload, &meta), &GENESIS);
+        let other_payload = json!({"UserRegistered": {"username": "mallory"}});
+        assert_ne!(base, event_hash(&linked(&other_payload, &meta), &GENESIS));
+        assert_ne!(base, event_hash(&linked(&payload, &json!({"client_address": "10.0.0.1"})), &GENESIS));
+        assert_ne!(base, event_hash(&linked(&payload, &meta), &[1; 32]));
+        let mut moved = linked(&payload, &meta);
+        moved.sequence = 2;
+        assert_ne!(base, event_hash(&moved, &GENESIS));
+    }
+
+    fn serialized(sequence: usize, payload: Value) -> SerializedEvent {
+        SerializedEvent {
+            aggregate_id: "s1".into(),
+            sequence,
+            aggregate_type: "session".into(),
+            event_type: "SessionRefreshed".into(),
+            event_version: "1".into(),
+            payload,
+            metadata: json!({"client_address": "127.0.0.1"}),
+        }
+    }
+
+    async fn sqlite_store() -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("authd-chain-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
+        (db, dir)
+    }
+
+    async fn stored(db: &Db) -> Vec<(i64, Option<String>, Option<String>)> {
+        let Db::Sqlite(pool) = db else { panic!("sqlite") };
+        sqlx::query_as("SELECT sequence, prev_hash, hash FROM events ORDER BY sequence").fetch_all(pool).await.expect("rows")
+    }
+
+    #[tokio::test]
+    async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
+        let (db, dir) = sqlite_store().await;
+        persist(&db, "session", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, "session", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
+        let rows = stored(&db).await;
+        assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
+        assert_eq!(rows[1].1, rows[0].2);
+        assert_eq!(rows[2].1, rows[1].2);
+        let conflict = persist(&db, "session", &[serialized(3, json!({"a": "late"}))], None).await;
+        assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
+        let (db, dir) = sqlite_store().await;
+        persist(&db, "session", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
+        let Db::Sqlite(pool) = &db else { panic!("sqlite") };
+        sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
+        persist(&db, "session", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
+        let first = serialized(1, json!({"a": 1}));
+        let head = event_hash(
+            &Linked {
+                aggregate_type: "session",
+                aggregate_id: "s1",
+                sequence: 1,
+                event_type: &first.event_type,
+                event_version: &first.event_version,
+                payload: &first.payload,
+                metadata: &first.metadata,
+            },
+            &GENESIS,
+        );
+        assert_eq!(stored(&db).await[1].1.as_deref(), Some(hex(&head).as_str()));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = [0xab; 32];
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,64 @@
+//! `authd replay events`: the log as JSON lines, one envelope per event, in log order.
+
+use std::io::{BufWriter, Write};
+
+use projections::Db;
+
+use crate::config::EventsArgs;
+use crate::event_log::{self, Backend, Bind};
+
+/// The WHERE clause (with its parameters) for the export's filters.
+fn filter(backend: Backend, args: &EventsArgs) -> (String, Vec<Bind>) {
+    let order = event_log::order_column(backend);
+    let mut conditions = Vec::new();
+    let mut binds = Vec::new();
+    let mut add = |condition: &dyn Fn(usize) -> String, bind: Bind| {
+        binds.push(bind);
+        conditions.push(condition(binds.len()));
+    };
+    if let Some(aggregate_type) = &args.aggregate_type {
+        add(&|n| format!("aggregate_type = ${n}"), Bind::Text(aggregate_type.clone()));
+    }
+    if let Some(aggregate_id) = &args.aggregate_id {
+        add(&|n| format!("aggregate_id = ${n}"), Bind::Text(aggregate_id.clone()));
+    }
+    if let Some(event_type) = &args.event_type {
+        add(&|n| format!("event_type = ${n}"), Bind::Text(event_type.clone()));
+    }
+    if let Some(from) = args.from {
+        add(&|n| format!("{order} >= ${n}"), Bind::Int(from));
+    }
+    if let Some(to) = args.to {
+        add(&|n| format!("{order} <= ${n}"), Bind::Int(to));
+    }
+    if let Some(since) = args.since {
+        add(&|n| event_log::recorded_at_compare(backend, ">=", n), Bind::Text(event_log::time_bound(backend, since)));
+    }
+    if let Some(until) = args.until {
+        add(&|n| event_log::recorded_at_compare(backend, "<=", n), Bind::Text(event_log::time_bound(backend, until)));
+    }
+    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    (clause, binds)
+}
+
+pub async fn export(db: &Db, args: &EventsArgs) -> anyhow::Result<()> {
+    let backend = Backend::of(db);
+    let (clause, binds) = filter(backend, args);
+    let bar = super::progress(db, &clause, &binds, "exporting").await?;
+    let sql = format!(
+        "SELECT {} FROM events {clause} ORDER BY {}",
+        event_log::columns(backend),
+        event_log::order_column(backend)
+    );
+    let mut out = BufWriter::new(std::io::stdout());
+    event_log::for_each(db, &sql, &binds, |event| {
+        serde_json::to_writer(&mut out, &event.envelope())?;
+        writeln!(out)?;
+        bar.inc(1);
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?;
+    bar.finish_and_clear();
+    out.flush()?;
+    Ok(())
+}
