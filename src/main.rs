@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod config;
 mod keys;
+mod log;
 mod opaque;
 mod private_sign_in;
 mod server;

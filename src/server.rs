@@ -24,7 +24,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let store = Store::new(db);
 
     // Fold whatever the read models missed (a crash between commit and fold).
-    let caught_up = store.read_models().catch_up().await.context("read model catch-up failed")?;
+    let caught_up = store.catch_up().await.context("read model catch-up failed")?;
     tracing::info!(events = caught_up, "read models caught up");
     spawn_catch_up(store.clone(), Duration::from_secs(config.catch_up_interval.max(1)));
 
@@ -61,7 +61,7 @@ fn spawn_catch_up(store: Store, every: Duration) {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            if let Err(error) = store.read_models().catch_up().await {
+            if let Err(error) = store.catch_up().await {
                 tracing::warn!(%error, "read model catch-up failed; retrying");
             }
         }
