@@ -63,7 +63,7 @@ pub struct ServerConfig {
     /// Let anyone sign up without a `signup` token.
     #[arg(long, env = "AUTHD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set)]
     pub open_signup: bool,
-    /// NATS server for the audit stream (unset: no NATS).
+    /// NATS server for the audit stream (unset: no audit relay).
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// Per-address rate limits on sign-in, sign-up, password recovery and code
@@ -107,6 +107,12 @@ pub struct ServerConfig {
     /// Refuse sign-in (403 `email_not_verified`) until the account's email is verified.
     #[arg(long, env = "AUTHD_REQUIRE_VERIFIED_EMAIL", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_verified_email: bool,
+    /// JetStream stream the audit relay publishes to (created if missing).
+    #[arg(long, env = "AUTHD_NATS_STREAM", default_value = "AUTHD_EVENTS")]
+    pub nats_stream: String,
+    /// Subject prefix of audit events: `<prefix>.<aggregate_type>.<event_type>`.
+    #[arg(long, env = "AUTHD_NATS_SUBJECT_PREFIX", default_value = "authd.events")]
+    pub nats_subject_prefix: String,
 }
 
 impl ServerConfig {

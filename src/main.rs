@@ -3,6 +3,7 @@
 mod account;
 mod api;
 mod app;
+mod audit;
 mod bench;
 mod cli;
 mod config;
@@ -10,6 +11,7 @@ mod keys;
 mod log;
 mod opaque;
 mod private_sign_in;
+mod relay;
 mod server;
 mod store;
 mod totp;

@@ -6,6 +6,7 @@ mod account;
 mod body;
 mod buckets;
 mod error;
+mod events;
 mod health;
 mod mfa;
 mod private_sign_in;
@@ -46,6 +47,8 @@ pub enum Tag {
     Account,
     /// Liveness and readiness.
     Health,
+    /// The event log as audit envelopes (admin).
+    Audit,
 }
 
 /// An access token issued by this server.
@@ -84,6 +87,7 @@ pub type Apis = (
     sessions::SessionApi,
     mfa::MfaApi,
     account::AccountApi,
+    events::EventsApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.
@@ -97,6 +101,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
         sessions::SessionApi,
         mfa::MfaApi,
         account::AccountApi,
+        events::EventsApi,
     );
     OpenApiService::new(apis, "authd", env!("CARGO_PKG_VERSION")).description(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
