@@ -476,6 +476,53 @@ async fn one_replica_publishes_and_another_takes_over() {
     assert_published_once_in_order(&log, &messages, &stream.prefix);
 }
 
+/// The Rust consumer of the README, as written there (a durable pull consumer that
+/// acks each message), reads the events of a running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_consumer_reads_the_stream() {
+    use futures::StreamExt;
+    let stream_under_test = TestStream::new();
+    let server = Server::start_with(Backend::Sqlite, &stream_under_test.env()).await;
+    assert_eq!(fill(&server, 3).await, 200);
+    let log = server.events().await;
+
+    // README: "Subscribing", Rust.
+    let client = async_nats::connect(stream_under_test.url.as_str()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = eventually("the relay to create the stream", 30, || async {
+        js.get_stream(&stream_under_test.name).await.ok()
+    })
+    .await;
+    let consumer = stream
+        .get_or_create_consumer(
+            "auditor",
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("auditor".into()),
+                filter_subject: format!("{}.invite_token.>", stream_under_test.prefix),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut seen = HashSet::new();
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream goes on")
+            .expect("a message");
+        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
+        let envelope: Value = serde_json::from_slice(&message.payload).expect("an envelope");
+        if seen.insert(id) {
+            received.push(envelope);
+        }
+        message.ack().await.expect("ack");
+    }
+    assert_eq!(received, log);
+}
+
 // ---------------------------------------------------------------------------
 // The order
 
