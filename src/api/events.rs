@@ -37,6 +37,7 @@ impl EventsApi {
     /// The log's audit envelopes after a position, optionally only those of one
     /// aggregate type, aggregate or event type.
     #[oai(path = "/v1/admin/events", method = "get", operation_id = "list_events")]
+    #[allow(clippy::too_many_arguments)] // one argument per query parameter, for the spec
     async fn list(
         &self,
         app: Data<&Arc<App>>,
