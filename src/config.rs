@@ -66,7 +66,7 @@ pub struct ServerConfig {
     /// Let anyone sign up without a `signup` token.
     #[arg(long, env = "AUTHD_OPEN_SIGNUP", default_value_t = false, action = clap::ArgAction::Set)]
     pub open_signup: bool,
-    /// NATS server for the audit stream (unset: no NATS).
+    /// NATS server for the audit stream (unset: no audit relay).
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// Per-address rate limits on sign-in, sign-up, password recovery and code
@@ -129,6 +129,12 @@ pub struct ServerConfig {
     /// log grew); 0 turns sealing off.
     #[arg(long, env = "AUTHD_SEAL_INTERVAL", default_value_t = 60)]
     pub seal_interval: u64,
+    /// JetStream stream the audit relay publishes to (created if missing).
+    #[arg(long, env = "AUTHD_NATS_STREAM", default_value = "AUTHD_EVENTS")]
+    pub nats_stream: String,
+    /// Subject prefix of audit events: `<prefix>.<aggregate_type>.<event_type>`.
+    #[arg(long, env = "AUTHD_NATS_SUBJECT_PREFIX", default_value = "authd.events")]
+    pub nats_subject_prefix: String,
 }
 
 impl ServerConfig {

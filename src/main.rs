@@ -3,6 +3,7 @@
 mod account;
 mod api;
 mod app;
+mod audit;
 mod bench;
 mod chain;
 mod cli;
@@ -10,8 +11,10 @@ mod config;
 mod delivery;
 mod event_log;
 mod keys;
+mod log;
 mod opaque;
 mod private_sign_in;
+mod relay;
 mod replay;
 mod server;
 mod store;

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use poem::listener::TcpListener;
-use poem::Server;
+use poem::{EndpointExt, Server};
 
 use crate::app::{App, Policy};
 use crate::config::ServerConfig;
 use crate::delivery::Delivery;
 use crate::keys::Keys;
+use crate::relay;
 use crate::store::{self, Store};
 
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
@@ -25,13 +26,26 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let store = Store::new(db.clone());
 
     // Fold whatever the read models missed (a crash between commit and fold).
-    let caught_up = store.read_models().catch_up().await.context("read model catch-up failed")?;
+    let caught_up = store.catch_up().await.context("read model catch-up failed")?;
     tracing::info!(events = caught_up, "read models caught up");
     spawn_catch_up(store.clone(), Duration::from_secs(config.catch_up_interval.max(1)));
 
-    if config.nats_url.is_some() {
-        tracing::warn!("NATS_URL is set, but the audit relay is not part of this build yet");
-    }
+    let relay = match config.nats_url.as_deref().filter(|url| !url.trim().is_empty()) {
+        Some(nats_url) => {
+            let settings = relay::Settings {
+                nats_url: nats_url.to_string(),
+                stream: config.nats_stream.clone(),
+                subject_prefix: config.nats_subject_prefix.clone(),
+                database_url: url.clone(),
+            };
+            settings.validate().map_err(anyhow::Error::msg)?;
+            let status = relay::Status::new(relay::State::Connecting);
+            relay::spawn(store.clone(), settings, status.clone());
+            tracing::info!(stream = %config.nats_stream, subjects = %format!("{}.>", config.nats_subject_prefix), "audit relay started");
+            status
+        }
+        None => relay::Status::new(relay::State::Disabled),
+    };
     let policy = Policy {
         open_signup: config.open_signup,
         admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
@@ -61,7 +75,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
-        .run_with_graceful_shutdown(crate::api::routes(app, limits), shutdown(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(crate::api::routes(app, limits).data(relay), shutdown(), Some(Duration::from_secs(10)))
         .await
         .with_context(|| format!("cannot serve on {}", config.listen))
 }
@@ -72,7 +86,7 @@ fn spawn_catch_up(store: Store, every: Duration) {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            if let Err(error) = store.read_models().catch_up().await {
+            if let Err(error) = store.catch_up().await {
                 tracing::warn!(%error, "read model catch-up failed; retrying");
             }
         }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
@@ -21,6 +22,9 @@ use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Notify;
+
+use crate::log::Log;
 
 /// How often a command is retried when another writer committed to the same
 /// aggregate first.
@@ -173,6 +177,10 @@ pub struct Store {
     db: Db,
     repo: Repo,
     read_models: ReadModels,
+    log: Log,
+    /// Signalled after every commit, so log consumers (the audit relay) need not
+    /// wait for their next poll.
+    committed: Arc<Notify>,
 }
 
 fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
@@ -186,11 +194,27 @@ impl Store {
             Db::Sqlite(pool) => Repo::Sqlite(SqliteEventRepositoryHandle(pool.clone())),
         };
         let read_models = ReadModels::new(db.clone());
-        Self { db, repo, read_models }
+        let log = Log::new(db.clone());
+        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()) }
     }
 
     pub fn read_models(&self) -> &ReadModels {
         &self.read_models
+    }
+
+    /// The whole log in its global order.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Notified after each commit of this process.
+    pub fn commits(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+
+    /// Folds whatever the read models have not seen, from their checkpoint on.
+    pub async fn catch_up(&self) -> Result<u64, projections::Error> {
+        self.read_models.catch_up(&self.log).await
     }
 
     fn events<A: Aggregate>(&self) -> PersistedEventStore<Repo, A> {
@@ -232,6 +256,7 @@ impl Store {
             }
             match store.commit(events, context, metadata.clone()).await {
                 Ok(committed) => {
+                    self.committed.notify_one();
                     self.project::<A>(&committed).await;
                     return Ok(committed.into_iter().map(|envelope| envelope.payload).collect());
                 }

@@ -26,6 +26,8 @@ both_stores!(
     admin_routes,
     restart_keeps_accounts_and_sessions,
     a_missed_read_model_update_catches_up_on_start,
+    forgetting_the_checkpoint_and_versions_refolds_from_the_log,
+    a_forgotten_version_is_refolded_while_running,
     open_sign_up_needs_no_token,
     buckets_fill_and_top_up,
 );
@@ -506,4 +508,136 @@ async fn a_store_outage_answers_503() {
     let (status, _) = server.call("GET", "/readyz", None, None).await;
     assert_eq!(status, 200);
     server.sign_in(&username).await;
+}
+
+/// The read models' checkpoint, or None before their first catch-up.
+async fn read_models_checkpoint(server: &Server) -> Option<i64> {
+    use sqlx::Connection;
+    let sql = "SELECT position FROM checkpoints WHERE name = 'read_models'";
+    match server.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
+            sqlx::query_scalar(sql).fetch_optional(&mut conn).await.expect(sql)
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+            sqlx::query_scalar(sql).fetch_optional(&mut conn).await.expect(sql)
+        }
+    }
+}
+
+/// Everything derived is forgotten — every read model, every per-aggregate version
+/// and the checkpoint — but not the log: a restart folds it all back from the log.
+async fn forgetting_the_checkpoint_and_versions_refolds_from_the_log(backend: Backend) {
+    let mut server = Server::start(backend).await;
+    let username = unique("wanda");
+    let profile_id = server.sign_up(&username).await;
+    let first = server.sign_in(&username).await;
+    server.api().fill_bucket(ADMIN, "signup", 3).await.expect("fill");
+    let before = server.api().bucket(ADMIN, "signup").await.expect("bucket");
+    assert_eq!((before.available, before.redeemed), (3, 1));
+    server.kill();
+    server
+        .sql(&[
+            "DELETE FROM checkpoints",
+            "DELETE FROM projection_versions",
+            "DELETE FROM users_view",
+            "DELETE FROM sessions_view",
+            "DELETE FROM invite_tokens_view",
+            "DELETE FROM mfa_view",
+        ])
+        .await;
+    assert_eq!(read_models_checkpoint(&server).await, None);
+    server.restart().await;
+    let api = server.api();
+    let user = api.user(&first.access_token).await.expect("the user is back");
+    assert_eq!((user.profile_id, user.username), (profile_id, username.to_lowercase()));
+    let after = api.bucket(ADMIN, "signup").await.expect("bucket");
+    assert_eq!((after.available, after.redeemed), (3, 1), "buckets are back");
+    let second = server.sign_in(&username).await;
+    assert_eq!(api.sign_out(&second.access_token, true).await.expect("sign out all"), 2, "sessions are back");
+    assert!(read_models_checkpoint(&server).await.unwrap_or(0) > 0, "the checkpoint is recorded again");
+}
+
+/// Forgetting an aggregate's version while the server runs rewinds the checkpoint
+/// (a trigger), and the periodic catch-up folds the aggregate back from the log.
+async fn a_forgotten_version_is_refolded_while_running(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_CATCH_UP_INTERVAL", "1")]).await;
+    let username = unique("yannick");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+    let api = server.api();
+    api.user(&session.access_token).await.expect("folded live");
+    let caught_up = {
+        let mut checkpoint = None;
+        for _ in 0..100 {
+            checkpoint = read_models_checkpoint(&server).await.filter(|position| *position >= 4);
+            if checkpoint.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        checkpoint.expect("the periodic catch-up moves the checkpoint past the sign-up")
+    };
+    server.sql(&["DELETE FROM users_view", "DELETE FROM projection_versions WHERE aggregate_type = 'user'"]).await;
+    let rewound = read_models_checkpoint(&server).await.expect("checkpoint");
+    assert!(rewound < caught_up, "forgetting a version rewinds the checkpoint ({rewound} < {caught_up})");
+    let mut user = api.user(&session.access_token).await;
+    for _ in 0..100 {
+        if user.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        user = api.user(&session.access_token).await;
+    }
+    assert_eq!(user.expect("refolded while running").username, username.to_lowercase());
+}
+
+/// A real kill between a commit and its read-model update: the fold of the new
+/// account is held up by a lock, authd is killed while it waits, and after the
+/// restart the account's read model is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_commit_and_fold_is_repaired_on_restart() {
+    use sqlx::Connection;
+    let mut server = Server::start(Backend::Postgres).await;
+    let username = unique("xavier");
+    let token = server.invitation().await;
+    let mut blocker = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+    let mut watcher = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+    sqlx::query("BEGIN").execute(&mut blocker).await.expect("begin");
+    sqlx::query("LOCK TABLE users_view IN ACCESS EXCLUSIVE MODE").execute(&mut blocker).await.expect("lock");
+    let api = server.api();
+    let name = username.clone();
+    let sign_up = tokio::spawn(async move { api.sign_up(&name, PASSWORD, Some(&token), None).await });
+
+    // Committed, and its fold waiting on the lock.
+    let mut profile_id: Option<String> = None;
+    let mut waiting = 0i64;
+    for _ in 0..300 {
+        profile_id = sqlx::query_scalar("SELECT aggregate_id FROM events WHERE event_type = 'UserRegistered'")
+            .fetch_optional(&mut watcher)
+            .await
+            .expect("events");
+        waiting = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'users_view'::regclass")
+            .fetch_one(&mut watcher)
+            .await
+            .expect("pg_locks");
+        if profile_id.is_some() && waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let profile_id = profile_id.expect("the registration is committed");
+    assert!(waiting > 0, "the fold waits on the read model");
+    let folded: i64 = sqlx::query_scalar("SELECT count(*) FROM users_view").fetch_one(&mut blocker).await.expect("count");
+    assert_eq!(folded, 0, "the read model has not seen the account");
+    server.kill();
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.expect("release the lock");
+    assert!(sign_up.await.expect("task").is_err(), "the sign-up never answered");
+
+    server.restart().await;
+    let session = server.sign_in(&username).await;
+    assert_eq!(session.profile_id, profile_id);
+    let user = server.api().user(&session.access_token).await.expect("the read model has the account");
+    assert_eq!(user.username, username.to_lowercase());
 }

@@ -5,9 +5,13 @@
 //! event is folded only in the transaction that moves that version from `n - 1` to
 //! `n`. The server folds events right after it commits them; anything missed (a
 //! crash between commit and fold, another replica's write) is picked up by
-//! [`ReadModels::catch_up`], which reads the log for every aggregate past its
-//! recorded version. It runs at start-up and periodically, so a read model can lag
-//! but never permanently miss an event. [`ReadModels::rebuild`] replays from zero.
+//! [`ReadModels::catch_up`], which tails the global log (an [`EventLog`]) from the
+//! read models' checkpoint (`checkpoints`, name [`CHECKPOINT`]): each pass reads only
+//! what is new. It runs at start-up and periodically, so a read model can lag but
+//! never permanently miss an event. The checkpoint promises that everything at or
+//! below it is folded; forgetting an aggregate's version rewinds it (a trigger, see
+//! the migrations), so emptying these tables refolds them from the log.
+//! [`ReadModels::rebuild`] replays from zero.
 
 use cqrs_es::Aggregate;
 use domain::invite_token::InviteTokenEvent;
@@ -60,6 +64,8 @@ macro_rules! with_conn {
 pub enum Error {
     #[error("read model store: {0}")]
     Store(#[from] sqlx::Error),
+    #[error("reading the event log: {0}")]
+    Log(#[from] LogError),
     #[error("event {aggregate_type}/{aggregate_id}#{sequence} cannot be read: {source}")]
     BadEvent {
         aggregate_type: String,
@@ -70,6 +76,26 @@ pub enum Error {
     #[error("read model row {table}/{key} cannot be read: {source}")]
     BadRow { table: &'static str, key: String, source: serde_json::Error },
 }
+
+/// The read models' entry in `checkpoints`.
+pub const CHECKPOINT: &str = "read_models";
+
+/// The global log, in an order that never puts an event behind one already read
+/// (the server's `log` module).
+pub trait EventLog: Sync {
+    /// Events after position `after` (at most `limit`), and the position to read
+    /// after next time.
+    fn read_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<(Vec<StoredEvent>, i64), LogError>> + Send;
+}
+
+/// Why the log could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LogError(pub String);
 
 /// One event as stored in the log.
 #[derive(Debug, Clone)]
@@ -123,7 +149,7 @@ impl VerifierView {
 
 /// The aggregate types that feed a read model.
 const PROJECTED: [&str; 5] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE, Verifier::TYPE];
-const BATCH: i64 = 500;
+const BATCH: usize = 500;
 
 enum Arg {
     Text(String),
@@ -318,23 +344,88 @@ impl ReadModels {
                 return Ok(());
             }
             if !self.fold_one(event).await? {
-                self.catch_up_where(Some((&event.aggregate_type, &event.aggregate_id))).await?;
+                self.catch_up_aggregate(&event.aggregate_type, &event.aggregate_id).await?;
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    /// Folds every event the read models have not seen yet. Returns how many.
-    pub async fn catch_up(&self) -> Result<u64, Error> {
-        self.catch_up_where(None).await
+    /// Folds every event of the log past the read models' checkpoint, and moves the
+    /// checkpoint. Returns how many events it folded (events the live path already
+    /// folded are skipped by their version).
+    pub async fn catch_up<L: EventLog>(&self, log: &L) -> Result<u64, Error> {
+        let mut folded = 0;
+        loop {
+            let from = self.checkpoint().await?;
+            let (events, next) = log.read_after(from, BATCH).await?;
+            for event in &events {
+                if self.fold_logged(event).await? {
+                    folded += 1;
+                }
+            }
+            if next > from {
+                // Compare-and-set: if the checkpoint was rewound meanwhile (a version
+                // forgotten) or another replica moved it, the next round reads it again.
+                self.move_checkpoint(from, next).await?;
+            }
+            if events.len() < BATCH {
+                return Ok(folded);
+            }
+        }
     }
 
-    async fn catch_up_where(&self, only: Option<(&str, &str)>) -> Result<u64, Error> {
+    /// Folds one event read from the log, unless its aggregate is already past it.
+    async fn fold_logged(&self, event: &StoredEvent) -> Result<bool, Error> {
+        if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+            return Ok(false);
+        }
+        let version = self.version(&event.aggregate_type, &event.aggregate_id).await?;
+        if event.sequence <= version {
+            Ok(false)
+        } else if event.sequence == version + 1 {
+            self.fold_one(event).await
+        } else {
+            // An earlier event of this aggregate was never folded: fold the
+            // aggregate's missing events straight from its stream.
+            Ok(self.catch_up_aggregate(&event.aggregate_type, &event.aggregate_id).await? > 0)
+        }
+    }
+
+    async fn version(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, Error> {
+        let sql = "SELECT version FROM projection_versions WHERE aggregate_type = $1 AND aggregate_id = $2";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(aggregate_type).bind(aggregate_id).fetch_optional(pool).await?
+        })
+        .unwrap_or(0))
+    }
+
+    /// The position of the log up to which every event is folded.
+    pub async fn checkpoint(&self) -> Result<i64, Error> {
+        let sql = "SELECT position FROM checkpoints WHERE name = $1";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(CHECKPOINT).fetch_optional(pool).await?
+        })
+        .unwrap_or(0))
+    }
+
+    async fn move_checkpoint(&self, from: i64, to: i64) -> Result<(), Error> {
+        let sql = "INSERT INTO checkpoints (name, position) VALUES ($1, $3)
+                   ON CONFLICT (name) DO UPDATE SET position = excluded.position
+                   WHERE checkpoints.position = $2";
+        with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(CHECKPOINT).bind(from).bind(to).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Folds the events of one aggregate past its recorded version, read from its
+    /// own stream (the primary key), not from the global log.
+    async fn catch_up_aggregate(&self, aggregate_type: &str, aggregate_id: &str) -> Result<u64, Error> {
         let mut folded = 0;
         let mut stalls = 0;
         loop {
-            let batch = self.unseen(only).await?;
+            let batch = self.unseen(aggregate_type, aggregate_id).await?;
             if batch.is_empty() {
                 return Ok(folded);
             }
@@ -354,25 +445,21 @@ impl ReadModels {
         }
     }
 
-    /// Events past each aggregate's recorded version, oldest first per aggregate.
-    async fn unseen(&self, only: Option<(&str, &str)>) -> Result<Vec<StoredEvent>, Error> {
+    /// Events of one aggregate past its recorded version, in sequence order.
+    async fn unseen(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Vec<StoredEvent>, Error> {
         let sql = format!(
             "SELECT e.aggregate_type, e.aggregate_id, e.sequence, CAST(e.payload AS TEXT)
              FROM events e
              LEFT JOIN projection_versions v
                ON v.aggregate_type = e.aggregate_type AND v.aggregate_id = e.aggregate_id
-             WHERE e.aggregate_type IN ('{}') AND e.sequence > COALESCE(v.version, 0) {}
-             ORDER BY e.aggregate_type, e.aggregate_id, e.sequence
+             WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > COALESCE(v.version, 0)
+             ORDER BY e.sequence
              LIMIT {BATCH}",
-            PROJECTED.join("', '"),
-            if only.is_some() { "AND e.aggregate_type = $1 AND e.aggregate_id = $2" } else { "" },
         );
         let rows = with_pool!(&self.db, pool => {
-            let mut query = sqlx::query(&sql);
-            if let Some((aggregate_type, aggregate_id)) = only {
-                query = query.bind(aggregate_type).bind(aggregate_id);
-            }
-            query
+            sqlx::query(&sql)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
@@ -400,7 +487,7 @@ impl ReadModels {
     }
 
     /// Empties every read model and folds the whole log again.
-    pub async fn rebuild(&self) -> Result<u64, Error> {
+    pub async fn rebuild<L: EventLog>(&self, log: &L) -> Result<u64, Error> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             for table in [
@@ -413,9 +500,10 @@ impl ReadModels {
             ] {
                 sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
             }
+            sqlx::query("DELETE FROM checkpoints WHERE name = $1").bind(CHECKPOINT).execute(&mut *tx).await?;
             tx.commit().await?;
         });
-        self.catch_up().await
+        self.catch_up(log).await
     }
 
     /// Folds one event on `conn`, outside any transaction of its own, if it is the next

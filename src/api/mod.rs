@@ -6,6 +6,7 @@ mod account;
 mod body;
 mod buckets;
 mod error;
+mod events;
 mod health;
 mod mfa;
 mod private_sign_in;
@@ -49,6 +50,8 @@ pub enum Tag {
     Health,
     /// Verification codes by email, phone or authenticator app (admin; reference 004).
     Verifications,
+    /// The event log as audit envelopes (admin).
+    Audit,
 }
 
 /// An access token issued by this server.
@@ -88,6 +91,7 @@ pub type Apis = (
     mfa::MfaApi,
     account::AccountApi,
     verifications::VerificationApi,
+    events::EventsApi,
 );
 
 /// The API description; needs no server, so `authd openapi` can print it.

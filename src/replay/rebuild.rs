@@ -84,7 +84,7 @@ pub async fn run(db: &Db, args: &RebuildArgs) -> anyhow::Result<ExitCode> {
         println!("{differences} differences");
     }
     if args.swap {
-        let caught_up = ReadModels::new(db.clone()).catch_up().await.context("catch-up after the swap failed")?;
+        let caught_up = crate::store::Store::new(db.clone()).catch_up().await.context("catch-up after the swap failed")?;
         println!("swapped: the live read models are the rebuilt ones (then caught up {caught_up} newer events)");
         return Ok(ExitCode::SUCCESS);
     }

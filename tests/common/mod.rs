@@ -152,6 +152,64 @@ impl Server {
         self.spawn().await;
     }
 
+    /// A second authd process on the same store (PostgreSQL) with the same OPAQUE
+    /// setup: another replica. Dropping it leaves the database alone.
+    pub async fn replica(&self) -> Server {
+        assert_eq!(self.backend, Backend::Postgres, "replicas share a PostgreSQL store");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let data_dir = std::env::temp_dir().join(format!("authd-test-{id}"));
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        std::fs::copy(self.data_dir.join("server_setup"), data_dir.join("server_setup")).expect("copy the server setup");
+        let mut replica = Server {
+            backend: self.backend,
+            base: String::new(),
+            data_dir,
+            database_url: self.database_url.clone(),
+            env: self.env.clone(),
+            child: None,
+            pg_database: None,
+        };
+        replica.spawn().await;
+        replica
+    }
+
+    /// Runs statements on the server's store, in order, on one connection.
+    pub async fn sql(&self, statements: &[&str]) {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("sqlite");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("postgres");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Every audit envelope of the log, paged through `GET /v1/admin/events`.
+    pub async fn events(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, page) = self.call("GET", &format!("/v1/admin/events?after={after}&limit=1000"), Some(ADMIN), None).await;
+            assert_eq!(status, 200, "{page}");
+            let events = page["events"].as_array().expect("events").clone();
+            let next = page["next"].as_i64().expect("next");
+            let done = events.len() < 1000;
+            all.extend(events);
+            after = next;
+            if done {
+                return all;
+            }
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

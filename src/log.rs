@@ -1,0 +1,352 @@
+//! The log: every event of every aggregate in one global order that a consumer can
+//! tail by position without ever skipping an event. The read models' catch-up, the
+//! NATS audit relay and `GET /v1/admin/events` all read through [`Log::read`].
+//!
+//! # The order, and why it is gap-safe
+//!
+//! A consumer remembers the last position it handled and asks for what comes after
+//! it. That is only sound if no event can ever appear *behind* a position a consumer
+//! has already passed. A number taken from a sequence at insert time does not give
+//! that: two writers take 10 and 11, the one with 11 commits first, a consumer reads
+//! 11 and checkpoints it, and 10 commits a moment later behind its back.
+//!
+//! - **PostgreSQL.** Each event row carries the id of the transaction that wrote it
+//!   (`transaction_id xid8 DEFAULT pg_current_xact_id()`). Every transaction id
+//!   below `pg_snapshot_xmin(pg_current_snapshot())` belongs to a finished
+//!   transaction, and every transaction that starts writing later gets a larger id,
+//!   so the set of events below that horizon never changes again. A sequencer
+//!   ([`Log::sequence`]) walks those events in `(transaction_id, position)` order —
+//!   resuming from the pair of the last event it stamped — and gives each a dense,
+//!   monotonic `global_position` in the `event_positions` table. Sequencers run
+//!   under a transaction-level advisory lock, one at a time, each handing out
+//!   numbers above the last one committed, so `global_position`s become visible in
+//!   increasing order. Consumers tail `global_position` alone.
+//!
+//!   Why not checkpoint the raw `position` of events below the horizon? An *older*
+//!   transaction (smaller id) can hold a *higher* position: it took its id first
+//!   and inserted its event after a younger one inserted (and stayed open). Once the
+//!   horizon passes the older one, its event (position 11) is readable while the
+//!   younger's (position 10) is not; a consumer that checkpoints 11 skips 10 for
+//!   ever. Ordering by the pair fixes that, but every consumer would then need a
+//!   two-part cursor; the sequencer turns the pair order into one number, so the
+//!   envelope's `position` and `after=<position>` paging stay one monotonic integer.
+//!   Per aggregate the order is the sequence order: a command's transaction gets its
+//!   id when it inserts, after it has read the previous event's commit.
+//!
+//!   A transaction that stays open holds the horizon (cluster-wide): events
+//!   committed after it started wait until it ends. That is the price of never
+//!   skipping; the relay's lag (`/readyz`, `/metrics`) shows it.
+//! - **SQLite.** One writer at a time: an `AUTOINCREMENT` key that a trigger
+//!   assigns inside the writing transaction already follows commit order and is
+//!   never reused, so there is nothing to sequence.
+//!
+//! `recorded_at` is the writing transaction's time (PostgreSQL `now()`, SQLite the
+//! insert's time): the transaction only inserts its events and commits.
+
+use std::time::Duration;
+
+use projections::{Db, StoredEvent};
+use serde_json::Value;
+use sqlx::Row;
+
+/// Events stamped by one sequencer transaction at most.
+const SEQUENCE_BATCH: i64 = 5000;
+/// Advisory lock (transaction level) that serialises PostgreSQL sequencers.
+const SEQUENCER_LOCK: i64 = 0x6175_7468_645f_7365; // "authd_se"
+/// How long a reader waits for another replica's sequencer before reading anyway.
+const SEQUENCER_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("event log: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("event at position {position} has unreadable {field}: {source}")]
+    BadEvent { position: i64, field: &'static str, source: serde_json::Error },
+}
+
+/// One event with its place in the log.
+#[derive(Debug, Clone)]
+pub struct LogEvent {
+    /// Global position: strictly increasing in log order.
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// RFC 3339, UTC.
+    pub recorded_at: String,
+    pub metadata: Value,
+    pub payload: Value,
+}
+
+/// Only events matching every given field.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// A page of the log.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub events: Vec<LogEvent>,
+    /// The position to read after next time. Past the last event returned, or —
+    /// when fewer than `limit` matched — the head of the log as of this read, so a
+    /// filtered reader moves past events that did not match.
+    pub next: i64,
+}
+
+/// Reader of the global log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Log {
+    db: Db,
+}
+
+impl Log {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Up to `limit` events after position `after` matching `filter`, in log order.
+    pub async fn read(&self, after: i64, limit: usize, filter: &Filter) -> Result<Page, LogError> {
+        self.sequence().await?;
+        // The head is read before the page: every position at or below it is
+        // already visible (positions become visible in order), so bounding the page
+        // by it makes `next` safe even when nothing matched.
+        let head = self.stamped_head().await?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let recorded_at = self.recorded_at();
+        let mut sql = format!(
+            "SELECT p.global_position, {COLUMNS}, {recorded_at}
+             FROM event_positions p
+             JOIN events e ON e.aggregate_type = p.aggregate_type
+                          AND e.aggregate_id = p.aggregate_id
+                          AND e.sequence = p.sequence
+             WHERE p.global_position > $1 AND p.global_position <= $2"
+        );
+        let mut texts = Vec::new();
+        for (column, value) in [
+            ("p.aggregate_type", &filter.aggregate_type),
+            ("p.aggregate_id", &filter.aggregate_id),
+            ("e.event_type", &filter.event_type),
+        ] {
+            if let Some(value) = value {
+                texts.push(value.clone());
+                sql.push_str(&format!(" AND {column} = ${}", texts.len() + 3));
+            }
+        }
+        sql.push_str(" ORDER BY p.global_position LIMIT $3");
+        let rows = projections::with_pool!(&self.db, pool => {
+            let mut query = sqlx::query(&sql).bind(after).bind(head).bind(limit);
+            for text in texts {
+                query = query.bind(text);
+            }
+            query.fetch_all(pool).await?.iter().map(RawEvent::from_row).collect::<Result<Vec<_>, _>>()?
+        });
+        let events = rows.into_iter().map(RawEvent::parse).collect::<Result<Vec<_>, _>>()?;
+        let next = match events.last() {
+            Some(last) if events.len() as i64 == limit => last.position,
+            _ => head.max(after),
+        };
+        Ok(Page { events, next })
+    }
+
+    /// PostgreSQL: events already committed but not stamped yet (their transaction
+    /// is above the horizon, or no sequencer ran since), oldest first, without a
+    /// position (0). Not gap-safe: only for consumers that need not follow the
+    /// global order, like the read models (whose per-aggregate versions make any
+    /// re-fold a no-op), to see a commit without waiting for the horizon.
+    pub async fn unsequenced(&self, limit: usize) -> Result<Vec<LogEvent>, LogError> {
+        let Db::Postgres(pool) = &self.db else { return Ok(vec![]) };
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT 0::bigint, {COLUMNS}, {}
+             FROM events e
+             WHERE (e.transaction_id, e.position) > (
+                 COALESCE((SELECT transaction_id FROM event_positions ORDER BY global_position DESC LIMIT 1), '0'::xid8),
+                 COALESCE((SELECT position FROM event_positions ORDER BY global_position DESC LIMIT 1), 0))
+             ORDER BY e.transaction_id, e.position
+             LIMIT $1",
+            self.recorded_at()
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(pool).await?;
+        rows.iter().map(RawEvent::from_row).collect::<Result<Vec<_>, _>>()?.into_iter().map(RawEvent::parse).collect()
+    }
+
+    fn recorded_at(&self) -> &'static str {
+        match self.db {
+            Db::Postgres(_) => r#"to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+            Db::Sqlite(_) => "e.recorded_at",
+        }
+    }
+
+    /// The position of the newest event in the log (0 when empty).
+    pub async fn head(&self) -> Result<i64, LogError> {
+        self.sequence().await?;
+        self.stamped_head().await
+    }
+
+    async fn stamped_head(&self) -> Result<i64, LogError> {
+        let sql = "SELECT COALESCE(MAX(global_position), 0) FROM event_positions";
+        Ok(projections::with_pool!(&self.db, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await?))
+    }
+
+    /// How far the consumer `name` got (0: nowhere yet).
+    pub async fn checkpoint(&self, name: &str) -> Result<i64, LogError> {
+        let sql = "SELECT position FROM checkpoints WHERE name = $1";
+        let position = projections::with_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(name).fetch_optional(pool).await?
+        });
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Moves the consumer `name` forward to `position` (never back).
+    pub async fn advance(&self, name: &str, position: i64) -> Result<(), LogError> {
+        let sql = "INSERT INTO checkpoints (name, position) VALUES ($1, $2)
+                   ON CONFLICT (name) DO UPDATE SET position = excluded.position
+                   WHERE checkpoints.position < excluded.position";
+        projections::with_pool!(&self.db, pool => {
+            sqlx::query(sql).bind(name).bind(position).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// PostgreSQL: stamps a `global_position` on every event below the horizon that
+    /// has none yet (see the module documentation). SQLite: nothing to do.
+    pub async fn sequence(&self) -> Result<(), LogError> {
+        let Db::Postgres(pool) = &self.db else { return Ok(()) };
+        loop {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!("SET LOCAL lock_timeout = {}", SEQUENCER_WAIT.as_millis()))
+                .execute(&mut *tx)
+                .await?;
+            match sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SEQUENCER_LOCK).execute(&mut *tx).await {
+                Ok(_) => {}
+                // lock_not_available: another replica has been sequencing for a
+                // while. Read what is stamped; the next read picks up the rest.
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => return Ok(()),
+                Err(error) => return Err(error.into()),
+            }
+            // The cursor: the (transaction, position) of the last event stamped.
+            // Read after taking the lock, in a new statement, so it sees the last
+            // sequencer's commit.
+            let cursor = sqlx::query(
+                "SELECT global_position, CAST(transaction_id AS TEXT), position
+                 FROM event_positions ORDER BY global_position DESC LIMIT 1",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (last, transaction_id, position) = match cursor {
+                Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?, row.try_get::<i64, _>(2)?),
+                None => (0, "0".to_string(), 0),
+            };
+            // `pg_current_snapshot()` is this statement's snapshot: every
+            // transaction below its xmin has finished, and its rows are visible here.
+            let stamped = sqlx::query(
+                "INSERT INTO event_positions
+                     (global_position, transaction_id, position, aggregate_type, aggregate_id, sequence)
+                 SELECT $1 + row_number() OVER (ORDER BY b.transaction_id, b.position),
+                        b.transaction_id, b.position, b.aggregate_type, b.aggregate_id, b.sequence
+                 FROM (SELECT e.transaction_id, e.position, e.aggregate_type, e.aggregate_id, e.sequence
+                       FROM events e
+                       WHERE (e.transaction_id, e.position) > (CAST($2 AS xid8), $3)
+                         AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                       ORDER BY e.transaction_id, e.position
+                       LIMIT $4) b",
+            )
+            .bind(last)
+            .bind(transaction_id)
+            .bind(position)
+            .bind(SEQUENCE_BATCH)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            if stamped < SEQUENCE_BATCH as u64 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Lets the read models catch up from the log: the gap-safe log from their
+/// checkpoint, and once they reach its head, the commits not stamped yet (folding
+/// those early is safe, the checkpoint only ever moves over stamped events).
+impl projections::EventLog for Log {
+    async fn read_after(&self, after: i64, limit: usize) -> Result<(Vec<StoredEvent>, i64), projections::LogError> {
+        let error = |e: LogError| projections::LogError(e.to_string());
+        let mut page = self.read(after, limit, &Filter::default()).await.map_err(error)?;
+        if page.events.len() < limit {
+            page.events.extend(self.unsequenced(limit - page.events.len()).await.map_err(error)?);
+        }
+        let events = page
+            .events
+            .into_iter()
+            .map(|event| StoredEvent {
+                aggregate_type: event.aggregate_type,
+                aggregate_id: event.aggregate_id,
+                sequence: event.sequence,
+                payload: event.payload,
+            })
+            .collect();
+        Ok((events, page.next))
+    }
+}
+
+/// The event columns every read selects, after the position.
+const COLUMNS: &str = "e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+                       CAST(e.metadata AS TEXT), CAST(e.payload AS TEXT)";
+
+struct RawEvent {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    recorded_at: String,
+    metadata: String,
+    payload: String,
+}
+
+impl RawEvent {
+    /// A row of `position, COLUMNS, recorded_at`.
+    fn from_row<R: Row>(row: &R) -> Result<Self, sqlx::Error>
+    where
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        Ok(RawEvent {
+            position: row.try_get(0)?,
+            aggregate_type: row.try_get(1)?,
+            aggregate_id: row.try_get(2)?,
+            sequence: row.try_get(3)?,
+            event_type: row.try_get(4)?,
+            event_version: row.try_get(5)?,
+            metadata: row.try_get(6)?,
+            payload: row.try_get(7)?,
+            recorded_at: row.try_get(8)?,
+        })
+    }
+
+    fn parse(self) -> Result<LogEvent, LogError> {
+        let position = self.position;
+        let json = |field: &'static str, text: &str| {
+            serde_json::from_str(text).map_err(|source| LogError::BadEvent { position, field, source })
+        };
+        Ok(LogEvent {
+            metadata: json("metadata", &self.metadata)?,
+            payload: json("payload", &self.payload)?,
+            position,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
