@@ -180,6 +180,8 @@ impl PersistedEventRepository for Repo {
     ) -> Result<(), PersistenceError> {
         crate::chain::persist(&self.db(), A::TYPE, events, snapshot_update).await
     }
+    // Not decrypted (src/shred.rs): authd does not use the replay streams; a caller
+    // would see `enc:v1:` values.
     async fn stream_events<A: Aggregate>(&self, id: &str) -> Result<ReplayStream, PersistenceError> {
         delegate!(self, repo => repo.stream_events::<A>(id))
     }
