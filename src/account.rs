@@ -201,6 +201,9 @@ impl App {
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
         self.end_all_sessions(who.profile_id, meta).await?;
+        // Last, so every step above could still read the account: from here on
+        // its personal data in the log reads as erased (src/shred.rs).
+        self.store.shred(&id).await?;
         Ok(())
     }
 }

@@ -276,6 +276,12 @@ async fn append(
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     for event in events {
         let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        // Personal data is encrypted before the hash is taken, so the chain covers
+        // what is stored and stays verifiable once a key is destroyed (src/shred.rs).
+        let (payload, metadata) =
+            crate::shred::seal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+                .await
+                .map_err(&error)?;
         let hash = event_hash(
             &Linked {
                 aggregate_type,
@@ -283,8 +289,8 @@ async fn append(
                 sequence,
                 event_type: &event.event_type,
                 event_version: &event.event_version,
-                payload: &event.payload,
-                metadata: &event.metadata,
+                payload: &payload,
+                metadata: &metadata,
             },
             &prev,
         );
@@ -295,8 +301,8 @@ async fn append(
                 .bind(sequence)
                 .bind(event.event_type.as_str())
                 .bind(event.event_version.as_str())
-                .bind(&event.payload)
-                .bind(&event.metadata)
+                .bind(&payload)
+                .bind(&metadata)
                 .bind(hex(&prev))
                 .bind(hex(&hash))
                 .execute(&mut **c)

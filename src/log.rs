@@ -145,7 +145,8 @@ impl Log {
             }
             query.fetch_all(pool).await?.iter().map(RawEvent::from_row).collect::<Result<Vec<_>, _>>()?
         });
-        let events = rows.into_iter().map(RawEvent::parse).collect::<Result<Vec<_>, _>>()?;
+        let mut events = rows.into_iter().map(RawEvent::parse).collect::<Result<Vec<_>, _>>()?;
+        self.reveal(&mut events).await?;
         let next = match events.last() {
             Some(last) if events.len() as i64 == limit => last.position,
             _ => head.max(after),
@@ -172,7 +173,25 @@ impl Log {
             self.recorded_at()
         );
         let rows = sqlx::query(&sql).bind(limit).fetch_all(pool).await?;
-        rows.iter().map(RawEvent::from_row).collect::<Result<Vec<_>, _>>()?.into_iter().map(RawEvent::parse).collect()
+        let mut events = rows
+            .iter()
+            .map(RawEvent::from_row)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(RawEvent::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.reveal(&mut events).await?;
+        Ok(events)
+    }
+
+    /// Personal fields in clear, or erased once their account is removed (see
+    /// src/shred.rs): read models fold clear values, and the audit envelope
+    /// withholds the payload's personal fields itself.
+    async fn reveal(&self, events: &mut [LogEvent]) -> Result<(), LogError> {
+        let mut values: Vec<&mut Value> =
+            events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
+        crate::shred::reveal_all(&self.db, &mut values).await?;
+        Ok(())
     }
 
     fn recorded_at(&self) -> &'static str {

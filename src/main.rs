@@ -17,6 +17,7 @@ mod private_sign_in;
 mod relay;
 mod replay;
 mod server;
+mod shred;
 mod store;
 mod totp;
 

@@ -136,16 +136,37 @@ macro_rules! delegate {
     };
 }
 
+impl Repo {
+    fn db(&self) -> Db {
+        match self {
+            Repo::Postgres(handle) => Db::Postgres(handle.0.clone()),
+            Repo::Sqlite(handle) => Db::Sqlite(handle.0.clone()),
+        }
+    }
+
+    /// Aggregates see personal fields in clear (or erased), see src/shred.rs.
+    async fn reveal(&self, mut events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let mut values: Vec<&mut Value> =
+            events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
+        crate::shred::reveal_all(&self.db(), &mut values)
+            .await
+            .map_err(|error| PersistenceError::ConnectionError(Box::new(error)))?;
+        Ok(events)
+    }
+}
+
 impl PersistedEventRepository for Repo {
     async fn get_events<A: Aggregate>(&self, id: &str) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        delegate!(self, repo => repo.get_events::<A>(id))
+        let events = delegate!(self, repo => repo.get_events::<A>(id))?;
+        self.reveal(events).await
     }
     async fn get_last_events<A: Aggregate>(
         &self,
         id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        delegate!(self, repo => repo.get_last_events::<A>(id, last_sequence))
+        let events = delegate!(self, repo => repo.get_last_events::<A>(id, last_sequence))?;
+        self.reveal(events).await
     }
     async fn get_snapshot<A: Aggregate>(&self, id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         delegate!(self, repo => repo.get_snapshot::<A>(id))
@@ -157,12 +178,10 @@ impl PersistedEventRepository for Repo {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let db = match self {
-            Repo::Postgres(handle) => Db::Postgres(handle.0.clone()),
-            Repo::Sqlite(handle) => Db::Sqlite(handle.0.clone()),
-        };
-        crate::chain::persist(&db, A::TYPE, events, snapshot_update).await
+        crate::chain::persist(&self.db(), A::TYPE, events, snapshot_update).await
     }
+    // Not decrypted (src/shred.rs): authd does not use the replay streams; a caller
+    // would see `enc:v1:` values.
     async fn stream_events<A: Aggregate>(&self, id: &str) -> Result<ReplayStream, PersistenceError> {
         delegate!(self, repo => repo.stream_events::<A>(id))
     }
@@ -284,6 +303,11 @@ impl Store {
         if let Err(error) = self.read_models.project(&events).await {
             tracing::warn!(%error, aggregate_type = A::TYPE, "read model update deferred to catch-up");
         }
+    }
+
+    /// Destroys the account's personal-data key (see src/shred.rs).
+    pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
+        crate::shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
     /// True when the store answers a trivial query.

@@ -357,9 +357,10 @@ async fn verify_names_an_edited_payload(backend: Backend) {
     let out = replay_ok(&server, &["verify"]);
     assert!(out.contains("ok: every link holds"), "{out}");
 
-    // Rename the account in its registration event.
-    let name = username.to_lowercase();
-    let edited = edit_payload(&server, &format!("aggregate_type = 'user' AND aggregate_id = '{profile_id}'"), &name, "mallory").await;
+    // Rename the account in its registration event (its username is stored
+    // encrypted, see src/shred.rs: swap the ciphertext).
+    let name = format!("enc:v1:{profile_id}:");
+    let edited = edit_payload(&server, &format!("aggregate_type = 'user' AND aggregate_id = '{profile_id}'"), &name, &format!("{name}bWFsbG9yeQ")).await;
     assert_eq!(edited, 1);
     let out = replay_fails(&server, &["verify"]);
     let first = out.lines().find(|line| line.starts_with("first broken link:")).unwrap_or_else(|| panic!("{out}"));

@@ -169,6 +169,8 @@ async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::
                ORDER BY aggregate_type, aggregate_id, sequence LIMIT $4";
     let mut after = (String::new(), String::new(), 0i64);
     let mut total = 0u64;
+    // The read models fold clear (or erased) values, as the live ones do (src/shred.rs).
+    let ring = crate::shred::KeyRing::load_all_on(conn).await.context("cannot read the subject keys")?;
     loop {
         let page: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
             sqlx::query_as(sql).bind(&after.0).bind(&after.1).bind(after.2).bind(PAGE).fetch_all(&mut **c).await
@@ -177,8 +179,9 @@ async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::
         let Some(last) = page.last() else { return Ok(total) };
         after = (last.0.clone(), last.1.clone(), last.2);
         for (aggregate_type, aggregate_id, sequence, payload) in page {
-            let payload: Value = serde_json::from_str(&payload)
+            let mut payload: Value = serde_json::from_str(&payload)
                 .with_context(|| format!("event {aggregate_type}/{aggregate_id}#{sequence}: payload is not JSON"))?;
+            ring.reveal(&mut payload);
             let event = StoredEvent { aggregate_type, aggregate_id, sequence, payload };
             ReadModels::fold_on(conn, &event).await?;
             total += 1;

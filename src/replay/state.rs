@@ -34,7 +34,13 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
         "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 {bound} ORDER BY sequence",
         event_log::columns(backend)
     );
-    let events = event_log::fetch(db, &sql, &binds).await?;
+    let mut events = event_log::fetch(db, &sql, &binds).await?;
+    // Personal fields in clear, or erased (src/shred.rs).
+    let ring = crate::shred::KeyRing::load_all(db).await?;
+    for event in &mut events {
+        ring.reveal(&mut event.payload);
+        ring.reveal(&mut event.metadata);
+    }
     if events.is_empty() && args.at.is_none() {
         bail!("no events for {}/{}", args.aggregate_type, args.aggregate_id);
     }

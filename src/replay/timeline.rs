@@ -66,6 +66,12 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     }
     // Log order across aggregates (see event_log::order_column).
     events.sort_by_key(|event| event.position);
+    // Personal fields in clear, or erased (src/shred.rs).
+    let ring = crate::shred::KeyRing::load_all(db).await?;
+    for event in &mut events {
+        ring.reveal(&mut event.payload);
+        ring.reveal(&mut event.metadata);
+    }
     if events.is_empty() {
         bail!("no events for {title}");
     }

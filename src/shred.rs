@@ -1,0 +1,325 @@
+//! Crypto-shredding: personal data in events is encrypted under a key per account,
+//! kept outside the log; removing the account destroys the key. The log stays
+//! complete and its hash chain verifiable (the chain covers the ciphertext), replay
+//! still works, and what the key protected reads as [`ERASED`] from then on.
+//!
+//! - **Subject.** The account an event concerns, by its profile id: the `user`
+//!   aggregate's id, else the first `profile_id` (a UUID) anywhere in the payload
+//!   (sign-ins, sessions, verifiers whose payload names the account, …). An event
+//!   with no subject (a sign-in for an unknown username, a verification not tied to
+//!   an account) is written in clear.
+//! - **What is encrypted.** In the payload, at any depth, the string fields
+//!   `username`, `email` and `consumer` (the verification's address); in the
+//!   metadata, `client_address` and `user_agent`. Each becomes
+//!   `enc:v1:<subject>:<base64url(nonce ‖ XChaCha20-Poly1305 ciphertext)>`, the
+//!   subject being the associated data. [`seal`] does it in [`crate::chain::persist`],
+//!   the one place events are written, before the hash is taken and in the same
+//!   transaction that creates the subject's key on first use.
+//! - **Keys.** `subject_keys(subject, key, destroyed_at)`: 32 random bytes per
+//!   account. [`destroy`] sets the key to NULL (a tombstone when there was none);
+//!   an event written for a destroyed subject gets [`ERASED`] in place of its
+//!   personal fields.
+//! - **Reading.** Every reader that shows events decrypts with a [`KeyRing`]: the
+//!   repository (aggregates see clear values), [`crate::log::Log`] (read models,
+//!   the NATS relay, `GET /v1/admin/events`) and `authd replay` (timeline, state,
+//!   events, rebuild). `replay verify` reads what is stored. A destroyed key, or a
+//!   value that fails to decrypt, reads as [`ERASED`].
+//! - **Audit stream.** The envelope still withholds `username`, `email` and
+//!   `consumer` (see [`crate::audit::withhold`]): they never reach NATS, in clear or
+//!   not. The metadata is published decrypted while the account exists (who did
+//!   what from where is what an audit is for) and as [`ERASED`] after removal; a
+//!   message already published cannot be recalled, so a client address published
+//!   before removal stays in the stream until its retention ends.
+//! - **Read models.** `users_view` loses the account's row on removal; [`destroy`]
+//!   also erases `verifiers_view.consumer` for the account's verifiers.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use projections::{with_conn, with_pool, Conn, Db};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Prefix of an encrypted value.
+pub const PREFIX: &str = "enc:v1:";
+/// What an encrypted value reads as once its key is destroyed.
+pub const ERASED: &str = "[erased]";
+
+const PAYLOAD_FIELDS: [&str; 3] = ["username", "email", "consumer"];
+const METADATA_FIELDS: [&str; 2] = ["client_address", "user_agent"];
+const NONCE_LEN: usize = 24;
+
+pub type Key = [u8; 32];
+
+/// The account `payload` (of an event of `aggregate_type`/`aggregate_id`) concerns.
+pub fn subject_of(aggregate_type: &str, aggregate_id: &str, payload: &Value) -> Option<String> {
+    fn profile_id(value: &Value) -> Option<Uuid> {
+        match value {
+            Value::Object(fields) => fields
+                .get("profile_id")
+                .and_then(Value::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .or_else(|| fields.values().find_map(profile_id)),
+            Value::Array(items) => items.iter().find_map(profile_id),
+            _ => None,
+        }
+    }
+    if aggregate_type == "user" {
+        return Uuid::parse_str(aggregate_id).ok().map(|id| id.to_string());
+    }
+    profile_id(payload).map(|id| id.to_string())
+}
+
+fn encrypt(subject: &str, key: &Key, clear: &str) -> String {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new(key.into());
+    // Encryption with a valid key and nonce cannot fail for inputs this small.
+    let sealed = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: clear.as_bytes(), aad: subject.as_bytes() })
+        .unwrap_or_default();
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&sealed);
+    format!("{PREFIX}{subject}:{}", URL_SAFE_NO_PAD.encode(blob))
+}
+
+/// `(subject, nonce ‖ ciphertext)` of an encrypted value.
+fn parse(text: &str) -> Option<(&str, Vec<u8>)> {
+    let (subject, data) = text.strip_prefix(PREFIX)?.split_once(':')?;
+    Some((subject, URL_SAFE_NO_PAD.decode(data).ok()?))
+}
+
+fn decrypt(subject: &str, key: &Key, blob: &[u8]) -> Option<String> {
+    if blob.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, sealed) = blob.split_at(NONCE_LEN);
+    let clear = XChaCha20Poly1305::new(key.into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: subject.as_bytes() })
+        .ok()?;
+    String::from_utf8(clear).ok()
+}
+
+/// Replaces the named string fields (at any depth when `deep`) by `replace(text)`.
+fn rewrite(value: &mut Value, fields: &[&str], deep: bool, replace: &dyn Fn(&str) -> String) {
+    match value {
+        Value::Object(map) => {
+            for (name, item) in map.iter_mut() {
+                match item {
+                    Value::String(text) if fields.contains(&name.as_str()) && !text.starts_with(PREFIX) => {
+                        *text = replace(text)
+                    }
+                    _ if deep => rewrite(item, fields, deep, replace),
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(items) if deep => items.iter_mut().for_each(|item| rewrite(item, fields, deep, replace)),
+        _ => {}
+    }
+}
+
+/// Encrypts the personal fields of one event for `subject` under `key`, or erases
+/// them when the key is destroyed (`None`).
+pub fn protect(subject: &str, key: Option<&Key>, payload: &mut Value, metadata: &mut Value) {
+    let replace = |clear: &str| match key {
+        Some(key) => encrypt(subject, key, clear),
+        None => ERASED.to_string(),
+    };
+    rewrite(payload, &PAYLOAD_FIELDS, true, &replace);
+    rewrite(metadata, &METADATA_FIELDS, false, &replace);
+}
+
+/// The subject's key, created when it has none yet; `None` once destroyed.
+async fn key_for(conn: &mut Conn<'_>, subject: &str) -> Result<Option<Key>, sqlx::Error> {
+    let mut fresh = [0u8; 32];
+    OsRng.fill_bytes(&mut fresh);
+    let insert = "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING";
+    let select = "SELECT key FROM subject_keys WHERE subject = $1";
+    let stored: Option<Vec<u8>> = with_conn!(conn, c => {
+        sqlx::query(insert).bind(subject).bind(fresh.to_vec()).execute(&mut **c).await?;
+        sqlx::query_scalar(select).bind(subject).fetch_one(&mut **c).await?
+    });
+    Ok(stored.and_then(|key| Key::try_from(key.as_slice()).ok()))
+}
+
+/// The payload and metadata of an event as they are stored: personal fields
+/// encrypted for the event's subject (see the module documentation).
+pub async fn seal(
+    conn: &mut Conn<'_>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    payload: &Value,
+    metadata: &Value,
+) -> Result<(Value, Value), sqlx::Error> {
+    let (mut payload, mut metadata) = (payload.clone(), metadata.clone());
+    if let Some(subject) = subject_of(aggregate_type, aggregate_id, &payload) {
+        let key = key_for(conn, &subject).await?;
+        protect(&subject, key.as_ref(), &mut payload, &mut metadata);
+    }
+    Ok((payload, metadata))
+}
+
+/// Destroys the subject's key (keeping a tombstone, so later events of the subject
+/// are written erased) and erases what the read models keep of it in clear. Safe to
+/// repeat.
+pub async fn destroy(db: &Db, subject: &str) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let tombstone = "INSERT INTO subject_keys (subject, key, destroyed_at) VALUES ($1, NULL, $2)
+                     ON CONFLICT (subject) DO UPDATE SET key = NULL,
+                         destroyed_at = COALESCE(subject_keys.destroyed_at, excluded.destroyed_at)";
+    // A UUID holds no LIKE wildcards.
+    let verifiers = "UPDATE verifiers_view SET consumer = $1 WHERE payload LIKE $2 AND consumer <> $1";
+    with_pool!(db, pool => {
+        sqlx::query(tombstone).bind(subject).bind(&now).execute(pool).await?;
+        sqlx::query(verifiers).bind(ERASED).bind(format!("%{subject}%")).execute(pool).await?;
+    });
+    Ok(())
+}
+
+/// Keys for decrypting: subject → key (`None`: destroyed or unknown).
+#[derive(Debug, Default, Clone)]
+pub struct KeyRing {
+    keys: HashMap<String, Option<Key>>,
+}
+
+/// The subjects named by encrypted values in `value`.
+fn subjects(value: &Value, out: &mut HashSet<String>) {
+    match value {
+        Value::String(text) => {
+            if let Some((subject, _)) = text.strip_prefix(PREFIX).and_then(|rest| rest.split_once(':')) {
+                out.insert(subject.to_string());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| subjects(item, out)),
+        Value::Object(map) => map.values().for_each(|item| subjects(item, out)),
+        _ => {}
+    }
+}
+
+fn rows_to_ring(rows: Vec<(String, Option<Vec<u8>>)>) -> KeyRing {
+    let keys = rows
+        .into_iter()
+        .map(|(subject, key)| (subject, key.and_then(|key| Key::try_from(key.as_slice()).ok())))
+        .collect();
+    KeyRing { keys }
+}
+
+impl KeyRing {
+    /// Every key (for replay tooling).
+    pub async fn load_all(db: &Db) -> Result<Self, sqlx::Error> {
+        let sql = "SELECT subject, key FROM subject_keys";
+        Ok(rows_to_ring(with_pool!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?)))
+    }
+
+    /// Every key, on a connection (inside a transaction).
+    pub async fn load_all_on(conn: &mut Conn<'_>) -> Result<Self, sqlx::Error> {
+        let sql = "SELECT subject, key FROM subject_keys";
+        Ok(rows_to_ring(with_conn!(conn, c => sqlx::query_as(sql).fetch_all(&mut **c).await?)))
+    }
+
+    /// The keys the encrypted values in `values` need.
+    pub async fn load_for<'v>(db: &Db, values: impl IntoIterator<Item = &'v Value>) -> Result<Self, sqlx::Error> {
+        let mut needed = HashSet::new();
+        values.into_iter().for_each(|value| subjects(value, &mut needed));
+        let mut ring = KeyRing::default();
+        let sql = "SELECT key FROM subject_keys WHERE subject = $1";
+        for subject in needed {
+            let key: Option<Option<Vec<u8>>> =
+                with_pool!(db, pool => sqlx::query_scalar(sql).bind(&subject).fetch_optional(pool).await?);
+            ring.keys.insert(subject, key.flatten().and_then(|key| Key::try_from(key.as_slice()).ok()));
+        }
+        Ok(ring)
+    }
+
+    /// Replaces every encrypted string in `value` by its clear text, or by
+    /// [`ERASED`] when its key is destroyed or it does not decrypt.
+    pub fn reveal(&self, value: &mut Value) {
+        match value {
+            Value::String(text) if text.starts_with(PREFIX) => {
+                let clear = parse(text).and_then(|(subject, blob)| {
+                    let key = self.keys.get(subject)?.as_ref()?;
+                    decrypt(subject, key, &blob)
+                });
+                *text = clear.unwrap_or_else(|| ERASED.to_string());
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| self.reveal(item)),
+            Value::Object(map) => map.values_mut().for_each(|item| self.reveal(item)),
+            _ => {}
+        }
+    }
+}
+
+/// Decrypts payloads and metadata in place, loading the keys they need.
+pub async fn reveal_all(db: &Db, values: &mut [&mut Value]) -> Result<(), sqlx::Error> {
+    let ring = KeyRing::load_for(db, values.iter().map(|value| &**value)).await?;
+    values.iter_mut().for_each(|value| ring.reveal(value));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn encrypt_decrypt_and_erase_round_trip() {
+        let subject = Uuid::new_v4().to_string();
+        let key: Key = [7; 32];
+        let clear_payload = json!({"UserRegistered": {"username": "alice", "email": "a@example.com", "registered_at": "t"}});
+        let clear_metadata = json!({"request_id": "r1", "client_address": "10.0.0.1", "user_agent": "curl"});
+        let (mut payload, mut metadata) = (clear_payload.clone(), clear_metadata.clone());
+        protect(&subject, Some(&key), &mut payload, &mut metadata);
+
+        let text = format!("{payload}{metadata}");
+        for clear in ["alice", "a@example.com", "10.0.0.1", "curl"] {
+            assert!(!text.contains(clear), "{clear} is encrypted: {text}");
+        }
+        assert!(payload["UserRegistered"]["username"].as_str().is_some_and(|v| v.starts_with(&format!("{PREFIX}{subject}:"))));
+        assert_eq!(payload["UserRegistered"]["registered_at"], "t", "other fields stay");
+        assert_eq!(metadata["request_id"], "r1");
+
+        let ring = KeyRing { keys: HashMap::from([(subject.clone(), Some(key))]) };
+        let (mut revealed_payload, mut revealed_metadata) = (payload.clone(), metadata.clone());
+        ring.reveal(&mut revealed_payload);
+        ring.reveal(&mut revealed_metadata);
+        assert_eq!((revealed_payload, revealed_metadata), (clear_payload, clear_metadata));
+
+        let shredded = KeyRing { keys: HashMap::from([(subject.clone(), None)]) };
+        shredded.reveal(&mut payload);
+        shredded.reveal(&mut metadata);
+        assert_eq!(payload["UserRegistered"]["username"], ERASED);
+        assert_eq!(payload["UserRegistered"]["email"], ERASED);
+        assert_eq!(metadata["client_address"], ERASED);
+        assert_eq!(metadata["request_id"], "r1");
+
+        let wrong = KeyRing { keys: HashMap::from([(subject, Some([8; 32]))]) };
+        let mut value = json!(encrypt("s", &key, "x"));
+        wrong.reveal(&mut value);
+        assert_eq!(value, json!(ERASED), "a value that does not decrypt reads as erased");
+    }
+
+    #[test]
+    fn a_destroyed_key_writes_erased_values() {
+        let mut payload = json!({"VerifierInitiated": {"consumer": "a@example.com", "payload": {"profile_id": "x"}}});
+        let mut metadata = json!({"client_address": "10.0.0.1"});
+        protect("s", None, &mut payload, &mut metadata);
+        assert_eq!(payload["VerifierInitiated"]["consumer"], ERASED);
+        assert_eq!(metadata["client_address"], ERASED);
+    }
+
+    #[test]
+    fn subjects_are_accounts() {
+        let id = Uuid::new_v4();
+        assert_eq!(subject_of("user", &id.to_string(), &json!({})), Some(id.to_string()));
+        let verifier = json!({"VerifierInitiated": {"consumer": "c", "payload": {"purpose": "activate", "profile_id": id}}});
+        assert_eq!(subject_of("verifier", "v", &verifier), Some(id.to_string()));
+        assert_eq!(subject_of("sign_in", "s", &json!({"SignInStarted": {"profile_id": null}})), None);
+        assert_eq!(subject_of("verifier", "v", &json!({"VerifierInitiated": {"consumer": "c", "payload": {}}})), None);
+    }
+}

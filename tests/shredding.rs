@@ -1,0 +1,206 @@
+//! Crypto-shredding, black-box on SQLite and PostgreSQL (with the NATS audit relay):
+//! an account's username and email are never in the store or the audit stream in
+//! clear, and removing the account erases them for good while the log stays
+//! complete and verifiable.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{unique, Backend, Server};
+use serde_json::{json, Value};
+
+both_stores!(removal_shreds_username_and_email);
+
+fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Runs `authd replay <args>` on the server's store; stdout, which must succeed.
+fn replay_ok(server: &Server, args: &[&str]) -> String {
+    let output: Output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_authd"))
+            .arg("replay")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &server.database_url)
+            .env("AUTHD_DATA_DIR", &server.data_dir)
+            .output()
+            .expect("run authd replay")
+    });
+    assert!(
+        output.status.success(),
+        "authd replay {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Every text value of every table of the store, one string per cell.
+async fn every_cell(server: &Server) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    let mut cells = Vec::new();
+    match server.backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("tables");
+            assert!(tables.contains(&"events".to_string()) && tables.contains(&"verifiers_view".to_string()));
+            for table in tables {
+                // A whole row as text covers every column, json and bytea included.
+                let rows = sqlx::query(&format!("SELECT CAST(t AS TEXT) FROM \"{table}\" t"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("rows");
+                cells.extend(rows.iter().map(|row| format!("{table}: {}", row.get::<String, _>(0))));
+            }
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
+            let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables");
+            assert!(tables.contains(&"events".to_string()) && tables.contains(&"verifiers_view".to_string()));
+            for table in tables {
+                let columns: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("columns");
+                for column in columns {
+                    let values: Vec<Option<String>> =
+                        sqlx::query_scalar(&format!(
+                        "SELECT CASE WHEN typeof(\"{column}\") = 'blob' THEN hex(\"{column}\") ELSE CAST(\"{column}\" AS TEXT) END FROM \"{table}\""
+                    ))
+                            .fetch_all(&mut conn)
+                            .await
+                            .expect("values");
+                    cells.extend(values.into_iter().flatten().map(|value| format!("{table}.{column}: {value}")));
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Cells that hold any of `needles` (case-insensitive).
+fn holding(cells: &[String], needles: &[&str]) -> Vec<String> {
+    cells
+        .iter()
+        .filter(|cell| needles.iter().any(|needle| cell.to_lowercase().contains(&needle.to_lowercase())))
+        .cloned()
+        .collect()
+}
+
+/// Every message of the stream, as text; waits until it holds as many as the log.
+async fn stream_messages(server: &Server, js: &jetstream::Context, stream: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let expected = server.events().await.len();
+        let mut messages = Vec::new();
+        if let Ok(mut handle) = js.get_stream(stream).await {
+            let state = handle.info().await.expect("stream info").state.clone();
+            for sequence in state.first_sequence.max(1)..=state.last_sequence {
+                if let Ok(message) = handle.get_raw_message(sequence).await {
+                    messages.push(String::from_utf8(message.payload.to_vec()).expect("utf-8 body"));
+                }
+            }
+        }
+        if messages.len() >= expected && expected > 0 {
+            return messages;
+        }
+        assert!(Instant::now() < deadline, "the relay did not publish the log ({} of {expected})", messages.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn removal_shreds_username_and_email(backend: Backend) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let (stream, prefix) = (format!("AUTHD_TEST_SHRED_{id}"), format!("authd_test_shred_{id}.events"));
+    let url = nats_url();
+    let server = Server::start_with(
+        backend,
+        &[("NATS_URL", &url), ("AUTHD_NATS_STREAM", &stream), ("AUTHD_NATS_SUBJECT_PREFIX", &prefix)],
+    )
+    .await;
+    let client = async_nats::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach NATS at {url} ({e}); start it with JetStream (scripts/test does)"));
+    let js = jetstream::new(client);
+
+    // Sign up with an email, activate it, sign in.
+    let username = unique("shredded");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    let profile_id = server.api().sign_up(&username, common::PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (_, body) = common::outbox_mail(&server, &email, |subject| subject == "Activate your account").await;
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    let verification_id = body.split("Verification id: ").nth(1).expect("id").trim();
+    let (status, _) = server
+        .call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code})))
+        .await;
+    assert_eq!(status, 204);
+    let session = server.sign_in(&username).await;
+
+    // The decrypting read paths show the account in clear.
+    let user = server.api().user(&session.access_token).await.expect("user");
+    assert_eq!((user.username.as_str(), user.email.as_deref(), user.email_verified), (username.as_str(), Some(email.as_str()), true));
+
+    // The log holds them only encrypted.
+    let cells = every_cell(&server).await;
+    let events = |cells: &[String]| cells.iter().filter(|c| c.starts_with("events")).cloned().collect::<Vec<_>>();
+    assert_eq!(holding(&events(&cells), &[&username, &email]), Vec::<String>::new(), "no clear username/email in the log");
+    let encrypted = format!("enc:v1:{profile_id}:");
+    assert!(
+        events(&cells).iter().filter(|c| c.contains(&encrypted)).count() >= 2,
+        "the account's events carry enc:v1: values"
+    );
+
+    // Nor does the audit stream.
+    let published = stream_messages(&server, &js, &stream).await;
+    assert!(published.len() >= 5, "the relay published the account's events");
+    assert_eq!(holding(&published, &[&username, &email]), Vec::<String>::new(), "no clear username/email on NATS");
+
+    // Removal shreds.
+    let (status, _) = server.call("POST", "/v1/account/remove", Some(&session.access_token), None).await;
+    assert_eq!(status, 204);
+    let cells = every_cell(&server).await;
+    assert_eq!(holding(&cells, &[&username, &email]), Vec::<String>::new(), "no clear username/email anywhere in the store");
+    assert!(cells.iter().any(|c| c.starts_with("subject_keys") && c.contains(&profile_id)), "the key's tombstone is kept");
+    let published = stream_messages(&server, &js, &stream).await;
+    assert_eq!(holding(&published, &[&username, &email]), Vec::<String>::new(), "no clear username/email on NATS");
+
+    // The log is complete and verifiable; replay shows the data erased.
+    replay_ok(&server, &["verify"]);
+    let timeline = replay_ok(&server, &["timeline", &profile_id]);
+    assert!(timeline.contains("[erased]"), "the timeline shows erased data:\n{timeline}");
+    assert!(!timeline.to_lowercase().contains(&username.to_lowercase()), "{timeline}");
+    let exported = replay_ok(&server, &["events", "--aggregate-type", "user", "--aggregate-id", &profile_id]);
+    let lines: Vec<Value> = exported.lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect();
+    assert_eq!(lines[0]["event_type"], "UserRegistered");
+    assert_eq!(lines[0]["payload"]["UserRegistered"]["username"], "[erased]", "{}", lines[0]);
+    assert_eq!(lines[0]["payload"]["UserRegistered"]["email"], "[erased]");
+    assert_eq!(lines[0]["metadata"]["client_address"], "[erased]");
+    assert!(!exported.contains(&username) && !exported.contains(&email));
+    let rebuilt = replay_ok(&server, &["rebuild"]);
+    assert!(!rebuilt.contains(&username), "{rebuilt}");
+
+    // The username is free again, for a new account with a key of its own.
+    let again = server.sign_up(&username).await;
+    assert_ne!(again, profile_id);
+    let session = server.sign_in(&username).await;
+    assert_eq!(server.api().user(&session.access_token).await.expect("user").username, username);
+
+    if let Ok(client) = async_nats::connect(&url).await {
+        let _ = jetstream::new(client).delete_stream(&stream).await;
+    }
+}
