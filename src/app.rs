@@ -439,6 +439,15 @@ impl App {
         )
         .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
 
+        // The attempt counts as failed until it succeeds: a client that learns from
+        // KE2 that its guess was wrong and never sends KE3 is still counted.
+        if let Some((profile_id, _, false)) = account {
+            let attempt = UserCommand::RecordSignIn { succeeded: false, at, lockout: self.policy.lockout };
+            self.store
+                .execute::<User>(&profile_id.to_string(), attempt, &(), meta)
+                .await
+                .map_err(|e| rejected(e, |e| AppError::Unavailable(e.to_string())))?;
+        }
         let sign_in = Uuid::new_v4();
         let command = SignInCommand::Start {
             profile_id: account.as_ref().map(|(profile_id, _, _)| *profile_id),
@@ -481,14 +490,15 @@ impl App {
             Some(SignInEvent::SignInFailed { profile_id: Some(profile_id), .. }) => (*profile_id, false),
             _ => return Err(AppError::InvalidCredentials),
         };
+        if !succeeded {
+            // Already counted when the attempt began.
+            return Err(AppError::InvalidCredentials);
+        }
         let record = UserCommand::RecordSignIn { succeeded, at, lockout: self.policy.lockout };
         self.store
             .execute::<User>(&profile_id.to_string(), record, &(), meta)
             .await
             .map_err(|e| rejected(e, |e| AppError::Unavailable(e.to_string())))?;
-        if !succeeded {
-            return Err(AppError::InvalidCredentials);
-        }
         if self.policy.require_verified_email
             && !self.store.load::<User>(&profile_id.to_string()).await?.email_verified()
         {

@@ -174,6 +174,14 @@ async fn lockout_locks_and_ends(backend: Backend) {
     assert_eq!(locked, unknown);
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert_eq!(finish_with(&server, &username, None).await.0, 200, "the lock ends");
+
+    // A client that learns from KE2 that its guess was wrong and never sends KE3 is
+    // counted all the same: attempts count as failed until they succeed.
+    for _ in 0..3 {
+        let (_, ke1) = Login::start(b"a guess").expect("start");
+        server.api().sign_in_start(&username, &ke1).await.expect("ke2");
+    }
+    assert_eq!(finish_with(&server, &username, None).await.0, 401, "abandoned guesses lock too");
 }
 
 async fn rate_limits_answer_429(backend: Backend) {

@@ -37,7 +37,9 @@ pub enum UserCommand {
         email: Option<String>,
         at: DateTime<Utc>,
     },
-    /// The outcome of a finished sign-in for this account.
+    /// `succeeded: false` when a sign-in attempt begins — it counts as failed until
+    /// it succeeds, so a client that gives up after a wrong guess is counted too;
+    /// `succeeded: true` when one succeeds.
     RecordSignIn { succeeded: bool, at: DateTime<Utc>, lockout: Lockout },
     /// A code sent to `email` came back.
     VerifyEmail { email: String, at: DateTime<Utc> },
@@ -151,7 +153,8 @@ impl Aggregate for User {
                     if consecutive >= lockout.threshold {
                         sink.write(UserEvent::AccountLocked { until: at + lockout.duration, at }, self).await;
                     }
-                } else if self.failed_sign_ins > 0 {
+                } else if self.failed_sign_ins > 0 || self.is_locked(at) {
+                    // A success also lifts a lock its own attempt set off.
                     sink.write(UserEvent::SignInFailuresReset { at }, self).await;
                 }
             }
@@ -184,7 +187,10 @@ impl Aggregate for User {
             UserEvent::SignInFailureCounted { consecutive, .. } => {
                 self.failed_sign_ins = consecutive
             }
-            UserEvent::SignInFailuresReset { .. } => self.failed_sign_ins = 0,
+            UserEvent::SignInFailuresReset { .. } => {
+                self.failed_sign_ins = 0;
+                self.locked_until = None;
+            }
             // A lock starts a fresh count, so the account is not re-locked by the
             // first failure after it ends.
             UserEvent::AccountLocked { until, .. } => {
@@ -271,6 +277,21 @@ mod tests {
         assert!(user.is_locked(at() + chrono::Duration::minutes(14)));
         assert!(!user.is_locked(at() + chrono::Duration::minutes(15)));
         assert_eq!(user.failed_sign_ins(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_success_lifts_the_lock_its_own_attempt_set_off() {
+        let lock = AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() };
+        T::with(())
+            .given(vec![registered(), SignInFailureCounted { consecutive: 3, at: at() }, lock.clone()])
+            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
+            .await
+            .then_expect_events(vec![SignInFailuresReset { at: at() }]);
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(lock);
+        user.apply(SignInFailuresReset { at: at() });
+        assert!(!user.is_locked(at()));
     }
 
     #[tokio::test]

@@ -171,7 +171,7 @@ pub fn describe(event: &LoggedEvent) -> String {
             }
             UserEvent::UserRegistered { username, .. } => format!("signed up as {username}"),
             UserEvent::SignInFailureCounted { consecutive, .. } => {
-                format!("failed sign-in counted ({consecutive} in a row)")
+                format!("sign-in attempt counted ({consecutive} since the last success)")
             }
             UserEvent::SignInFailuresReset { .. } => "failed sign-in count reset".to_string(),
             UserEvent::AccountLocked { until, .. } => format!("account locked until {}", until.to_rfc3339()),
