@@ -22,15 +22,18 @@ impl Backend {
 }
 
 /// The expression that orders the whole log (exports, timelines, `--at <position>`)
-/// and that is reported as an event's `position`: its global position
-/// (`event_positions`, see `crate::log`), the same number the audit envelope, NATS and
-/// `GET /v1/admin/events` carry, so a position read in one is found in the others.
-/// On PostgreSQL an event committed a moment ago may not be numbered yet; it sorts
-/// last, as position 9223372036854775807, until the sequencer numbers it.
-pub fn order_column(_backend: Backend) -> &'static str {
-    "COALESCE((SELECT p.global_position FROM event_positions p \
-       WHERE p.aggregate_type = events.aggregate_type AND p.aggregate_id = events.aggregate_id \
-       AND p.sequence = events.sequence), 9223372036854775807)"
+/// and that is reported as an event's `position`.
+///
+/// PostgreSQL: the `position` bigserial. It is assignment order, not commit order: a
+/// reader can see position 11 committed before 10 is. That is fine for forensics on
+/// a log at rest, not for tailing a live one. SQLite has one writer at a time, so
+/// its rowid follows commit order. Kept in this one function so a gap-safe global
+/// order can replace it.
+pub fn order_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "position",
+        Backend::Sqlite => "rowid",
+    }
 }
 
 /// `recorded_at` as RFC 3339 text in UTC.

@@ -60,9 +60,7 @@ pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<Exit
     }
 }
 
-/// Opens an existing store (a missing SQLite file is an error here, not a new store)
-/// and numbers every committed event in the global order, so positions here are the
-/// ones the audit envelope carries.
+/// Opens an existing store (a missing SQLite file is an error here, not a new store).
 async fn open(url: &str) -> anyhow::Result<Db> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
@@ -71,9 +69,7 @@ async fn open(url: &str) -> anyhow::Result<Db> {
             bail!("no event store at {} (set DATABASE_URL or AUTHD_DATA_DIR)", crate::store::redact(url));
         }
     }
-    let db = crate::store::connect(url).await?;
-    crate::log::Log::new(db.clone()).sequence().await.context("cannot number the log's events")?;
-    Ok(db)
+    Ok(crate::store::connect(url).await?)
 }
 
 /// The server's keys. Never creates a setup: a new one would be useless here.
