@@ -227,12 +227,23 @@ impl KeyRing {
     pub async fn load_for<'v>(db: &Db, values: impl IntoIterator<Item = &'v Value>) -> Result<Self, sqlx::Error> {
         let mut needed = HashSet::new();
         values.into_iter().for_each(|value| subjects(value, &mut needed));
-        let mut ring = KeyRing::default();
-        let sql = "SELECT key FROM subject_keys WHERE subject = $1";
+        if needed.is_empty() {
+            return Ok(KeyRing::default());
+        }
+        // One query for every account the values name.
+        let placeholders: Vec<String> = (1..=needed.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT subject, key FROM subject_keys WHERE subject IN ({})", placeholders.join(", "));
+        let rows = with_pool!(db, pool => {
+            let mut query = sqlx::query_as(&sql);
+            for subject in &needed {
+                query = query.bind(subject);
+            }
+            query.fetch_all(pool).await?
+        });
+        let mut ring = rows_to_ring(rows);
+        // A subject without a row has no key: its values read as erased.
         for subject in needed {
-            let key: Option<Option<Vec<u8>>> =
-                with_pool!(db, pool => sqlx::query_scalar(sql).bind(&subject).fetch_optional(pool).await?);
-            ring.keys.insert(subject, key.flatten().and_then(|key| Key::try_from(key.as_slice()).ok()));
+            ring.keys.entry(subject).or_insert(None);
         }
         Ok(ring)
     }

@@ -144,10 +144,11 @@ impl Repo {
         }
     }
 
-    /// Aggregates see personal fields in clear (or erased), see src/shred.rs.
+    /// Aggregates see personal fields in clear (or erased), see src/shred.rs. Only
+    /// payloads: `apply` never reads metadata, and leaving it sealed spares the key
+    /// look-up on hot loads such as a session's at every token check.
     async fn reveal(&self, mut events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let mut values: Vec<&mut Value> =
-            events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
+        let mut values: Vec<&mut Value> = events.iter_mut().map(|event| &mut event.payload).collect();
         crate::shred::reveal_all(&self.db(), &mut values)
             .await
             .map_err(|error| PersistenceError::ConnectionError(Box::new(error)))?;
