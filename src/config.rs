@@ -37,7 +37,7 @@ pub enum Command {
     SignOut(SignOutArgs),
     /// Drive concurrent sign-ins, refreshes and verifications against a running
     /// server and print throughput and latency.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cli::bench::BenchArgs),
     /// Forensics on the event log: export, account timelines, past state, read-model
     /// rebuilds, integrity checks.
     Replay(ReplayArgs),

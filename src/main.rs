@@ -1,25 +1,14 @@
 //! authd: the server and its command-line client.
 
-mod account;
 mod api;
 mod app;
-mod audit;
-mod bench;
-mod chain;
 mod cli;
 mod config;
+mod crypto;
 mod delivery;
-mod event_log;
-mod keys;
-mod log;
-mod opaque;
-mod private_sign_in;
 mod relay;
-mod replay;
 mod server;
-mod shred;
 mod store;
-mod totp;
 
 use std::process::ExitCode;
 
@@ -38,11 +27,11 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::GenerateSetup) => {
-            println!("{}", keys::generate_setup());
+            println!("{}", crypto::keys::generate_setup());
             Ok(())
         }
-        Some(Command::Bench(args)) => bench::run(args).await,
-        Some(Command::Replay(args)) => match replay::run(args, &cli.server).await {
+        Some(Command::Bench(args)) => cli::bench::run(args).await,
+        Some(Command::Replay(args)) => match cli::replay::run(args, &cli.server).await {
             Ok(code) => return code,
             Err(error) => Err(error),
         },

@@ -10,7 +10,7 @@ use poem::{EndpointExt, Server};
 use crate::app::{App, Policy};
 use crate::config::ServerConfig;
 use crate::delivery::Delivery;
-use crate::keys::Keys;
+use crate::crypto::keys::Keys;
 use crate::relay;
 use crate::store::{self, Store};
 
@@ -102,7 +102,7 @@ fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration) {
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            match crate::chain::log_changed_since_seal(&db).await {
+            match crate::store::chain::log_changed_since_seal(&db).await {
                 Ok(false) => continue,
                 Ok(true) => {}
                 Err(error) => {
@@ -110,8 +110,8 @@ fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration) {
                     continue;
                 }
             }
-            match crate::chain::seal(&db, &keys, false).await {
-                Ok(crate::chain::SealOutcome::Sealed(seal)) => tracing::info!(
+            match crate::store::chain::seal(&db, &keys, false).await {
+                Ok(crate::store::chain::SealOutcome::Sealed(seal)) => tracing::info!(
                     seal = seal.id,
                     streams = seal.streams,
                     events = seal.events,
@@ -120,7 +120,7 @@ fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration) {
                     "event log sealed"
                 ),
                 Ok(_) => {}
-                Err(error @ crate::chain::SealError::Refused(_)) => {
+                Err(error @ crate::store::chain::SealError::Refused(_)) => {
                     tracing::error!(%error, "tamper evidence: run `authd replay verify`")
                 }
                 Err(error) => tracing::warn!(%error, "cannot seal the event log; retrying"),

@@ -1,6 +1,7 @@
 //! authd client: the OPAQUE (RFC 9807) client side and typed HTTP calls.
 //!
-//! The [`Suite`] cipher suite is shared with the server. [`Registration`] and
+//! The [`Suite`] cipher suite and the base64url codec ([`b64`], [`unb64`]) come
+//! from the `protocol` crate, shared with the server. [`Registration`] and
 //! [`Login`] wrap the opaque-ke client state machines and exchange base64url
 //! messages; [`Api`] wraps the authd HTTP routes. [`private`] holds private
 //! sign-in (reference 001): the same login inside an ephemeral key agreement.
@@ -8,9 +9,10 @@
 pub mod private;
 
 pub use private::PrivateSignIn;
+/// The OPAQUE suite and the base64url codec live in the `protocol` crate, shared
+/// with the server; they are re-exported so that users of this crate need only it.
+pub use protocol::{b64, ksf, unb64, DecodeError, Suite};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use opaque_ke::errors::ProtocolError;
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
@@ -54,41 +56,14 @@ pub enum Error {
     Private(#[from] private::ChannelError),
 }
 
-/// The OPAQUE cipher suite fixed by authd: OPRF Ristretto255,
-/// TripleDh<Ristretto255, Sha512>, KSF Argon2id.
-pub struct Suite;
-
-impl opaque_ke::CipherSuite for Suite {
-    type OprfCs = opaque_ke::Ristretto255;
-    type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2::Sha512>;
-    type Ksf = argon2::Argon2<'static>;
-}
-
-const KSF_PARAMS: argon2::Params = match argon2::Params::new(65536, 3, 4, None) {
-    Ok(p) => p,
-    Err(_) => panic!("invalid Argon2 parameters"), // evaluated at compile time
-};
-
-/// Argon2id v0x13, t=3, m=65536 KiB, p=4 (opaque-ke's Argon2 KSF uses 16 zero
-/// bytes of salt) — the parameters interoperable clients use.
-pub fn ksf() -> argon2::Argon2<'static> {
-    argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        KSF_PARAMS,
-    )
-}
-
-/// Encodes bytes as base64url without padding.
-pub fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Decodes base64url without padding; padding and invalid characters are rejected.
-pub fn unb64(s: &str) -> Result<Vec<u8>, Error> {
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|e| Error::Base64(e.to_string()))
+impl From<DecodeError> for Error {
+    /// Keeps the decoder's own reason, as [`Error::Base64`] always has.
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Base64(reason) => Error::Base64(reason),
+            length @ DecodeError::Length { .. } => Error::Base64(length.to_string()),
+        }
+    }
 }
 
 fn protocol(e: ProtocolError) -> Error {
@@ -593,13 +568,13 @@ mod tests {
     }
 
     #[test]
-    fn base64url() {
-        let data: Vec<u8> = (0..=255).collect();
-        assert_eq!(unb64(&b64(&data)).unwrap(), data);
-        assert_eq!(b64(&[0xfb, 0xff]), "-_8");
-        assert!(matches!(unb64("-_8="), Err(Error::Base64(_))));
-        assert!(matches!(unb64("ab+/"), Err(Error::Base64(_))));
-        assert!(matches!(unb64("a b"), Err(Error::Base64(_))));
+    fn bad_base64url_is_a_base64_error() {
+        let bad: Result<Vec<u8>, Error> = unb64("-_8=").map_err(Error::from);
+        assert!(matches!(bad, Err(Error::Base64(_))));
+        assert!(matches!(
+            Registration::start(b"pw").unwrap().0.finish(b"pw", "ab+/"),
+            Err(Error::Base64(_))
+        ));
     }
 
     #[test]

@@ -26,6 +26,42 @@ impl Bucket {
             Bucket::Profile => "profile",
         }
     }
+
+    /// The bucket of this name (`signup`, `profile`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "signup" => Some(Bucket::Signup),
+            "profile" => Some(Bucket::Profile),
+            _ => None,
+        }
+    }
+
+    /// Whether its tokens are issued for one account: recovery (`profile`) tokens
+    /// must be, invitations (`signup`) must not be.
+    pub fn needs_owner(self) -> bool {
+        matches!(self, Bucket::Profile)
+    }
+
+    /// The account its tokens are issued for, checked against [`Bucket::needs_owner`].
+    /// `owner` is whatever names the account at the caller's stage (a username
+    /// before it is looked up, the profile id after); it comes back unchanged.
+    pub fn check_owner<T>(self, owner: Option<T>) -> Result<Option<T>, OwnerError> {
+        match (self.needs_owner(), owner) {
+            (true, None) => Err(OwnerError::Required),
+            (false, Some(_)) => Err(OwnerError::NotAllowed),
+            (_, owner) => Ok(owner),
+        }
+    }
+}
+
+/// Why a bucket refuses the account named for its tokens. The text is what the API
+/// shows for the account field of a fill (`username`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    #[error("is required for the profile bucket")]
+    Required,
+    #[error("only profile tokens are issued for an account")]
+    NotAllowed,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -63,8 +99,30 @@ pub enum InviteTokenError {
     AlreadyRedeemed,
     #[error("a recovery token must be issued for one account")]
     Unbound,
+    #[error("an invitation must not be issued for an account")]
+    BoundInvitation,
     #[error("token issued for another account")]
     WrongAccount,
+}
+
+impl From<OwnerError> for InviteTokenError {
+    fn from(error: OwnerError) -> Self {
+        match error {
+            OwnerError::Required => InviteTokenError::Unbound,
+            OwnerError::NotAllowed => InviteTokenError::BoundInvitation,
+        }
+    }
+}
+
+impl InviteTokenError {
+    /// The owner rule an issue broke, if that is why it was rejected.
+    pub fn owner_error(&self) -> Option<OwnerError> {
+        match self {
+            InviteTokenError::Unbound => Some(OwnerError::Required),
+            InviteTokenError::BoundInvitation => Some(OwnerError::NotAllowed),
+            _ => None,
+        }
+    }
 }
 
 impl InviteToken {
@@ -98,9 +156,7 @@ impl Aggregate for InviteToken {
                 if self.is_issued() {
                     return Err(InviteTokenError::AlreadyIssued);
                 }
-                if bucket == Bucket::Profile && for_profile.is_none() {
-                    return Err(InviteTokenError::Unbound);
-                }
+                bucket.check_owner(for_profile)?;
                 InviteTokenEvent::InviteTokenIssued { bucket, for_profile }
             }
             InviteTokenCommand::Redeem { profile_id } => {
@@ -177,6 +233,49 @@ mod tests {
             .when_async(Issue { bucket: Bucket::Profile, for_profile: None })
             .await
             .then_expect_error(InviteTokenError::Unbound);
+    }
+
+    #[tokio::test]
+    async fn an_invitation_is_not_issued_for_an_account() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Issue { bucket: Bucket::Signup, for_profile: Some(Uuid::new_v4()) })
+            .await
+            .then_expect_error(InviteTokenError::BoundInvitation);
+    }
+
+    #[tokio::test]
+    async fn issuing_a_recovery_token_for_an_account() {
+        let profile_id = Uuid::new_v4();
+        T::with(())
+            .given_no_previous_events()
+            .when_async(Issue { bucket: Bucket::Profile, for_profile: Some(profile_id) })
+            .await
+            .then_expect_events(vec![InviteTokenIssued { bucket: Bucket::Profile, for_profile: Some(profile_id) }]);
+    }
+
+    #[test]
+    fn only_recovery_tokens_name_an_account() {
+        assert!(Bucket::Profile.needs_owner() && !Bucket::Signup.needs_owner());
+        assert_eq!(Bucket::Profile.check_owner(Some("alice")), Ok(Some("alice")));
+        assert_eq!(Bucket::Profile.check_owner::<&str>(None), Err(OwnerError::Required));
+        assert_eq!(Bucket::Signup.check_owner(Some("alice")), Err(OwnerError::NotAllowed));
+        assert_eq!(Bucket::Signup.check_owner::<&str>(None), Ok(None));
+        assert_eq!(OwnerError::Required.to_string(), "is required for the profile bucket");
+        assert_eq!(OwnerError::NotAllowed.to_string(), "only profile tokens are issued for an account");
+        for error in [OwnerError::Required, OwnerError::NotAllowed] {
+            assert_eq!(InviteTokenError::from(error).owner_error(), Some(error));
+        }
+        assert_eq!(InviteTokenError::AlreadyIssued.owner_error(), None);
+    }
+
+    #[test]
+    fn buckets_are_named() {
+        for bucket in [Bucket::Signup, Bucket::Profile] {
+            assert_eq!(Bucket::parse(bucket.as_str()), Some(bucket));
+        }
+        assert_eq!(Bucket::parse("Signup"), None);
+        assert_eq!(Bucket::parse(""), None);
     }
 
     #[tokio::test]

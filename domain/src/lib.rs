@@ -13,6 +13,7 @@ pub mod sign_in;
 pub mod totp_secret;
 pub mod user;
 pub mod username;
+pub mod verification_rules;
 pub mod verifier;
 
 pub use invite_token::{Bucket, InviteToken};

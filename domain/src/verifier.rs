@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::services::{CodeVerifier, TotpVerifier};
 
@@ -87,6 +88,95 @@ pub fn generate_code(length: usize, sets: &[SymbolSet], mut pick: impl FnMut(usi
         return String::new();
     }
     (0..length).map(|_| alphabet[pick(alphabet.len()) % alphabet.len()]).collect()
+}
+
+/// What authd's own emailed codes are for (the account flows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurposeKind {
+    /// Proves a new account's email address.
+    Activate,
+    /// Lets a forgotten password be replaced.
+    Reset,
+}
+
+impl PurposeKind {
+    /// The name stored in the payload (`purpose`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurposeKind::Activate => "activate",
+            PurposeKind::Reset => "reset",
+        }
+    }
+
+    /// How long such a code is valid: a day to activate, 15 minutes to reset.
+    pub fn ttl(self) -> Duration {
+        match self {
+            PurposeKind::Activate => Duration::hours(24),
+            PurposeKind::Reset => Duration::minutes(15),
+        }
+    }
+}
+
+/// The purpose of an emailed account code, and the account it is for. It travels
+/// as the verifier's payload, `{"purpose": "activate"|"reset", "profile_id": "<uuid>"}`
+/// (the shape stored verifier events carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePurpose {
+    Activate { profile_id: Uuid },
+    Reset { profile_id: Uuid },
+}
+
+impl CodePurpose {
+    pub fn new(kind: PurposeKind, profile_id: Uuid) -> Self {
+        match kind {
+            PurposeKind::Activate => CodePurpose::Activate { profile_id },
+            PurposeKind::Reset => CodePurpose::Reset { profile_id },
+        }
+    }
+
+    pub fn kind(&self) -> PurposeKind {
+        match self {
+            CodePurpose::Activate { .. } => PurposeKind::Activate,
+            CodePurpose::Reset { .. } => PurposeKind::Reset,
+        }
+    }
+
+    pub fn profile_id(&self) -> Uuid {
+        match *self {
+            CodePurpose::Activate { profile_id } | CodePurpose::Reset { profile_id } => profile_id,
+        }
+    }
+
+    /// How long the code is valid ([`PurposeKind::ttl`]).
+    pub fn ttl(&self) -> Duration {
+        self.kind().ttl()
+    }
+
+    /// The verifier payload.
+    pub fn to_payload(&self) -> Value {
+        json!({"purpose": self.kind().as_str(), "profile_id": self.profile_id()})
+    }
+
+    /// The purpose a verifier payload names; `None` for any other payload (other
+    /// keys are ignored).
+    pub fn from_payload(payload: &Value) -> Option<Self> {
+        let kind = match payload.get("purpose")?.as_str()? {
+            "activate" => PurposeKind::Activate,
+            "reset" => PurposeKind::Reset,
+            _ => return None,
+        };
+        let profile_id = Uuid::parse_str(payload.get("profile_id")?.as_str()?).ok()?;
+        Some(Self::new(kind, profile_id))
+    }
+
+    /// The account a code of purpose `kind` is for, or why the payload is not such
+    /// a code (the text shown for `verification_id`).
+    pub fn expect(payload: &Value, kind: PurposeKind) -> Result<Uuid, String> {
+        match Self::from_payload(payload) {
+            Some(purpose) if purpose.kind() == kind => Ok(purpose.profile_id()),
+            _ => Err(format!("is not a code to {} an account", kind.as_str())),
+        }
+    }
 }
 
 /// A value that must not show up in logs or debug output (a presented code, a TOTP
@@ -312,7 +402,6 @@ impl Aggregate for Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Duration;
     use cqrs_es::test::TestFramework;
     use serde_json::json;
     use VerifierCommand::*;
@@ -396,6 +485,60 @@ mod tests {
         assert_eq!(generate_code(6, &[SymbolSet::Lower], |_| 0), "aaaaaa");
         assert_eq!(generate_code(6, &[SymbolSet::Lower], |n| n - 1), "zzzzzz");
         assert_eq!(generate_code(6, &[], |_| 0), "");
+    }
+
+    #[test]
+    fn code_purposes_keep_the_stored_payload_shape() {
+        let profile_id = Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").expect("uuid");
+        let activate = CodePurpose::Activate { profile_id };
+        let reset = CodePurpose::Reset { profile_id };
+        // Exactly what the account flows stored before: `json!({"purpose": …, "profile_id": …})`.
+        assert_eq!(activate.to_payload(), json!({"purpose": "activate", "profile_id": profile_id}));
+        assert_eq!(reset.to_payload(), json!({"purpose": "reset", "profile_id": profile_id}));
+        assert_eq!(
+            reset.to_payload().to_string(),
+            r#"{"profile_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","purpose":"reset"}"#
+        );
+        for purpose in [activate, reset] {
+            assert_eq!(CodePurpose::from_payload(&purpose.to_payload()), Some(purpose));
+            assert_eq!(CodePurpose::new(purpose.kind(), purpose.profile_id()), purpose);
+        }
+        // As read from a stored event, other keys alongside.
+        let stored = json!({"profile_id": "67e55044-10b1-426f-9247-bb680e5fe0c8", "purpose": "activate", "extra": 1});
+        assert_eq!(CodePurpose::from_payload(&stored), Some(activate));
+    }
+
+    #[test]
+    fn other_payloads_name_no_purpose() {
+        let id = Uuid::new_v4();
+        for payload in [
+            Value::Null,
+            json!({}),
+            json!({"purpose": "activation", "profile_id": id}),
+            json!({"purpose": "activate"}),
+            json!({"profile_id": id}),
+            json!({"purpose": "reset", "profile_id": "not-a-uuid"}),
+            json!({"purpose": "reset", "profile_id": 7}),
+            json!({"purpose": ["reset"], "profile_id": id}),
+            json!(["reset", id]),
+        ] {
+            assert_eq!(CodePurpose::from_payload(&payload), None, "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_code_serves_only_its_own_purpose() {
+        let profile_id = Uuid::new_v4();
+        let reset = CodePurpose::Reset { profile_id }.to_payload();
+        assert_eq!(CodePurpose::expect(&reset, PurposeKind::Reset), Ok(profile_id));
+        assert_eq!(CodePurpose::expect(&reset, PurposeKind::Activate), Err("is not a code to activate an account".into()));
+        assert_eq!(CodePurpose::expect(&json!({"your": "payload"}), PurposeKind::Reset), Err("is not a code to reset an account".into()));
+    }
+
+    #[test]
+    fn account_codes_live_a_day_to_activate_and_minutes_to_reset() {
+        assert_eq!(CodePurpose::Activate { profile_id: Uuid::nil() }.ttl(), Duration::hours(24));
+        assert_eq!(CodePurpose::Reset { profile_id: Uuid::nil() }.ttl(), Duration::minutes(15));
     }
 
     #[test]

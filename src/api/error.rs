@@ -107,17 +107,16 @@ impl From<AppError> for ApiError {
                 message,
                 vec![FieldError { path: "signup_token".into(), error: "is not a known token".into() }],
             ),
-            AppError::TokenRedeemed => ApiError::new(409, "token_redeemed", message),
-            AppError::UsernameTaken => ApiError::new(409, "username_taken", message),
-            AppError::NotFound(code) => ApiError::new(404, code, message),
-            AppError::Conflict(code) => ApiError::new(409, code, message),
-            AppError::Forbidden(code) => ApiError::new(403, code, message),
-            AppError::TooMany { code, retry_after_secs } => ApiError::too_many(code, message, retry_after_secs),
-            AppError::Unavailable(detail) => {
-                tracing::error!(%detail, "store unavailable");
+            AppError::Conflict(reason) => ApiError::new(409, reason.code(), message),
+            AppError::NotFound(what) => ApiError::new(404, what.code(), message),
+            AppError::Forbidden(why) => ApiError::new(403, why.code(), message),
+            AppError::TooManyAttempts { retry_after_secs } => {
+                ApiError::too_many("too_many_attempts", message, retry_after_secs)
+            }
+            AppError::Store(_) | AppError::ReadModels(_) | AppError::Log(_) | AppError::Internal(_) => {
+                tracing::error!(detail = %message, "request failed: a dependency is down");
                 ApiError::new(503, "unavailable", "the event store is unavailable; try again")
             }
-            AppError::VerificationIdTaken => ApiError::new(409, "verification_id_taken", message),
             AppError::Delivery(_) => ApiError::new(503, "delivery_unavailable", message),
         }
     }

@@ -13,9 +13,9 @@ use poem_openapi::types::{ParseFromParameter, ParseResult, Type};
 use poem_openapi::{Object, OpenApi};
 
 use super::{AdminToken, ApiError, Tag};
-use crate::app::{App, AppError, Fields};
-use crate::audit::Envelope;
-use crate::log::Filter;
+use crate::app::{App, Fields};
+use crate::relay::envelope::Envelope;
+use crate::store::log::Filter;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -98,12 +98,7 @@ impl EventsApi {
         if !fields.is_empty() {
             return Err(fields.error().into());
         }
-        let page = app
-            .store
-            .log()
-            .read(after, limit, &filter)
-            .await
-            .map_err(|error| AppError::Unavailable(error.to_string()))?;
+        let page = app.events(after, limit, &filter).await?;
         Ok(Json(EventPage { events: page.events.into_iter().map(Envelope::from).collect(), next: page.next }))
     }
 }

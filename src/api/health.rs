@@ -53,13 +53,13 @@ impl HealthApi {
     /// audit relay's lag, which does not change the answer.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, app: Data<&Arc<App>>, relay: Data<&relay::Status>) -> Result<Json<Readiness>, ApiError> {
-        if !app.store.ready().await {
+        if !app.store_ready().await {
             return Err(ApiError::new(503, "unavailable", "the event store does not answer"));
         }
         let state = relay.get();
         let lag = match state {
             relay::State::Disabled => None,
-            _ => relay::lag(&app.store).await.ok(),
+            _ => app.relay_lag().await.ok(),
         };
         Ok(Json(Readiness {
             status: "ready".into(),
@@ -81,10 +81,10 @@ impl HealthApi {
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
         };
-        let up = app.store.ready().await;
+        let up = app.store_ready().await;
         gauge("authd_store_up", "1 when the event store answers.", i64::from(up));
         let state = relay.get();
-        let log_position = app.store.log().head().await.ok();
+        let log_position = app.log_head().await.ok();
         if let Some(position) = log_position {
             gauge("authd_event_log_position", "Position of the newest event in the global log.", position);
         }
@@ -94,7 +94,7 @@ impl HealthApi {
             i64::from(state != relay::State::Disabled),
         );
         if state != relay::State::Disabled {
-            if let Ok(lag) = relay::lag(&app.store).await {
+            if let Ok(lag) = app.relay_lag().await {
                 gauge(
                     "authd_audit_relay_lag_events",
                     "Events in the log not yet acknowledged by NATS JetStream.",

@@ -1,6 +1,6 @@
 //! Private sign-in, reference 001: `POST /v1/step/one|two|three`. The field names
 //! are the reference's; what each carries is documented on each field and in the
-//! README. The key schedule is in `client::private`.
+//! README. The key schedule is in `protocol::private`.
 
 use std::sync::Arc;
 

@@ -23,9 +23,9 @@ use rand::{Rng, RngCore};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{rejected, App, AppError, Fields};
+use super::{rejected, App, AppError, Conflict, Fields, Missing, Undeliverable};
 use crate::delivery::Delivery;
-use crate::keys::{CodeHasher, Keys};
+use crate::crypto::keys::{CodeHasher, Keys};
 use crate::store::{CommandError, Metadata};
 
 /// Wrong codes a verifier takes when `AUTHD_VERIFICATION_MAX_ATTEMPTS` is not set.
@@ -37,7 +37,7 @@ const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// 160 bits, as RFC 4226 recommends.
 const TOTP_SECRET_BYTES: usize = 20;
 const DEFAULT_SUBJECT: &str = "Your verification code";
-const NOT_FOUND: AppError = AppError::NotFound("verification_not_found");
+const NOT_FOUND: AppError = AppError::NotFound(Missing::Verification);
 
 /// What the verification service needs besides the store and the keys.
 pub(crate) struct Verifications {
@@ -63,12 +63,12 @@ impl CodeVerifier for CodeHasher {
     }
 }
 
-/// `google_auth` codes, checked like every TOTP code in authd (`crate::totp`).
+/// `google_auth` codes, checked like every TOTP code in authd (`crate::crypto::totp`).
 struct Totp;
 
 impl TotpVerifier for Totp {
     fn matches(&self, secret: &[u8], code: &str, at: DateTime<Utc>) -> bool {
-        crate::totp::matching_step(secret, code, at).is_some()
+        crate::crypto::totp::matching_step(secret, code, at).is_some()
     }
 }
 
@@ -177,9 +177,7 @@ impl App {
     ) -> Result<Initiated, AppError> {
         let plan = self.plan(method, request)?;
         if method == Method::Phone && !self.verifications.delivery.can_text() {
-            return Err(AppError::Delivery(
-                "phone verification is not available: no AUTHD_SMS_WEBHOOK_URL is configured".into(),
-            ));
+            return Err(Undeliverable::NoSmsWebhook.into());
         }
         self.start(method, plan, meta).await
     }
@@ -214,8 +212,7 @@ impl App {
             .await
             .map_err(|e| {
                 rejected(e, |e| match e {
-                    VerifierError::AttemptsExhausted { expires_at } => AppError::TooMany {
-                        code: "too_many_attempts",
+                    VerifierError::AttemptsExhausted { expires_at } => AppError::TooManyAttempts {
                         retry_after_secs: u64::try_from((expires_at - Utc::now()).num_seconds()).unwrap_or(0).max(1),
                     },
                     _ => NOT_FOUND,
@@ -301,7 +298,7 @@ impl App {
         Ok(self.start(Method::Email, plan, meta).await?.verification_id)
     }
 
-    /// Validates a code of any method; counts the attempt. Ok → the verifier (consumer, payload). Wrong code → AppError::Invalid(vec![("code", "is not valid")]) ; unknown/expired → AppError::NotFound("verification_not_found"); exhausted → AppError::TooMany{..}.
+    /// Validates a code of any method; counts the attempt. Ok → the verifier (consumer, payload). Wrong code → AppError::Invalid(vec![("code", "is not valid")]) ; unknown/expired → AppError::NotFound(Missing::Verification); exhausted → AppError::TooManyAttempts{..}.
     pub async fn redeem_code(
         &self,
         method: &str,
@@ -373,7 +370,7 @@ impl App {
                 // Checked before anything is sent; the event store's key still
                 // decides a race between two initiations with the same id.
                 if self.store.load::<Verifier>(&id).await?.method().is_some() {
-                    return Err(AppError::VerificationIdTaken);
+                    return Err(AppError::Conflict(Conflict::VerificationIdTaken));
                 }
                 id
             }
@@ -405,7 +402,7 @@ impl App {
             .await
             .map_err(|e| {
                 rejected(e, |e| match e {
-                    VerifierError::AlreadyInitiated => AppError::VerificationIdTaken,
+                    VerifierError::AlreadyInitiated => AppError::Conflict(Conflict::VerificationIdTaken),
                     other => AppError::Invalid(vec![("policy".into(), other.to_string())]),
                 })
             })?;
@@ -427,7 +424,7 @@ impl App {
         };
         sent.map_err(|error| {
             tracing::warn!(%error, method = method.as_str(), "verification message not delivered");
-            AppError::Delivery(error.to_string())
+            Undeliverable::Failed(error).into()
         })
     }
 
@@ -458,11 +455,11 @@ impl App {
             // some apps) want them spelled out.
             Ok(_) => Ok(Some(format!(
                 "{}&algorithm=SHA1&digits=6&period=30",
-                crate::totp::authenticator(secret, issuer, consumer.to_string()).get_url()
+                crate::crypto::totp::authenticator(secret, issuer, consumer.to_string()).get_url()
             ))),
             // Confirmed in the meantime: the consumer keeps that one.
             Err(CommandError::Rejected(TotpSecretError::AlreadyConfirmed)) => Ok(None),
-            Err(error) => Err(rejected(error, |e| AppError::Unavailable(e.to_string()))),
+            Err(error) => Err(rejected(error, |_| AppError::Conflict(Conflict::IdCollision("TOTP secret")))),
         }
     }
 
@@ -634,7 +631,7 @@ mod tests {
         assert_eq!(redeemed, VerifiedCode { consumer: "alice@example.com".into(), payload: payload.clone() });
         for (method, id) in [("email", id.as_str()), ("email", "unknown"), ("phone", id.as_str()), ("fax", id.as_str())] {
             let again = app.redeem_code(method, id, &code, &meta).await;
-            assert!(matches!(again, Err(AppError::NotFound("verification_not_found"))), "{method} {id}: {again:?}");
+            assert!(matches!(again, Err(AppError::NotFound(Missing::Verification))), "{method} {id}: {again:?}");
         }
 
         // Two wrong codes exhaust it (this app allows two).
@@ -644,7 +641,7 @@ mod tests {
             assert!(matches!(app.redeem_code("email", &id, wrong, &meta).await, Err(AppError::Invalid(_))));
         }
         let exhausted = app.redeem_code("email", &id, &code, &meta).await;
-        assert!(matches!(exhausted, Err(AppError::TooMany { retry_after_secs: 1..=600, .. })), "{exhausted:?}");
+        assert!(matches!(exhausted, Err(AppError::TooManyAttempts { retry_after_secs: 1..=600, .. })), "{exhausted:?}");
 
         let refused = send("not an address").await;
         assert!(matches!(&refused, Err(AppError::Invalid(fields)) if fields[0].0 == "email"), "{refused:?}");

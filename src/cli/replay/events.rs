@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use projections::Db;
 
 use crate::config::EventsArgs;
-use crate::event_log::{self, Backend, Bind};
+use crate::store::event_log::{self, Backend, Bind};
 
 /// The WHERE clause (with its parameters) for the export's filters.
 fn filter(backend: Backend, args: &EventsArgs) -> (String, Vec<Bind>) {
@@ -50,10 +50,10 @@ pub async fn export(db: &Db, args: &EventsArgs) -> anyhow::Result<()> {
         event_log::columns(backend),
         event_log::order_column(backend)
     );
-    let ring = crate::shred::KeyRing::load_all(db).await?;
+    let ring = crate::store::shred::KeyRing::load_all(db).await?;
     let mut out = BufWriter::new(std::io::stdout());
     event_log::for_each(db, &sql, &binds, |mut event| {
-        // Personal fields in clear, or erased (src/shred.rs).
+        // Personal fields in clear, or erased (src/store/shred.rs).
         ring.reveal(&mut event.payload);
         ring.reveal(&mut event.metadata);
         serde_json::to_writer(&mut out, &event.envelope())?;

@@ -14,7 +14,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 
-use crate::keys::Keys;
+use crate::crypto::keys::Keys;
 
 /// Binds sealed MFA secrets to their purpose.
 const CONTEXT: &[u8] = b"authd/mfa-totp";
@@ -57,7 +57,7 @@ impl TotpCheck for TotpChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::Suite;
+    use protocol::Suite;
     use opaque_ke::ServerSetup;
 
     #[test]

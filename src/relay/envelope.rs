@@ -5,7 +5,7 @@ use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::log::LogEvent;
+use crate::store::log::LogEvent;
 
 /// One event of the log, for auditors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]

@@ -26,8 +26,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::TimelineArgs;
-use crate::event_log::{self, Backend, Bind, LoggedEvent};
-use crate::keys::Keys;
+use crate::store::event_log::{self, Backend, Bind, LoggedEvent};
+use crate::crypto::keys::Keys;
 
 type StreamKey = (String, String);
 
@@ -66,8 +66,8 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     }
     // Log order across aggregates (see event_log::order_column).
     events.sort_by_key(|event| event.position);
-    // Personal fields in clear, or erased (src/shred.rs).
-    let ring = crate::shred::KeyRing::load_all(db).await?;
+    // Personal fields in clear, or erased (src/store/shred.rs).
+    let ring = crate::store::shred::KeyRing::load_all(db).await?;
     for event in &mut events {
         ring.reveal(&mut event.payload);
         ring.reveal(&mut event.metadata);

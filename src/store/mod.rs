@@ -5,6 +5,11 @@
 //! it decide, commit with optimistic concurrency (retried on conflict, bounded),
 //! then fold the committed events into the read models.
 
+pub mod chain;
+pub mod event_log;
+pub mod log;
+pub mod shred;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
-use crate::log::Log;
+use crate::store::log::Log;
 
 /// How often a command is retried when another writer committed to the same
 /// aggregate first.
@@ -144,12 +149,12 @@ impl Repo {
         }
     }
 
-    /// Aggregates see personal fields in clear (or erased), see src/shred.rs. Only
+    /// Aggregates see personal fields in clear (or erased), see src/store/shred.rs. Only
     /// payloads: `apply` never reads metadata, and leaving it sealed spares the key
     /// look-up on hot loads such as a session's at every token check.
     async fn reveal(&self, mut events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, PersistenceError> {
         let mut values: Vec<&mut Value> = events.iter_mut().map(|event| &mut event.payload).collect();
-        crate::shred::reveal_all(&self.db(), &mut values)
+        crate::store::shred::reveal_all(&self.db(), &mut values)
             .await
             .map_err(|error| PersistenceError::ConnectionError(Box::new(error)))?;
         Ok(events)
@@ -179,9 +184,9 @@ impl PersistedEventRepository for Repo {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        crate::chain::persist(&self.db(), A::TYPE, events, snapshot_update).await
+        crate::store::chain::persist(&self.db(), A::TYPE, events, snapshot_update).await
     }
-    // Not decrypted (src/shred.rs): authd does not use the replay streams; a caller
+    // Not decrypted (src/store/shred.rs): authd does not use the replay streams; a caller
     // would see `enc:v1:` values.
     async fn stream_events<A: Aggregate>(&self, id: &str) -> Result<ReplayStream, PersistenceError> {
         delegate!(self, repo => repo.stream_events::<A>(id))
@@ -306,9 +311,9 @@ impl Store {
         }
     }
 
-    /// Destroys the account's personal-data key (see src/shred.rs).
+    /// Destroys the account's personal-data key (see src/store/shred.rs).
     pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
-        crate::shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))
+        crate::store::shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
     /// True when the store answers a trivial query.

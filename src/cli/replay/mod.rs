@@ -7,8 +7,8 @@
 //! - `verify`: check every aggregate's hash chain and the latest seal;
 //! - `seal`: seal the chain heads now.
 //!
-//! Everything reads the store through [`crate::event_log`], in the order
-//! [`crate::event_log::order_column`] defines. It is safe to run while the server
+//! Everything reads the store through [`crate::store::event_log`], in the order
+//! [`crate::store::event_log::order_column`] defines. It is safe to run while the server
 //! runs: reads do not block it (SQLite is in WAL mode), and the only writes
 //! (`rebuild --swap`, `seal`) take the same locks the server does.
 
@@ -26,10 +26,10 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use projections::Db;
 
-use crate::chain::{self, SealOutcome};
+use crate::store::chain::{self, SealOutcome};
 use crate::config::{ReplayArgs, ReplayCommand, ServerConfig};
-use crate::event_log::{self, Bind};
-use crate::keys::Keys;
+use crate::store::event_log::{self, Bind};
+use crate::crypto::keys::Keys;
 
 pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| server.data_dir.clone());

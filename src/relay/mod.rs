@@ -1,7 +1,7 @@
 //! The audit relay: publishes every event of the log to NATS JetStream, in log
 //! order, at least once, never skipping one.
 //!
-//! - It tails the gap-safe [`Log`](crate::log::Log) from its checkpoint
+//! - It tails the gap-safe [`Log`](crate::store::log::Log) from its checkpoint
 //!   (`checkpoints`, name [`CHECKPOINT`]), publishes each event as an
 //!   [`Envelope`] to `<prefix>.<aggregate_type>.<event_type>` with
 //!   `Nats-Msg-Id: <aggregate_type>:<aggregate_id>:<sequence>`, and waits for
@@ -20,6 +20,8 @@
 //!   event was stored, and copies are de-duplicated. SQLite is an embedded,
 //!   single-process store: one authd per file, so one relay.
 
+pub mod envelope;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +29,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use sqlx::Connection;
 
-use crate::audit::Envelope;
-use crate::log::{Filter, LogError};
+use crate::relay::envelope::Envelope;
+use crate::store::log::{Filter, LogError};
 use crate::store::Store;
 
 /// The relay's entry in `checkpoints`.

@@ -185,12 +185,12 @@ impl Log {
     }
 
     /// Personal fields in clear, or erased once their account is removed (see
-    /// src/shred.rs): read models fold clear values, and the audit envelope
+    /// src/store/shred.rs): read models fold clear values, and the audit envelope
     /// withholds the payload's personal fields itself.
     async fn reveal(&self, events: &mut [LogEvent]) -> Result<(), LogError> {
         let mut values: Vec<&mut Value> =
             events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
-        crate::shred::reveal_all(&self.db, &mut values).await?;
+        crate::store::shred::reveal_all(&self.db, &mut values).await?;
         Ok(())
     }
 

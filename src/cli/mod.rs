@@ -3,6 +3,9 @@
 //! from a terminal prompt or, when stdin is not a terminal, its first line; never
 //! from an argument.
 
+pub mod bench;
+pub mod replay;
+
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};

@@ -1,7 +1,7 @@
-//! The server side of OPAQUE (RFC 9807) with authd's suite (`client::Suite`).
+//! The server side of OPAQUE (RFC 9807) with authd's suite (`protocol::Suite`).
 //! Messages arrive and leave as raw bytes; base64url lives in the API layer.
 
-use client::Suite;
+use protocol::Suite;
 use domain::services::LoginVerifier;
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin,
@@ -83,20 +83,21 @@ pub fn session_key(login_state: &[u8], ke3: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::{unb64, Login, Registration};
+    use client::{Login, Registration};
+    use protocol::{b64, unb64};
 
     #[test]
     fn a_registered_password_signs_in_and_a_wrong_one_does_not() {
         let setup = ServerSetup::<Suite>::new(&mut OsRng);
         let (registration, request) = Registration::start(b"hunter2").expect("start");
         let response = registration_response(&setup, &unb64(&request).expect("b64"), b"alice").expect("response");
-        let record = unb64(&registration.finish(b"hunter2", &client::b64(&response)).expect("finish")).expect("b64");
+        let record = unb64(&registration.finish(b"hunter2", &b64(&response)).expect("finish")).expect("b64");
         check_record(&record).expect("record decodes");
 
         let (login, ke1) = Login::start(b"hunter2").expect("login");
         let start = login_start(&setup, Some(&record), &unb64(&ke1).expect("b64"), b"alice").expect("ke2");
         assert_eq!(start.ke2.len(), 320);
-        let (ke3, client_key) = login.finish(b"hunter2", &client::b64(&start.ke2)).expect("client finish");
+        let (ke3, client_key) = login.finish(b"hunter2", &b64(&start.ke2)).expect("client finish");
         assert!(OpaqueVerifier.verify(&start.state, &unb64(&ke3).expect("b64")));
         assert!(!OpaqueVerifier.verify(&start.state, &[0u8; 64]));
         assert_eq!(session_key(&start.state, &unb64(&ke3).expect("b64")), Some(client_key), "both ends agree");
@@ -104,7 +105,7 @@ mod tests {
 
         let (wrong, ke1) = Login::start(b"hunter3").expect("login");
         let start = login_start(&setup, Some(&record), &unb64(&ke1).expect("b64"), b"alice").expect("ke2");
-        assert!(wrong.finish(b"hunter3", &client::b64(&start.ke2)).is_err());
+        assert!(wrong.finish(b"hunter3", &b64(&start.ke2)).is_err());
     }
 
     #[test]

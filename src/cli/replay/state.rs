@@ -8,7 +8,7 @@ use projections::Db;
 use serde_json::{json, Value};
 
 use crate::config::{At, StateArgs};
-use crate::event_log::{self, Backend, Bind, LoggedEvent};
+use crate::store::event_log::{self, Backend, Bind, LoggedEvent};
 
 const TYPES: [&str; 7] =
     [User::TYPE, Username::TYPE, Session::TYPE, SignIn::TYPE, Mfa::TYPE, MfaChallenge::TYPE, InviteToken::TYPE];
@@ -35,8 +35,8 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
         event_log::columns(backend)
     );
     let mut events = event_log::fetch(db, &sql, &binds).await?;
-    // Personal fields in clear, or erased (src/shred.rs).
-    let ring = crate::shred::KeyRing::load_all(db).await?;
+    // Personal fields in clear, or erased (src/store/shred.rs).
+    let ring = crate::store::shred::KeyRing::load_all(db).await?;
     for event in &mut events {
         ring.reveal(&mut event.payload);
         ring.reveal(&mut event.metadata);

@@ -6,11 +6,11 @@
 //! [`App::sign_in_finish`] — the same `SignIn` and `User` commands, the same
 //! failure counting, the same answers (MFA included) — with the username taken out
 //! of `encrypted_id` and the answer sealed for the client. The key schedule is
-//! `client::private`, shared with the client so it exists once.
+//! `protocol::private`, shared with the client so it exists once.
 //!
 //! The server keeps no state between steps (any replica can answer any step):
 //! - step one seals the agreement (`key ‖ C ‖ S`) and the time it was made with
-//!   [`Keys::seal`](crate::keys::Keys::seal) into the `handle` the client sends back
+//!   [`Keys::seal`](crate::crypto::keys::Keys::seal) into the `handle` the client sends back
 //!   as step two's `pke_key`; it is good for `AUTHD_SIGN_IN_TTL` seconds;
 //! - step two seals the agreement and the sign-in id of the normal flow into the
 //!   `salt` the client sends back as step three's `pake_key`; the `SignIn`
@@ -19,10 +19,12 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::Utc;
-use client::private::{Agreement, TokenKeys, AGREEMENT_LEN, PUBLIC_KEY_LEN};
+use protocol::private::{Agreement, TokenKeys, AGREEMENT_LEN, PUBLIC_KEY_LEN};
 
-use crate::app::{message, App, AppError, Fields, SignInResult};
-use crate::opaque;
+use protocol::message;
+
+use super::{App, AppError, Fields, SignInResult};
+use crate::crypto::opaque;
 use crate::store::Metadata;
 
 /// Seals step one's `handle`.
@@ -109,7 +111,7 @@ impl App {
         meta: &Metadata,
     ) -> Result<PrivateSignInStarted, AppError> {
         let mut fields = Fields::default();
-        let ke1_bytes = fields.check("pake_key", message(ke1, 96));
+        let ke1_bytes = fields.check("pake_key", message(ke1, protocol::KE1_LEN));
         let encrypted = fields.check(
             "encrypted_id",
             URL_SAFE_NO_PAD.decode(encrypted_id).map_err(|_| "must be base64url without padding".into()),
@@ -142,7 +144,7 @@ impl App {
         meta: &Metadata,
     ) -> Result<(SignInResult, TokenKeys), AppError> {
         let mut fields = Fields::default();
-        let ke3_bytes = fields.check("pake_proof", message(ke3, 64));
+        let ke3_bytes = fields.check("pake_proof", message(ke3, protocol::KE3_LEN));
         let Some(ke3_bytes) = ke3_bytes else { return Err(fields.error()) };
         let (agreement, sign_in_id) = self.open_salt(salt).ok_or(AppError::InvalidCredentials)?;
         // Computed before the finish, which must run (and count a failure) either way.

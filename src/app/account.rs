@@ -16,8 +16,11 @@ use domain::username::{self as usernames, UsernameCommand};
 use domain::{Bucket, InviteToken, User, Username};
 use uuid::Uuid;
 
-use crate::app::{message, rejected, App, AppError, Fields, Verified};
-use crate::opaque;
+use projections::UserView;
+
+use protocol::message;
+use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
+use crate::crypto::opaque;
 use crate::store::{CommandError, Metadata};
 
 const ACTIVATE: &str = "activate";
@@ -41,6 +44,18 @@ fn recovery_refused() -> AppError {
 }
 
 impl App {
+    /// The account holding a username, if any.
+    pub async fn account_of(&self, username: &str) -> Result<Option<Uuid>, AppError> {
+        let Ok(username) = usernames::normalize(username) else { return Ok(None) };
+        Ok(self.store.load::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner())
+    }
+
+
+    pub async fn user(&self, profile_id: Uuid) -> Result<Option<UserView>, AppError> {
+        Ok(self.store.read_models().user(&profile_id.to_string()).await?)
+    }
+
+
     /// Sends the activation code for a new account's email (24 hours valid).
     pub(crate) async fn send_activation(&self, profile_id: Uuid, email: &str, meta: &Metadata) -> Result<String, AppError> {
         self.send_email_code(
@@ -62,7 +77,7 @@ impl App {
         self.store
             .execute::<User>(&profile_id.to_string(), verify, &(), meta)
             .await
-            .map_err(|e| rejected(e, |_| AppError::Conflict("email_already_verified")))?;
+            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::EmailAlreadyVerified)))?;
         Ok(())
     }
 
@@ -98,13 +113,13 @@ impl App {
     /// code. The code itself is checked (and spent) by step 2, before anything changes.
     pub async fn reset_start(&self, verification_id: &str, registration_request: &str) -> Result<String, AppError> {
         let mut fields = Fields::default();
-        let request = fields.check("registration_request", message(registration_request, 32));
+        let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
         let Some(request) = request else { return Err(fields.error()) };
         let verifier = self.verifier(Method::Email, verification_id).await?;
         let profile_id = purpose_of(&verifier.payload, RESET).ok_or_else(|| not_for(RESET))?;
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
         if !user.is_registered() {
-            return Err(AppError::NotFound("verification_not_found"));
+            return Err(AppError::NotFound(Missing::Verification));
         }
         let response = opaque::registration_response(&self.keys.setup, &request, user.username().as_bytes())
             .map_err(|e| AppError::Invalid(vec![("registration_request".into(), e.to_string())]))?;
@@ -145,7 +160,7 @@ impl App {
     pub async fn recover_start(&self, username: &str, token: &str, registration_request: &str) -> Result<String, AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
-        let request = fields.check("registration_request", message(registration_request, 32));
+        let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
         let (Some(username), Some(request)) = (username, request) else { return Err(fields.error()) };
         self.recovery(&username, token).await?;
         let response = opaque::registration_response(&self.keys.setup, &request, username.as_bytes())
@@ -180,7 +195,7 @@ impl App {
         self.store
             .execute::<User>(&profile_id.to_string(), reset, &(), meta)
             .await
-            .map_err(|e| rejected(e, |_| AppError::NotFound("account_not_found")))?;
+            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
         self.end_all_sessions(profile_id, meta).await?;
         Ok(())
     }
@@ -192,7 +207,7 @@ impl App {
         let user = self.store.load::<User>(&id).await?;
         match self.store.execute::<User>(&id, UserCommand::Remove { at: Utc::now() }, &(), meta).await {
             Ok(_) | Err(CommandError::Rejected(UserError::NotRegistered)) => {}
-            Err(error) => return Err(rejected(error, |e| AppError::Unavailable(e.to_string()))),
+            Err(error) => return Err(rejected(error, |_| AppError::NotFound(Missing::Account))),
         }
         let name_id = self.keys.aggregate_id("username", user.username());
         let release = UsernameCommand::Release { profile_id: who.profile_id };
@@ -202,7 +217,7 @@ impl App {
         }
         self.end_all_sessions(who.profile_id, meta).await?;
         // Last, so every step above could still read the account: from here on
-        // its personal data in the log reads as erased (src/shred.rs).
+        // its personal data in the log reads as erased (src/store/shred.rs).
         self.store.shred(&id).await?;
         Ok(())
     }

@@ -21,9 +21,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use projections::{Conn, Db};
 
-use crate::chain::{self, event_hash, hex, unhex, Heads, Linked, Seal, GENESIS};
-use crate::event_log::{self, Backend, LoggedEvent};
-use crate::keys::Keys;
+use crate::store::chain::{self, event_hash, hex, unhex, Heads, Linked, Seal, GENESIS};
+use crate::store::event_log::{self, Backend, LoggedEvent};
+use crate::crypto::keys::Keys;
 
 /// A broken link: where, and what differs.
 #[derive(Debug)]

@@ -169,8 +169,8 @@ async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::
                ORDER BY aggregate_type, aggregate_id, sequence LIMIT $4";
     let mut after = (String::new(), String::new(), 0i64);
     let mut total = 0u64;
-    // The read models fold clear (or erased) values, as the live ones do (src/shred.rs).
-    let ring = crate::shred::KeyRing::load_all_on(conn).await.context("cannot read the subject keys")?;
+    // The read models fold clear (or erased) values, as the live ones do (src/store/shred.rs).
+    let ring = crate::store::shred::KeyRing::load_all_on(conn).await.context("cannot read the subject keys")?;
     loop {
         let page: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
             sqlx::query_as(sql).bind(&after.0).bind(&after.1).bind(after.2).bind(PAGE).fetch_all(&mut **c).await

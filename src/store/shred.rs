@@ -12,7 +12,7 @@
 //!   `username`, `email` and `consumer` (the verification's address); in the
 //!   metadata, `client_address` and `user_agent`. Each becomes
 //!   `enc:v1:<subject>:<base64url(nonce ‖ XChaCha20-Poly1305 ciphertext)>`, the
-//!   subject being the associated data. [`seal`] does it in [`crate::chain::persist`],
+//!   subject being the associated data. [`seal`] does it in [`crate::store::chain::persist`],
 //!   the one place events are written, before the hash is taken and in the same
 //!   transaction that creates the subject's key on first use.
 //! - **Keys.** `subject_keys(subject, key, destroyed_at)`: 32 random bytes per
@@ -20,12 +20,12 @@
 //!   an event written for a destroyed subject gets [`ERASED`] in place of its
 //!   personal fields.
 //! - **Reading.** Every reader that shows events decrypts with a [`KeyRing`]: the
-//!   repository (aggregates see clear values), [`crate::log::Log`] (read models,
+//!   repository (aggregates see clear values), [`crate::store::log::Log`] (read models,
 //!   the NATS relay, `GET /v1/admin/events`) and `authd replay` (timeline, state,
 //!   events, rebuild). `replay verify` reads what is stored. A destroyed key, or a
 //!   value that fails to decrypt, reads as [`ERASED`].
 //! - **Audit stream.** The envelope still withholds `username`, `email` and
-//!   `consumer` (see [`crate::audit::withhold`]): they never reach NATS, in clear or
+//!   `consumer` (see [`crate::relay::envelope::withhold`]): they never reach NATS, in clear or
 //!   not. The metadata is published decrypted while the account exists (who did
 //!   what from where is what an audit is for) and as [`ERASED`] after removal; a
 //!   message already published cannot be recalled, so a client address published

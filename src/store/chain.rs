@@ -28,8 +28,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::event_log::{self, Backend, LogError, LoggedEvent};
-use crate::keys::Keys;
+use crate::store::event_log::{self, Backend, LogError, LoggedEvent};
+use crate::crypto::keys::Keys;
 
 /// The `prev_hash` of an aggregate's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -277,9 +277,9 @@ async fn append(
     for event in events {
         let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         // Personal data is encrypted before the hash is taken, so the chain covers
-        // what is stored and stays verifiable once a key is destroyed (src/shred.rs).
+        // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
         let (payload, metadata) =
-            crate::shred::seal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+            crate::store::shred::seal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
                 .await
                 .map_err(&error)?;
         let hash = event_hash(

@@ -1,0 +1,155 @@
+//! The application layer: each public method is one use case, run as commands on
+//! the aggregates of `domain` (which hold the rules) or as one read-model query.
+//! Handlers in `api/` parse, call one of these, and map the result.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::Duration;
+use domain::services::{LoginVerifier, TotpCheck};
+use domain::user::Lockout;
+use domain::Bucket;
+use jsonwebtoken::{Algorithm, Validation};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crypto::keys::Keys;
+use crate::crypto::opaque::OpaqueVerifier;
+use crate::store::Store;
+
+mod account;
+mod audit;
+mod error;
+mod buckets;
+mod mfa;
+mod private_sign_in;
+mod sessions;
+mod sign_in;
+mod sign_up;
+mod verifications;
+// `send_email_code` and `redeem_code` (and their types) serve the account flows.
+pub(crate) use error::rejected;
+pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
+pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
+
+
+pub fn bucket(name: &str) -> Option<Bucket> {
+    match name {
+        "signup" => Some(Bucket::Signup),
+        "profile" => Some(Bucket::Profile),
+        _ => None,
+    }
+}
+
+/// What a sign-in with the right password ends in.
+#[derive(Debug, Clone)]
+pub enum SignInResult {
+    Session(Tokens),
+    /// The account has MFA on: a code must follow with this single-use ticket.
+    MfaRequired { mfa_ticket: String },
+}
+
+/// A freshly generated TOTP secret, shown once.
+#[derive(Debug, Clone)]
+pub struct TotpEnrollment {
+    /// Base32, for manual entry.
+    pub otp_secret: String,
+    pub otpauth_uri: String,
+    /// QR code of the URI, PNG as base64.
+    pub qr_png: String,
+}
+
+/// A new session as the API returns it.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub profile_id: Uuid,
+    pub access_token: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub refresh_expires_in: i64,
+}
+
+/// Access token claims.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    pub amr: Vec<String>,
+}
+
+/// An access token that checked out: signature, expiry, and a live session.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub profile_id: Uuid,
+    pub session_id: Uuid,
+    pub expires_at: i64,
+}
+
+/// Settings the use cases need.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub open_signup: bool,
+    pub admin_token: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub sign_in_ttl: Duration,
+    pub lockout: Lockout,
+    pub mfa_ticket_ttl: Duration,
+    /// Sign-in needs a verified email.
+    pub require_verified_email: bool,
+}
+
+pub struct App {
+    store: Store,
+    pub keys: Arc<Keys>,
+    pub policy: Policy,
+    verifier: Arc<dyn LoginVerifier>,
+    totp: Arc<dyn TotpCheck>,
+    validation: Validation,
+    verifications: verifications::Verifications,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+
+impl App {
+    pub fn new(store: Store, keys: Keys, policy: Policy) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        validation.leeway = 5;
+        let keys = Arc::new(keys);
+        let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
+        let verifications = verifications::Verifications::new(&keys);
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications }
+    }
+
+    /// Admin routes: the configured secret, compared in constant time.
+    pub fn admin(&self, presented: &str) -> Result<(), AdminDenied> {
+        use subtle::ConstantTimeEq;
+        match &self.policy.admin_token {
+            None => Err(AdminDenied::NotConfigured),
+            Some(token) if bool::from(token.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
+            Some(_) => Err(AdminDenied::Wrong),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminDenied {
+    NotConfigured,
+    Wrong,
+}

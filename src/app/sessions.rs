@@ -1,0 +1,138 @@
+//! Sessions: opening one, access tokens, refresh rotation, token checks, sign-out.
+
+use chrono::{DateTime, Utc};
+use domain::session::{SessionCommand, SessionError, SessionEvent};
+use domain::Session;
+
+use jsonwebtoken::{Algorithm, Header};
+use uuid::Uuid;
+use crate::store::{CommandError, Metadata};
+
+use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
+
+impl App {
+    pub(super) async fn open_session(&self, profile_id: Uuid, amr: Vec<String>, meta: &Metadata) -> Result<Tokens, AppError> {
+        let session_id = Uuid::new_v4();
+        let refresh_token = format!("{session_id}.{}", random_token());
+        let at = Utc::now();
+        let command = SessionCommand::Open {
+            profile_id,
+            refresh_hash: self.keys.refresh_hash(&refresh_token),
+            refresh_expires_at: at + self.policy.refresh_ttl,
+            amr: amr.clone(),
+            at,
+        };
+        self.store
+            .execute::<Session>(&session_id.to_string(), command, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
+        self.tokens(profile_id, session_id, amr, refresh_token, at)
+    }
+
+    fn tokens(
+        &self,
+        profile_id: Uuid,
+        session_id: Uuid,
+        amr: Vec<String>,
+        refresh_token: String,
+        at: DateTime<Utc>,
+    ) -> Result<Tokens, AppError> {
+        let claims = Claims {
+            sub: profile_id.to_string(),
+            sid: session_id.to_string(),
+            iat: at.timestamp(),
+            exp: (at + self.policy.access_ttl).timestamp(),
+            iss: self.policy.issuer.clone(),
+            aud: self.policy.audience.clone(),
+            amr,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.keys.jwt.kid.clone());
+        let access_token = jsonwebtoken::encode(&header, &claims, &self.keys.jwt.encoding)
+            .map_err(|e| AppError::Internal(format!("cannot sign an access token: {e}")))?;
+        Ok(Tokens {
+            profile_id,
+            access_token,
+            expires_in: self.policy.access_ttl.num_seconds(),
+            refresh_token,
+            refresh_expires_in: self.policy.refresh_ttl.num_seconds(),
+        })
+    }
+
+    /// Rotates the refresh token. A token that was already rotated revokes the
+    /// whole session.
+    pub async fn refresh(&self, refresh_token: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        let session_id = refresh_token
+            .split_once('.')
+            .and_then(|(id, _)| Uuid::parse_str(id).ok())
+            .ok_or(AppError::InvalidToken)?;
+        let new_token = format!("{session_id}.{}", random_token());
+        let at = Utc::now();
+        let command = SessionCommand::Refresh {
+            presented_hash: self.keys.refresh_hash(refresh_token),
+            new_hash: self.keys.refresh_hash(&new_token),
+            refresh_expires_at: at + self.policy.refresh_ttl,
+            at,
+        };
+        let events = self
+            .store
+            .execute::<Session>(&session_id.to_string(), command, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_: SessionError| AppError::InvalidToken))?;
+        match events.first() {
+            Some(SessionEvent::SessionRefreshed { .. }) => {
+                let session = self.store.load::<Session>(&session_id.to_string()).await?;
+                let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
+                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at)
+            }
+            Some(SessionEvent::RefreshTokenReuseDetected { .. }) => Err(AppError::RefreshTokenReused),
+            _ => Err(AppError::InvalidToken),
+        }
+    }
+
+    /// Checks an access token: signature, issuer, audience, expiry, and that its
+    /// session is still open (read from the log, not a read model).
+    pub async fn verify(&self, jwt: &str) -> Result<Verified, AppError> {
+        let claims = jsonwebtoken::decode::<Claims>(jwt, &self.keys.jwt.decoding, &self.validation)
+            .map_err(|_| AppError::InvalidToken)?
+            .claims;
+        let (Ok(profile_id), Ok(session_id)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else {
+            return Err(AppError::InvalidToken);
+        };
+        let session = self.store.load::<Session>(&claims.sid).await?;
+        if !session.is_active() || session.profile_id() != Some(profile_id) {
+            return Err(AppError::InvalidToken);
+        }
+        Ok(Verified { profile_id, session_id, expires_at: claims.exp })
+    }
+
+    /// Ends this session, or every open session of the account. Returns how many.
+    pub async fn sign_out(&self, who: &Verified, all: bool, meta: &Metadata) -> Result<u64, AppError> {
+        let this = who.session_id.to_string();
+        let mut sessions = vec![this.clone()];
+        if all {
+            let others = self.store.read_models().active_sessions(&who.profile_id.to_string()).await?;
+            sessions.extend(others.into_iter().filter(|id| *id != this));
+        }
+        self.end_sessions(sessions, meta).await
+    }
+
+    /// Ends every open session of an account (after a password change or removal).
+    pub async fn end_all_sessions(&self, profile_id: Uuid, meta: &Metadata) -> Result<u64, AppError> {
+        let sessions = self.store.read_models().active_sessions(&profile_id.to_string()).await?;
+        self.end_sessions(sessions, meta).await
+    }
+
+    async fn end_sessions(&self, sessions: Vec<String>, meta: &Metadata) -> Result<u64, AppError> {
+        let mut revoked = 0;
+        for session in sessions {
+            let command = SessionCommand::SignOut { at: Utc::now() };
+            match self.store.execute::<Session>(&session, command, &(), meta).await {
+                Ok(_) => revoked += 1,
+                Err(CommandError::Rejected(_)) => {}
+                Err(CommandError::Store(error)) => return Err(error.into()),
+            }
+        }
+        Ok(revoked)
+    }
+}
