@@ -83,13 +83,23 @@ pub const CHECKPOINT: &str = "read_models";
 /// The global log, in an order that never puts an event behind one already read
 /// (the server's `log` module).
 pub trait EventLog: Sync {
+    type Event: Folded + Send + Sync;
     /// Events after position `after` (at most `limit`), and the position to read
     /// after next time.
     fn read_after(
         &self,
         after: i64,
         limit: usize,
-    ) -> impl std::future::Future<Output = Result<(Vec<StoredEvent>, i64), LogError>> + Send;
+    ) -> impl std::future::Future<Output = Result<(Vec<Self::Event>, i64), LogError>> + Send;
+    /// One aggregate's events after `sequence` (at most `limit`), in sequence order,
+    /// personal fields in clear: what the gap repair folds.
+    fn read_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Self::Event>, LogError>> + Send;
 }
 
 /// Why the log could not be read.
@@ -97,13 +107,13 @@ pub trait EventLog: Sync {
 #[error("{0}")]
 pub struct LogError(pub String);
 
-/// One event as stored in the log.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    pub payload: serde_json::Value,
+/// What a fold needs of an event (the server's one event type implements it).
+pub trait Folded {
+    fn aggregate_type(&self) -> &str;
+    fn aggregate_id(&self) -> &str;
+    fn sequence(&self) -> i64;
+    /// Personal fields in clear.
+    fn payload(&self) -> &serde_json::Value;
 }
 
 /// `GET /v1/user`.
@@ -169,17 +179,17 @@ fn stmt(sql: &'static str, args: Vec<Arg>) -> Stmt {
 
 /// The read-model writes one event makes. Pure, so the same fold serves the live
 /// path, catch-up and rebuild.
-fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
+fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
     use Arg::*;
-    let id = || Text(event.aggregate_id.clone());
+    let id = || Text(event.aggregate_id().to_string());
     let parse_error = |source| Error::BadEvent {
-        aggregate_type: event.aggregate_type.clone(),
-        aggregate_id: event.aggregate_id.clone(),
-        sequence: event.sequence,
+        aggregate_type: event.aggregate_type().to_string(),
+        aggregate_id: event.aggregate_id().to_string(),
+        sequence: event.sequence(),
         source,
     };
-    let payload = event.payload.clone();
-    Ok(match event.aggregate_type.as_str() {
+    let payload = event.payload().clone();
+    Ok(match event.aggregate_type() {
         User::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
             UserEvent::UserRegistered { username, email, registered_at, .. } => vec![stmt(
                 "INSERT INTO users_view (profile_id, username, email, created_at) VALUES ($1, $2, $3, $4)
@@ -270,10 +280,10 @@ fn fold(event: &StoredEvent) -> Result<Vec<Stmt>, Error> {
 }
 
 /// The version bump that guards a fold: it succeeds only for the next event in line.
-fn version_guard(event: &StoredEvent) -> Stmt {
+fn version_guard(event: &impl Folded) -> Stmt {
     use Arg::*;
-    let key = vec![Text(event.aggregate_type.clone()), Text(event.aggregate_id.clone())];
-    if event.sequence == 1 {
+    let key = vec![Text(event.aggregate_type().to_string()), Text(event.aggregate_id().to_string())];
+    if event.sequence() == 1 {
         stmt(
             "INSERT INTO projection_versions (aggregate_type, aggregate_id, version) VALUES ($1, $2, 1)
              ON CONFLICT (aggregate_type, aggregate_id) DO NOTHING",
@@ -281,7 +291,7 @@ fn version_guard(event: &StoredEvent) -> Stmt {
         )
     } else {
         let mut args = key;
-        args.extend([Int(event.sequence), Int(event.sequence - 1)]);
+        args.extend([Int(event.sequence()), Int(event.sequence() - 1)]);
         stmt(
             "UPDATE projection_versions SET version = $3
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $4",
@@ -318,7 +328,7 @@ impl ReadModels {
 
     /// Folds one event if it is the next in line for its aggregate. Returns false
     /// when it was not (already folded, or an earlier one is missing).
-    async fn fold_one(&self, event: &StoredEvent) -> Result<bool, Error> {
+    async fn fold_one(&self, event: &impl Folded) -> Result<bool, Error> {
         let statements = fold(event)?;
         let guard = version_guard(event);
         with_pool!(&self.db, pool => {
@@ -338,13 +348,13 @@ impl ReadModels {
 
     /// Folds events just committed for one aggregate (in sequence order). If any is
     /// out of line, reads that aggregate's missing events from the log instead.
-    pub async fn project(&self, events: &[StoredEvent]) -> Result<(), Error> {
+    pub async fn project<L: EventLog>(&self, log: &L, events: &[L::Event]) -> Result<(), Error> {
         for event in events {
-            if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+            if !PROJECTED.contains(&event.aggregate_type()) {
                 return Ok(());
             }
             if !self.fold_one(event).await? {
-                self.catch_up_aggregate(&event.aggregate_type, &event.aggregate_id).await?;
+                self.catch_up_aggregate(log, event.aggregate_type(), event.aggregate_id()).await?;
                 return Ok(());
             }
         }
@@ -360,7 +370,7 @@ impl ReadModels {
             let from = self.checkpoint().await?;
             let (events, next) = log.read_after(from, BATCH).await?;
             for event in &events {
-                if self.fold_logged(event).await? {
+                if self.fold_logged(log, event).await? {
                     folded += 1;
                 }
             }
@@ -376,19 +386,19 @@ impl ReadModels {
     }
 
     /// Folds one event read from the log, unless its aggregate is already past it.
-    async fn fold_logged(&self, event: &StoredEvent) -> Result<bool, Error> {
-        if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+    async fn fold_logged<L: EventLog>(&self, log: &L, event: &L::Event) -> Result<bool, Error> {
+        if !PROJECTED.contains(&event.aggregate_type()) {
             return Ok(false);
         }
-        let version = self.version(&event.aggregate_type, &event.aggregate_id).await?;
-        if event.sequence <= version {
+        let version = self.version(event.aggregate_type(), event.aggregate_id()).await?;
+        if event.sequence() <= version {
             Ok(false)
-        } else if event.sequence == version + 1 {
+        } else if event.sequence() == version + 1 {
             self.fold_one(event).await
         } else {
             // An earlier event of this aggregate was never folded: fold the
             // aggregate's missing events straight from its stream.
-            Ok(self.catch_up_aggregate(&event.aggregate_type, &event.aggregate_id).await? > 0)
+            Ok(self.catch_up_aggregate(log, event.aggregate_type(), event.aggregate_id()).await? > 0)
         }
     }
 
@@ -421,11 +431,12 @@ impl ReadModels {
 
     /// Folds the events of one aggregate past its recorded version, read from its
     /// own stream (the primary key), not from the global log.
-    async fn catch_up_aggregate(&self, aggregate_type: &str, aggregate_id: &str) -> Result<u64, Error> {
+    async fn catch_up_aggregate<L: EventLog>(&self, log: &L, aggregate_type: &str, aggregate_id: &str) -> Result<u64, Error> {
         let mut folded = 0;
         let mut stalls = 0;
         loop {
-            let batch = self.unseen(aggregate_type, aggregate_id).await?;
+            let version = self.version(aggregate_type, aggregate_id).await?;
+            let batch = log.read_aggregate(aggregate_type, aggregate_id, version, BATCH).await?;
             if batch.is_empty() {
                 return Ok(folded);
             }
@@ -445,72 +456,11 @@ impl ReadModels {
         }
     }
 
-    /// Events of one aggregate past its recorded version, in sequence order.
-    async fn unseen(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Vec<StoredEvent>, Error> {
-        let sql = format!(
-            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, CAST(e.payload AS TEXT)
-             FROM events e
-             LEFT JOIN projection_versions v
-               ON v.aggregate_type = e.aggregate_type AND v.aggregate_id = e.aggregate_id
-             WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > COALESCE(v.version, 0)
-             ORDER BY e.sequence
-             LIMIT {BATCH}",
-        );
-        let rows = with_pool!(&self.db, pool => {
-            sqlx::query(&sql)
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|row| {
-                    Ok::<_, sqlx::Error>((
-                        row.try_get::<String, _>(0)?,
-                        row.try_get::<String, _>(1)?,
-                        row.try_get::<i64, _>(2)?,
-                        row.try_get::<String, _>(3)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        });
-        rows.into_iter()
-            .map(|(aggregate_type, aggregate_id, sequence, payload)| {
-                let payload = serde_json::from_str(&payload).map_err(|source| Error::BadEvent {
-                    aggregate_type: aggregate_type.clone(),
-                    aggregate_id: aggregate_id.clone(),
-                    sequence,
-                    source,
-                })?;
-                Ok(StoredEvent { aggregate_type, aggregate_id, sequence, payload })
-            })
-            .collect()
-    }
-
-    /// Empties every read model and folds the whole log again.
-    pub async fn rebuild<L: EventLog>(&self, log: &L) -> Result<u64, Error> {
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            for table in [
-                "users_view",
-                "sessions_view",
-                "invite_tokens_view",
-                "mfa_view",
-                "verifiers_view",
-                "projection_versions",
-            ] {
-                sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
-            }
-            sqlx::query("DELETE FROM checkpoints WHERE name = $1").bind(CHECKPOINT).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
-        self.catch_up(log).await
-    }
-
     /// Folds one event on `conn`, outside any transaction of its own, if it is the next
     /// in line for its aggregate (the same fold and version guard as the live path).
     /// `authd replay rebuild` runs it with temporary tables shadowing the live ones.
-    pub async fn fold_on(conn: &mut Conn<'_>, event: &StoredEvent) -> Result<bool, Error> {
-        if !PROJECTED.contains(&event.aggregate_type.as_str()) {
+    pub async fn fold_on(conn: &mut Conn<'_>, event: &impl Folded) -> Result<bool, Error> {
+        if !PROJECTED.contains(&event.aggregate_type()) {
             return Ok(false);
         }
         let statements = fold(event)?;

@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
 use super::{metadata, AdminToken, ApiError, JsonBody, Tag};
-use crate::app::{self, App, Fields};
+use crate::app::{App, Fields};
 
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -92,24 +92,7 @@ impl BucketApi {
         let bucket = domain::Bucket::from(body.bucket);
         let meta = metadata(request);
         let mut fields = Fields::default();
-        let for_profile = match (bucket, body.username) {
-            (domain::Bucket::Profile, Some(username)) => {
-                let account = app.account_of(&username).await?;
-                if account.is_none() {
-                    fields.bad("username", "no such account");
-                }
-                account
-            }
-            (domain::Bucket::Profile, None) => {
-                fields.bad("username", "is required for the profile bucket");
-                None
-            }
-            (domain::Bucket::Signup, Some(_)) => {
-                fields.bad("username", "only profile tokens are issued for an account");
-                None
-            }
-            (domain::Bucket::Signup, None) => None,
-        };
+        let for_profile = app.token_owner(bucket, body.username.as_deref(), &mut fields).await?;
         let (added, tokens) = match (body.tokens, body.count) {
             (Some(tokens), None) => {
                 for (i, token) in tokens.iter().enumerate() {
@@ -162,7 +145,7 @@ impl BucketApi {
         bucket: Path<String>,
     ) -> Result<Json<BucketStatus>, ApiError> {
         app.admin(&auth.0.token)?;
-        let Some(bucket) = app::bucket(&bucket.0) else {
+        let Some(bucket) = domain::Bucket::parse(&bucket.0) else {
             return Err(ApiError::new(404, "unknown_bucket", "buckets are `signup` and `profile`"));
         };
         let (available, redeemed) = Self::status(&app, bucket).await?;

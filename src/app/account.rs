@@ -7,9 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
-use domain::verifier::Method;
-use serde_json::{json, Value};
+use chrono::Utc;
+use domain::verifier::{CodePurpose, Method, PurposeKind};
 use domain::invite_token::InviteTokenCommand;
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
@@ -23,19 +22,9 @@ use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
 use crate::crypto::opaque;
 use crate::store::{CommandError, Metadata};
 
-const ACTIVATE: &str = "activate";
-const RESET: &str = "reset";
-
-/// What an emailed code is for, and for which account.
-fn purpose_of(payload: &Value, purpose: &str) -> Option<Uuid> {
-    if payload.get("purpose")?.as_str()? != purpose {
-        return None;
-    }
-    Uuid::parse_str(payload.get("profile_id")?.as_str()?).ok()
-}
-
-fn not_for(purpose: &str) -> AppError {
-    AppError::Invalid(vec![("verification_id".into(), format!("is not a code to {purpose} an account"))])
+/// The account an emailed code of purpose `kind` is for.
+fn account_for(payload: &serde_json::Value, kind: PurposeKind) -> Result<Uuid, AppError> {
+    CodePurpose::expect(payload, kind).map_err(|why| AppError::Invalid(vec![("verification_id".into(), why)]))
 }
 
 /// Why a recovery was refused, without saying whether the account exists.
@@ -62,8 +51,8 @@ impl App {
             email,
             "Activate your account",
             "Your activation code is {{{CODE}}}.\nVerification id: {{{VERIFICATION_ID}}}\n",
-            json!({"purpose": ACTIVATE, "profile_id": profile_id}),
-            Duration::hours(24),
+            CodePurpose::Activate { profile_id }.to_payload(),
+            PurposeKind::Activate.ttl(),
             meta,
         )
         .await
@@ -72,7 +61,7 @@ impl App {
     /// Activation: the emailed code proves the address; the email becomes verified.
     pub async fn activate(&self, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
         let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
-        let profile_id = purpose_of(&redeemed.payload, ACTIVATE).ok_or_else(|| not_for(ACTIVATE))?;
+        let profile_id = account_for(&redeemed.payload, PurposeKind::Activate)?;
         let verify = UserCommand::VerifyEmail { email: redeemed.consumer, at: Utc::now() };
         self.store
             .execute::<User>(&profile_id.to_string(), verify, &(), meta)
@@ -101,8 +90,8 @@ impl App {
             email,
             "Reset your password",
             "Your password reset code is {{{CODE}}}.\nVerification id: {{{VERIFICATION_ID}}}\n",
-            json!({"purpose": RESET, "profile_id": profile_id}),
-            Duration::minutes(15),
+            CodePurpose::Reset { profile_id }.to_payload(),
+            PurposeKind::Reset.ttl(),
             meta,
         )
         .await?;
@@ -116,7 +105,7 @@ impl App {
         let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
         let Some(request) = request else { return Err(fields.error()) };
         let verifier = self.verifier(Method::Email, verification_id).await?;
-        let profile_id = purpose_of(&verifier.payload, RESET).ok_or_else(|| not_for(RESET))?;
+        let profile_id = account_for(&verifier.payload, PurposeKind::Reset)?;
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
         if !user.is_registered() {
             return Err(AppError::NotFound(Missing::Verification));
@@ -139,7 +128,7 @@ impl App {
         let record = fields.check("registration_record", checked_record(registration_record));
         let Some(record) = record else { return Err(fields.error()) };
         let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
-        let profile_id = purpose_of(&redeemed.payload, RESET).ok_or_else(|| not_for(RESET))?;
+        let profile_id = account_for(&redeemed.payload, PurposeKind::Reset)?;
         self.reset_password(profile_id, record, meta).await
     }
 

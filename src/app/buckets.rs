@@ -7,7 +7,7 @@ use projections::BucketView;
 use uuid::Uuid;
 use crate::store::{CommandError, Metadata};
 
-use super::{random_token, rejected, App, AppError};
+use super::{random_token, rejected, App, AppError, Conflict, Fields};
 
 /// Commands in flight at once when a bucket is filled.
 const FILL_CONCURRENCY: usize = 8;
@@ -29,8 +29,9 @@ impl App {
                 match self.store.execute::<InviteToken>(&id, issue, &(), meta).await {
                     Ok(_) => Ok(1u64),
                     Err(CommandError::Rejected(InviteTokenError::AlreadyIssued)) => Ok(0),
-                    Err(error) => Err(rejected(error, |_| {
-                        AppError::Invalid(vec![("username".into(), "is required for the profile bucket".into())])
+                    Err(error) => Err(rejected(error, |e| match e.owner_error() {
+                        Some(owner) => AppError::Invalid(vec![("username".into(), owner.to_string())]),
+                        None => AppError::Conflict(Conflict::TokenRedeemed),
                     })),
                 }
             })
@@ -38,6 +39,25 @@ impl App {
             .try_fold(0, |sum, added| async move { Ok(sum + added) })
             .await?;
         Ok(issued)
+    }
+
+    /// The account that tokens for `bucket` are issued for, named by `username`
+    /// (the bucket's rule is `Bucket::check_owner`); a broken rule goes to `fields`.
+    pub async fn token_owner(
+        &self,
+        bucket: Bucket,
+        username: Option<&str>,
+        fields: &mut Fields,
+    ) -> Result<Option<Uuid>, AppError> {
+        let Some(username) = fields.check("username", bucket.check_owner(username).map_err(|e| e.to_string())).flatten()
+        else {
+            return Ok(None);
+        };
+        let account = self.account_of(username).await?;
+        if account.is_none() {
+            fields.bad("username", "no such account");
+        }
+        Ok(account)
     }
 
     /// Generates `count` fresh tokens into a bucket.

@@ -12,7 +12,7 @@ impl App {
     pub async fn mfa_generate(&self, who: &Verified, meta: &Metadata) -> Result<TotpEnrollment, AppError> {
         let user = self.store.load::<User>(&who.profile_id.to_string()).await?;
         let secret = crate::crypto::totp::new_secret();
-        let command = MfaCommand::Generate { sealed_secret: crate::crypto::totp::seal(&self.keys, &secret), at: Utc::now() };
+        let command = MfaCommand::Generate { sealed_secret: crate::crypto::totp::encrypt_secret(&self.keys, &secret), at: Utc::now() };
         self.store
             .execute::<Mfa>(&who.profile_id.to_string(), command, &self.totp, meta)
             .await

@@ -9,7 +9,6 @@ use base64::Engine;
 use chrono::Duration;
 use domain::services::{LoginVerifier, TotpCheck};
 use domain::user::Lockout;
-use domain::Bucket;
 use jsonwebtoken::{Algorithm, Validation};
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -36,13 +35,6 @@ pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
 
 
-pub fn bucket(name: &str) -> Option<Bucket> {
-    match name {
-        "signup" => Some(Bucket::Signup),
-        "profile" => Some(Bucket::Profile),
-        _ => None,
-    }
-}
 
 /// What a sign-in with the right password ends in.
 #[derive(Debug, Clone)]

@@ -80,7 +80,7 @@ impl App {
         );
         let Some(agreement) = agreement else { return Err(fields.error()) };
         let made_at = Utc::now().timestamp().to_be_bytes();
-        let sealed = self.keys.seal(HANDLE_CONTEXT, &[agreement.to_bytes().as_slice(), &made_at].concat());
+        let sealed = self.keys.encrypt(HANDLE_CONTEXT, &[agreement.to_bytes().as_slice(), &made_at].concat());
         Ok(KeyAgreed {
             pke_key: URL_SAFE_NO_PAD.encode(agreement.server_public()),
             handle: URL_SAFE_NO_PAD.encode(sealed),
@@ -88,7 +88,7 @@ impl App {
     }
 
     fn open_handle(&self, handle: &str) -> Option<Agreement> {
-        let opened = self.keys.open(HANDLE_CONTEXT, &URL_SAFE_NO_PAD.decode(handle).ok()?)?;
+        let opened = self.keys.decrypt(HANDLE_CONTEXT, &URL_SAFE_NO_PAD.decode(handle).ok()?)?;
         if opened.len() != AGREEMENT_LEN + 8 {
             return None;
         }
@@ -121,12 +121,12 @@ impl App {
         let username = agreement.decrypt_id(&encrypted, &ke1_bytes).map_err(|_| AppError::InvalidCredentials)?;
 
         let (sign_in_id, ke2) = self.sign_in_start(&username, ke1, meta).await.map_err(private_fields)?;
-        let salt = self.keys.seal(SIGN_IN_CONTEXT, &[agreement.to_bytes().as_slice(), sign_in_id.as_bytes()].concat());
+        let salt = self.keys.encrypt(SIGN_IN_CONTEXT, &[agreement.to_bytes().as_slice(), sign_in_id.as_bytes()].concat());
         Ok(PrivateSignInStarted { pake_key: ke2, salt: URL_SAFE_NO_PAD.encode(salt) })
     }
 
     fn open_salt(&self, salt: &str) -> Option<(Agreement, String)> {
-        let opened = self.keys.open(SIGN_IN_CONTEXT, &URL_SAFE_NO_PAD.decode(salt).ok()?)?;
+        let opened = self.keys.decrypt(SIGN_IN_CONTEXT, &URL_SAFE_NO_PAD.decode(salt).ok()?)?;
         if opened.len() <= AGREEMENT_LEN {
             return None;
         }

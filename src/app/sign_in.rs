@@ -72,7 +72,7 @@ impl App {
             .execute::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        let sealed = self.keys.seal(sign_in.as_bytes(), &start.state);
+        let sealed = self.keys.encrypt(sign_in.as_bytes(), &start.state);
         Ok((format!("{sign_in}.{}", URL_SAFE_NO_PAD.encode(sealed)), URL_SAFE_NO_PAD.encode(start.ke2)))
     }
 
@@ -161,7 +161,7 @@ impl App {
     pub(crate) fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, Vec<u8>)> {
         let (id, sealed) = sign_in_id.split_once('.')?;
         let id = Uuid::parse_str(id).ok()?;
-        let state = self.keys.open(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;
+        let state = self.keys.decrypt(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;
         Some((id, state))
     }
 }

@@ -15,8 +15,9 @@ use chrono::{DateTime, Duration, Utc};
 use domain::services::{CodeVerifier, TotpVerifier};
 use domain::totp_secret::{StoredSecret, TotpSecretCommand, TotpSecretError};
 use domain::verifier::{
-    generate_code, Method, Secret, SymbolSet, VerifierCommand, VerifierError, VerifierEvent, VerifierServices,
+    Method, Secret, VerifierCommand, VerifierError, VerifierEvent, VerifierServices,
 };
+use domain::verification_rules::{self as rules, CodeChoice, MessageError};
 use domain::{TotpSecret, Verifier};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
@@ -28,12 +29,6 @@ use crate::delivery::Delivery;
 use crate::crypto::keys::{CodeHasher, Keys};
 use crate::store::{CommandError, Metadata};
 
-/// Wrong codes a verifier takes when `AUTHD_VERIFICATION_MAX_ATTEMPTS` is not set.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Lifetime of a verifier whose policy names none.
-const DEFAULT_TTL: Duration = Duration::hours(1);
-/// The payload comes back untouched, so it is kept in the log: keep it small.
-const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 /// 160 bits, as RFC 4226 recommends.
 const TOTP_SECRET_BYTES: usize = 20;
 const DEFAULT_SUBJECT: &str = "Your verification code";
@@ -51,7 +46,7 @@ impl Verifications {
     pub(super) fn new(keys: &Keys) -> Self {
         Self {
             delivery: Delivery::disabled(),
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_attempts: rules::DEFAULT_MAX_ATTEMPTS,
             services: VerifierServices { codes: Arc::new(keys.codes.clone()), totp: Arc::new(Totp) },
         }
     }
@@ -81,12 +76,7 @@ pub struct Template {
     pub body: String,
 }
 
-/// How to make a code.
-#[derive(Debug, Clone)]
-pub struct CodeSpec {
-    pub length: usize,
-    pub symbol_sets: Vec<SymbolSet>,
-}
+pub use domain::verification_rules::CodeSpec;
 
 /// An initiate request as the API received it (its shape already checked).
 #[derive(Debug, Clone)]
@@ -279,18 +269,16 @@ impl App {
         meta: &Metadata,
     ) -> Result<String, AppError> {
         let mut fields = Fields::default();
-        check_consumer(Method::Email, to, "email", &mut fields);
-        if ttl <= Duration::zero() {
-            fields.bad("ttl", "must be positive");
-        }
-        let payload = fields.check("payload", check_payload(payload));
-        let Some(payload) = payload.filter(|_| fields.is_empty()) else { return Err(fields.error()) };
+        fields.check("email", Method::Email.check_consumer(to));
+        let ttl = fields.check("ttl", rules::check_ttl(ttl));
+        let payload = fields.check("payload", rules::check_payload(payload));
+        let (Some(ttl), Some(payload), true) = (ttl, payload, fields.is_empty()) else { return Err(fields.error()) };
         let template = Template { subject: Some(subject.to_string()), body: body_template.to_string() };
         let plan = Plan {
             verification_id: None,
             consumer: to.to_string(),
             issuer: None,
-            message: Some((template, random_code(6, &[SymbolSet::Digits]))),
+            message: Some((template, CodeChoice::Generate(CodeSpec::six_digits()).code(pick))),
             ttl,
             max_attempts: self.verifications.max_attempts,
             payload,
@@ -313,46 +301,28 @@ impl App {
         }
     }
 
-    /// Checks an initiate request field by field (JSON paths of the request body).
+    /// Checks an initiate request field by field (JSON paths of the request body);
+    /// the rules are `domain::verification_rules`.
     fn plan(&self, method: Method, request: Initiation) -> Result<Plan, AppError> {
         let mut fields = Fields::default();
-        check_consumer(method, &request.consumer, "consumer", &mut fields);
-        let issuer = request.issuer.filter(|issuer| !issuer.is_empty());
-        if method == Method::GoogleAuth && issuer.as_deref().is_some_and(|issuer| issuer.contains(':')) {
-            fields.bad("issuer", "must not contain ':' (it labels the secret in authenticator apps)");
-        }
-        let message = if method.sends_code() {
-            if request.template.is_none() {
-                fields.bad("template", "is required for email and phone");
+        fields.check("consumer", method.check_consumer(&request.consumer));
+        let issuer = fields.check("issuer", method.check_issuer(request.issuer)).flatten();
+        let message = match rules::check_message(method, request.template, request.generate_code, request.forced_code) {
+            Ok(message) => message.map(|(template, code)| (template, code.code(pick))),
+            Err(errors) => {
+                for error in errors {
+                    fields.bad(message_field(error), &error.to_string());
+                }
+                None
             }
-            let code = match (request.generate_code, request.forced_code) {
-                (None, _) => {
-                    fields.bad("generateCode", "is required for email and phone");
-                    None
-                }
-                (Some(_), Some(forced)) => Some(forced),
-                (Some(spec), None) if spec.symbol_sets.is_empty() => {
-                    fields.bad("generateCode.symbolSet", "must name at least one symbol set");
-                    None
-                }
-                (Some(spec), None) => Some(random_code(spec.length, &spec.symbol_sets)),
-            };
-            request.template.zip(code)
-        } else {
-            None
         };
-        let ttl = match request.expired_on {
-            None => Some(DEFAULT_TTL),
-            Some(text) => fields.check("policy.expiredOn", duration(&text)),
+        let ttl = fields.check("policy.expiredOn", rules::ttl_of(request.expired_on.as_deref()));
+        let payload = fields.check("payload", rules::check_payload(request.payload.unwrap_or(Value::Null)));
+        let max_attempts =
+            fields.check("policy.maxAttempts", rules::max_attempts(request.max_attempts, self.verifications.max_attempts));
+        let (Some(ttl), Some(payload), Some(max_attempts), true) = (ttl, payload, max_attempts, fields.is_empty()) else {
+            return Err(fields.error());
         };
-        let payload = fields.check("payload", check_payload(request.payload.unwrap_or(Value::Null)));
-        if request.max_attempts == Some(0) {
-            fields.bad("policy.maxAttempts", "must be at least 1");
-        }
-        let (Some(ttl), Some(payload), true) = (ttl, payload, fields.is_empty()) else { return Err(fields.error()) };
-        let max_attempts = request.max_attempts.map_or(self.verifications.max_attempts, |wanted| {
-            wanted.min(self.verifications.max_attempts)
-        });
         Ok(Plan {
             verification_id: request.forced_verification_id,
             consumer: request.consumer,
@@ -448,7 +418,7 @@ impl App {
         }
         let mut secret = vec![0u8; TOTP_SECRET_BYTES];
         OsRng.fill_bytes(&mut secret);
-        let sealed_secret = URL_SAFE_NO_PAD.encode(self.keys.seal(&seal_context(&owner), &secret));
+        let sealed_secret = URL_SAFE_NO_PAD.encode(self.keys.encrypt(&secret_context(&owner), &secret));
         let command = TotpSecretCommand::Generate { secret_id: Uuid::new_v4(), sealed_secret, at: Utc::now() };
         match self.store.execute::<TotpSecret>(&owner, command, &(), meta).await {
             // totp-rs leaves out parameters at their defaults; the reference (and
@@ -470,7 +440,7 @@ impl App {
         let opened = URL_SAFE_NO_PAD
             .decode(&stored.sealed_secret)
             .ok()
-            .and_then(|sealed| self.keys.open(&seal_context(&owner), &sealed));
+            .and_then(|sealed| self.keys.decrypt(&secret_context(&owner), &sealed));
         match opened {
             Some(clear) => Ok(Some((owner, stored, clear))),
             None => {
@@ -506,61 +476,22 @@ impl App {
     }
 }
 
-fn seal_context(owner: &str) -> Vec<u8> {
+fn secret_context(owner: &str) -> Vec<u8> {
     [b"totp:".as_slice(), owner.as_bytes()].concat()
 }
 
-fn random_code(length: usize, sets: &[SymbolSet]) -> String {
-    generate_code(length, sets, |n| OsRng.gen_range(0..n))
+/// A uniform index below `n` from the operating system's generator.
+fn pick(n: usize) -> usize {
+    OsRng.gen_range(0..n)
 }
 
-/// The consumer must be something the method can reach.
-fn check_consumer(method: Method, consumer: &str, path: &str, fields: &mut Fields) {
-    match method {
-        Method::Email if consumer.parse::<lettre::Address>().is_err() => fields.bad(path, "must be an email address"),
-        Method::Phone if !is_e164(consumer) => {
-            fields.bad(path, "must be a phone number in E.164 form (+ and 7 to 15 digits)")
-        }
-        Method::GoogleAuth if consumer.contains(':') => {
-            fields.bad(path, "must not contain ':' (it labels the secret in authenticator apps)")
-        }
-        _ => {}
-    }
-}
-
-fn is_e164(number: &str) -> bool {
-    number.strip_prefix('+').is_some_and(|digits| {
-        (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
-    })
-}
-
-/// `HH:MM:SS` as a positive duration.
-fn duration(text: &str) -> Result<Duration, String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let numbers: Option<Vec<i64>> = parts
-        .iter()
-        .map(|part| (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit())).then(|| part.parse().ok()).flatten())
-        .collect();
-    match numbers.as_deref() {
-        Some([hours, minutes, seconds]) if *minutes < 60 && *seconds < 60 => {
-            let total = hours * 3600 + minutes * 60 + seconds;
-            if total > 0 {
-                Ok(Duration::seconds(total))
-            } else {
-                Err("must be longer than 00:00:00".into())
-            }
-        }
-        _ => Err("must be HH:MM:SS".into()),
-    }
-}
-
-/// A JSON object (or nothing) of bounded size.
-fn check_payload(payload: Value) -> Result<Value, String> {
-    match &payload {
-        Value::Null => Ok(payload),
-        Value::Object(_) if payload.to_string().len() <= MAX_PAYLOAD_BYTES => Ok(payload),
-        Value::Object(_) => Err(format!("must be at most {MAX_PAYLOAD_BYTES} bytes as JSON")),
-        _ => Err("must be an object".into()),
+/// The request field a message error concerns.
+fn message_field(error: MessageError) -> &'static str {
+    match error {
+        MessageError::MissingTemplate => "template",
+        MessageError::MissingCodeSpec => "generateCode",
+        MessageError::NoSymbolSet => "generateCode.symbolSet",
+        MessageError::CodeLength => "generateCode.length",
     }
 }
 
@@ -646,32 +577,6 @@ mod tests {
         let refused = send("not an address").await;
         assert!(matches!(&refused, Err(AppError::Invalid(fields)) if fields[0].0 == "email"), "{refused:?}");
         std::fs::remove_dir_all(dir).ok();
-    }
-
-    #[test]
-    fn durations_are_hh_mm_ss_and_positive() {
-        assert_eq!(duration("01:00:00"), Ok(Duration::hours(1)));
-        assert_eq!(duration("00:00:01"), Ok(Duration::seconds(1)));
-        assert_eq!(duration("99:59:59"), Ok(Duration::seconds(99 * 3600 + 59 * 60 + 59)));
-        for bad in ["00:00:00", "1:00:00", "00:60:00", "00:00:60", "aa:bb:cc", "01:00", "", "+1:00:00"] {
-            assert!(duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn phone_numbers_are_e164() {
-        assert!(is_e164("+4915112345678") && is_e164("+1555010"));
-        for bad in ["4915112345678", "+0151123", "+12", "+1234567890123456", "+49 151 1234", ""] {
-            assert!(!is_e164(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn payloads_are_small_objects() {
-        assert!(check_payload(serde_json::json!({"a": 1})).is_ok());
-        assert!(check_payload(Value::Null).is_ok());
-        assert!(check_payload(serde_json::json!([1])).is_err());
-        assert!(check_payload(serde_json::json!({"a": "x".repeat(MAX_PAYLOAD_BYTES)})).is_err());
     }
 
     #[test]

@@ -40,7 +40,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct Keys {
     pub setup: ServerSetup<Suite>,
     /// Seals the OPAQUE login state between KE2 and KE3.
-    seal: XChaCha20Poly1305,
+    state_cipher: XChaCha20Poly1305,
     /// Keyed hashes for aggregate ids (usernames, tokens) and refresh tokens.
     ids: [u8; 32],
     refresh: [u8; 32],
@@ -107,11 +107,11 @@ impl Keys {
             mac.update(label.as_bytes());
             mac.finalize().into_bytes().into()
         };
-        let seal = XChaCha20Poly1305::new(&derive("sign-in-state").into());
+        let state_cipher = XChaCha20Poly1305::new(&derive("sign-in-state").into());
         let jwt = JwtKeys::from_seed(derive("jwt-ed25519"))?;
         Ok(Self {
             setup,
-            seal,
+            state_cipher,
             ids: derive("aggregate-ids"),
             refresh: derive("refresh-tokens"),
             jwt,
@@ -145,22 +145,22 @@ impl Keys {
 
     /// Encrypts `plaintext` so that only this server (or a replica with the same
     /// setup) can read it back, bound to `context`.
-    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    pub fn encrypt(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 24];
         OsRng.fill_bytes(&mut nonce);
         let sealed = self
-            .seal
+            .state_cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context })
             .expect("XChaCha20-Poly1305 encryption of a short message cannot fail");
         [nonce.as_slice(), &sealed].concat()
     }
 
-    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    pub fn decrypt(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < 24 {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(24);
-        self.seal.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: context }).ok()
+        self.state_cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: context }).ok()
     }
 }
 
@@ -245,12 +245,12 @@ mod tests {
     #[test]
     fn sealed_state_opens_only_with_its_context() {
         let keys = Keys::from_setup(ServerSetup::<Suite>::new(&mut OsRng)).expect("keys");
-        let sealed = keys.seal(b"sign-in-1", b"state");
-        assert_eq!(keys.open(b"sign-in-1", &sealed).as_deref(), Some(b"state".as_slice()));
-        assert_eq!(keys.open(b"sign-in-2", &sealed), None);
+        let sealed = keys.encrypt(b"sign-in-1", b"state");
+        assert_eq!(keys.decrypt(b"sign-in-1", &sealed).as_deref(), Some(b"state".as_slice()));
+        assert_eq!(keys.decrypt(b"sign-in-2", &sealed), None);
         let mut tampered = sealed.clone();
         tampered[30] ^= 1;
-        assert_eq!(keys.open(b"sign-in-1", &tampered), None);
+        assert_eq!(keys.decrypt(b"sign-in-1", &tampered), None);
     }
 
     #[test]

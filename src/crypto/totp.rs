@@ -40,8 +40,8 @@ pub fn matching_step(secret: &[u8], code: &str, at: DateTime<Utc>) -> Option<u64
     (now.saturating_sub(1)..=now + 1).find(|step| bool::from(totp.generate(step * STEP).as_bytes().ct_eq(code)))
 }
 
-pub fn seal(keys: &Keys, secret: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(keys.seal(CONTEXT, secret))
+pub fn encrypt_secret(keys: &Keys, secret: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(keys.encrypt(CONTEXT, secret))
 }
 
 /// The server's [`TotpCheck`] for MFA: opens the sealed secret and checks the code.
@@ -50,7 +50,7 @@ pub struct TotpChecker(pub Arc<Keys>);
 impl TotpCheck for TotpChecker {
     fn matching_step(&self, sealed_secret: &str, code: &str, at: DateTime<Utc>) -> Option<u64> {
         let sealed = URL_SAFE_NO_PAD.decode(sealed_secret).ok()?;
-        matching_step(&self.0.open(CONTEXT, &sealed)?, code, at)
+        matching_step(&self.0.decrypt(CONTEXT, &sealed)?, code, at)
     }
 }
 
@@ -64,7 +64,7 @@ mod tests {
     fn codes_match_within_one_step_of_skew() {
         let keys = Arc::new(Keys::from_setup(ServerSetup::<Suite>::new(&mut OsRng)).expect("keys"));
         let secret = new_secret();
-        let sealed = seal(&keys, &secret);
+        let sealed = encrypt_secret(&keys, &secret);
         let totp = authenticator(secret, Some("authd".into()), "alice".into());
         let check = TotpChecker(keys);
         let now = DateTime::from_timestamp(1_800_000_015, 0).expect("time");

@@ -5,7 +5,7 @@ use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::log::LogEvent;
+use crate::store::log::Event;
 
 /// One event of the log, for auditors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
@@ -29,8 +29,8 @@ pub struct Envelope {
     pub payload: Value,
 }
 
-impl From<LogEvent> for Envelope {
-    fn from(event: LogEvent) -> Self {
+impl From<Event> for Envelope {
+    fn from(event: Event) -> Self {
         Envelope {
             position: event.position,
             aggregate_type: event.aggregate_type,

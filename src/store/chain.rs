@@ -6,8 +6,8 @@
 //! lp(canonical metadata) ‖ prev_hash)`, `lp(x)` being x's length (u64, big-endian)
 //! then x, `canonical` JSON with object keys sorted and no whitespace (so it does
 //! not depend on how a store keeps JSON), and `prev_hash` the previous event's hash
-//! in the same aggregate (32 zero bytes before the first). [`persist`] writes both in
-//! the transaction that appends the events. The chain is a function of the events'
+//! in the same aggregate (32 zero bytes before the first). The write path
+//! (src/store/append.rs) stores both in the transaction that appends the events. The chain is a function of the events'
 //! content alone, so it can always be recomputed: the stored hashes let `verify`
 //! name the event that no longer matches them.
 //!
@@ -22,13 +22,12 @@
 
 use std::collections::BTreeMap;
 
-use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use projections::{with_conn, Conn, Db};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::store::event_log::{self, Backend, LogError, LoggedEvent};
+use super::log::{self, Backend, Event, LogError};
 use crate::crypto::keys::Keys;
 
 /// The `prev_hash` of an aggregate's first event.
@@ -45,8 +44,8 @@ pub struct Linked<'a> {
     pub metadata: &'a Value,
 }
 
-impl<'a> From<&'a LoggedEvent> for Linked<'a> {
-    fn from(event: &'a LoggedEvent) -> Self {
+impl<'a> From<&'a Event> for Linked<'a> {
+    fn from(event: &'a Event) -> Self {
         Linked {
             aggregate_type: &event.aggregate_type,
             aggregate_id: &event.aggregate_id,
@@ -143,12 +142,12 @@ async fn recompute_head(
     upto: i64,
 ) -> Result<[u8; 32], LogError> {
     let sql = format!(
-        "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 ORDER BY sequence",
-        event_log::columns(backend)
+        "SELECT {} FROM events e WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence <= $3 ORDER BY e.sequence",
+        log::columns(backend)
     );
     let events = with_conn!(conn, c => {
         let rows = sqlx::query(&sql).bind(aggregate_type).bind(aggregate_id).bind(upto).fetch_all(&mut **c).await?;
-        rows.iter().map(LoggedEvent::from_row).collect::<Result<Vec<_>, _>>()?
+        rows.iter().map(Event::from_row).collect::<Result<Vec<_>, _>>()?
     });
     let mut head = GENESIS;
     for event in &events {
@@ -159,7 +158,7 @@ async fn recompute_head(
 
 /// The stored hash of event `sequence`, recomputed when it is missing or malformed.
 /// `None` when there is no such event.
-async fn hash_at(
+pub(super) async fn hash_at(
     conn: &mut Conn<'_>,
     backend: Backend,
     aggregate_type: &str,
@@ -175,144 +174,6 @@ async fn hash_at(
         Some(Some(hash)) if unhex(&hash).is_some() => Ok(unhex(&hash)),
         Some(_) => Ok(Some(recompute_head(conn, backend, aggregate_type, aggregate_id, sequence).await?)),
     }
-}
-
-// ---------------------------------------------------------------------------------
-// Appending: the persist path of `store::Repo`.
-
-fn persistence_error(backend: Backend) -> impl Fn(sqlx::Error) -> PersistenceError {
-    move |error| {
-        // The same conflicts postgres-es and sqlite-es report: any unique violation on
-        // PostgreSQL, a primary-key violation on SQLite (see ARCHITECTURE.md).
-        let conflict = match (&error, backend) {
-            (sqlx::Error::Database(db), Backend::Postgres) => db.code().as_deref() == Some("23505"),
-            (sqlx::Error::Database(db), Backend::Sqlite) => db.code().as_deref() == Some("1555"),
-            _ => false,
-        };
-        match error {
-            _ if conflict => PersistenceError::OptimisticLockError,
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-                PersistenceError::ConnectionError(Box::new(error))
-            }
-            other => PersistenceError::UnknownError(Box::new(other)),
-        }
-    }
-}
-
-fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
-    move |error| match error {
-        LogError::Store(error) => persistence_error(backend)(error),
-        other => PersistenceError::UnknownError(Box::new(other)),
-    }
-}
-
-/// Appends `events` (all of one aggregate, in sequence order) with their hash links,
-/// in one transaction: the same rows and columns postgres-es / sqlite-es write, plus
-/// `prev_hash` and `hash`. A second writer at the same sequence fails on the primary
-/// key, which surfaces as [`PersistenceError::OptimisticLockError`].
-pub async fn persist(
-    db: &Db,
-    aggregate_type: &str,
-    events: &[SerializedEvent],
-    snapshot_update: Option<(String, Value, usize)>,
-) -> Result<(), PersistenceError> {
-    if snapshot_update.is_some() {
-        // Store uses the plain event store (see ARCHITECTURE.md); a snapshot here
-        // would mean someone wired a snapshot store without its table.
-        return Err(PersistenceError::UnknownError("snapshots are not supported by authd's event store".into()));
-    }
-    let Some(first) = events.first() else {
-        return Ok(());
-    };
-    let backend = Backend::of(db);
-    let error = persistence_error(backend);
-    match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(&error)?;
-            append(&mut Conn::Postgres(&mut tx), backend, aggregate_type, first, events).await?;
-            tx.commit().await.map_err(&error)
-        }
-        Db::Sqlite(pool) => {
-            // IMMEDIATE: take the write lock before reading the previous hash. A
-            // deferred transaction that reads and then writes fails with
-            // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
-            append(&mut Conn::Sqlite(&mut tx), backend, aggregate_type, first, events).await?;
-            tx.commit().await.map_err(&error)
-        }
-    }
-}
-
-async fn append(
-    conn: &mut Conn<'_>,
-    backend: Backend,
-    aggregate_type: &str,
-    first: &SerializedEvent,
-    events: &[SerializedEvent],
-) -> Result<(), PersistenceError> {
-    let error = persistence_error(backend);
-    let first_sequence = i64::try_from(first.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-    let mut prev = if first_sequence <= 1 {
-        GENESIS
-    } else {
-        match hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
-            .await
-            .map_err(log_error(backend))?
-        {
-            Some(hash) => hash,
-            None => {
-                return Err(PersistenceError::UnknownError(
-                    format!(
-                        "cannot append {aggregate_type}/{}#{first_sequence}: event {} is missing from the log",
-                        first.aggregate_id,
-                        first_sequence - 1
-                    )
-                    .into(),
-                ))
-            }
-        }
-    };
-    let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-    for event in events {
-        let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-        // Personal data is encrypted before the hash is taken, so the chain covers
-        // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
-        let (payload, metadata) =
-            crate::store::shred::seal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
-                .await
-                .map_err(&error)?;
-        let hash = event_hash(
-            &Linked {
-                aggregate_type,
-                aggregate_id: &event.aggregate_id,
-                sequence,
-                event_type: &event.event_type,
-                event_version: &event.event_version,
-                payload: &payload,
-                metadata: &metadata,
-            },
-            &prev,
-        );
-        with_conn!(conn, c => {
-            sqlx::query(sql)
-                .bind(aggregate_type)
-                .bind(event.aggregate_id.as_str())
-                .bind(sequence)
-                .bind(event.event_type.as_str())
-                .bind(event.event_version.as_str())
-                .bind(&payload)
-                .bind(&metadata)
-                .bind(hex(&prev))
-                .bind(hex(&hash))
-                .execute(&mut **c)
-                .await
-                .map(|_| ())
-                .map_err(&error)?
-        });
-        prev = hash;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -574,7 +435,7 @@ async fn extension_problems(
 /// Whether the log holds a different number of events than the latest seal covers
 /// (cheap enough to ask every interval).
 pub async fn log_changed_since_seal(db: &Db) -> Result<bool, LogError> {
-    let events = event_log::count(db, "", &[]).await?;
+    let events = log::count(db, "", &[]).await?;
     let sql = "SELECT events FROM chain_seals ORDER BY id DESC LIMIT 1";
     let sealed: Option<i64> = projections::with_pool!(db, pool => sqlx::query_scalar(sql).fetch_optional(pool).await?);
     Ok(sealed.and_then(|sealed| u64::try_from(sealed).ok()) != Some(events))

@@ -1,6 +1,11 @@
 //! The log: every event of every aggregate in one global order that a consumer can
-//! tail by position without ever skipping an event. The read models' catch-up, the
-//! NATS audit relay and `GET /v1/admin/events` all read through [`Log::read`].
+//! tail by position without ever skipping an event, and the one type an event row is
+//! read as ([`Event`]). The read models' catch-up and gap repair, the NATS audit
+//! relay and `GET /v1/admin/events` read through [`Log`], which decrypts personal
+//! fields (src/store/shred.rs); `authd replay` reads the same rows with [`for_each`]
+//! (the hash chain covers what is stored, so its checks read rows as stored).
+//! An event's `position` is always its global position: the envelope on NATS, the
+//! admin API and `authd replay` show the same number.
 //!
 //! # The order, and why it is gap-safe
 //!
@@ -45,7 +50,8 @@
 
 use std::time::Duration;
 
-use projections::{Db, StoredEvent};
+use futures::TryStreamExt;
+use projections::{with_pool, Db};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -56,18 +62,102 @@ const SEQUENCER_LOCK: i64 = 0x6175_7468_645f_7365; // "authd_se"
 /// How long a reader waits for another replica's sequencer before reading anyway.
 const SEQUENCER_WAIT: Duration = Duration::from_secs(2);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of(db: &Db) -> Self {
+        match db {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    pub fn of_conn(conn: &projections::Conn<'_>) -> Self {
+        match conn {
+            projections::Conn::Postgres(_) => Backend::Postgres,
+            projections::Conn::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// An event's global position (see the module documentation), over `events e`;
+/// NULL while the PostgreSQL sequencer has not numbered it yet.
+const GLOBAL_POSITION: &str = "(SELECT p.global_position FROM event_positions p \
+     WHERE p.aggregate_type = e.aggregate_type AND p.aggregate_id = e.aggregate_id AND p.sequence = e.sequence)";
+
+/// The global position, for conditions (`position >= $n`).
+pub fn position_column() -> &'static str {
+    GLOBAL_POSITION
+}
+
+/// Log order over `events e`: the global position; on PostgreSQL, events not
+/// numbered yet follow in the order the sequencer will give them.
+pub fn order_by(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => format!("{GLOBAL_POSITION} NULLS LAST, e.transaction_id, e.position"),
+        Backend::Sqlite => GLOBAL_POSITION.to_string(),
+    }
+}
+
+/// `recorded_at` as RFC 3339 text in UTC.
+fn recorded_at_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => r#"to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+        Backend::Sqlite => "e.recorded_at",
+    }
+}
+
+/// A condition on `recorded_at` against a bound RFC 3339 text parameter `$n`.
+pub fn recorded_at_compare(backend: Backend, op: &str, parameter: usize) -> String {
+    match backend {
+        Backend::Postgres => format!("e.recorded_at {op} CAST(${parameter} AS timestamptz)"),
+        // Stored as '%Y-%m-%dT%H:%M:%fZ' (UTC, milliseconds): text order is time order
+        // when the bound is written the same way (see `sqlite_time`).
+        Backend::Sqlite => format!("e.recorded_at {op} ${parameter}"),
+    }
+}
+
+/// A time bound in the form each store compares `recorded_at` with.
+pub fn time_bound(backend: Backend, at: chrono::DateTime<chrono::Utc>) -> String {
+    match backend {
+        Backend::Postgres => at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        Backend::Sqlite => at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    }
+}
+
+/// The select list [`Event::from_row`] reads, in its order, over `events e`.
+pub fn columns(backend: Backend) -> String {
+    format!(
+        "COALESCE({GLOBAL_POSITION}, 0) AS global_position, e.aggregate_type, e.aggregate_id, e.sequence, \
+         e.event_type, e.event_version, {} AS recorded_at, CAST(e.payload AS TEXT) AS payload, \
+         CAST(e.metadata AS TEXT) AS metadata, e.prev_hash, e.hash",
+        recorded_at_column(backend),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("event log: {0}")]
     Store(#[from] sqlx::Error),
-    #[error("event at position {position} has unreadable {field}: {source}")]
-    BadEvent { position: i64, field: &'static str, source: serde_json::Error },
+    #[error("event {aggregate_type}/{aggregate_id}#{sequence}: its {column} is not JSON: {source}")]
+    BadJson {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        column: &'static str,
+        source: serde_json::Error,
+    },
 }
 
-/// One event with its place in the log.
-#[derive(Debug, Clone)]
-pub struct LogEvent {
-    /// Global position: strictly increasing in log order.
+/// One event of the log: the one type every reader reads a row as.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// Global position: strictly increasing in log order; 0 while a PostgreSQL
+    /// event waits for the sequencer (its transaction is above the horizon).
     pub position: i64,
     pub aggregate_type: String,
     pub aggregate_id: String,
@@ -78,6 +168,135 @@ pub struct LogEvent {
     pub recorded_at: String,
     pub metadata: Value,
     pub payload: Value,
+    /// The hash chain (src/store/chain.rs); checked by `authd replay verify`.
+    #[serde(skip)]
+    pub prev_hash: Option<String>,
+    #[serde(skip)]
+    pub hash: Option<String>,
+}
+
+impl Event {
+    pub fn from_row<'r, R>(row: &'r R) -> Result<Self, LogError>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let aggregate_type: String = row.try_get(1)?;
+        let aggregate_id: String = row.try_get(2)?;
+        let sequence: i64 = row.try_get(3)?;
+        let json = |index: usize, column: &'static str| -> Result<Value, LogError> {
+            let text: String = row.try_get(index)?;
+            serde_json::from_str(&text).map_err(|source| LogError::BadJson {
+                aggregate_type: aggregate_type.clone(),
+                aggregate_id: aggregate_id.clone(),
+                sequence,
+                column,
+                source,
+            })
+        };
+        let payload = json(7, "payload")?;
+        let metadata = json(8, "metadata")?;
+        Ok(Self {
+            position: row.try_get(0)?,
+            event_type: row.try_get(4)?,
+            event_version: row.try_get(5)?,
+            recorded_at: row.try_get(6)?,
+            payload,
+            metadata,
+            prev_hash: row.try_get(9)?,
+            hash: row.try_get(10)?,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+        })
+    }
+
+    /// An event this process just committed, in clear, before the sequencer numbers
+    /// it (position 0, no `recorded_at`): what the live path folds at once.
+    pub fn committed<A: cqrs_es::Aggregate>(envelope: &cqrs_es::EventEnvelope<A>) -> Option<Self> {
+        use cqrs_es::DomainEvent;
+        Some(Event {
+            position: 0,
+            aggregate_type: A::TYPE.to_string(),
+            aggregate_id: envelope.aggregate_id.clone(),
+            sequence: i64::try_from(envelope.sequence).ok()?,
+            event_type: envelope.payload.event_type(),
+            event_version: envelope.payload.event_version(),
+            recorded_at: String::new(),
+            metadata: serde_json::to_value(&envelope.metadata).ok()?,
+            payload: serde_json::to_value(&envelope.payload).ok()?,
+            prev_hash: None,
+            hash: None,
+        })
+    }
+
+    /// The metadata value `key` (client address, request id, user agent).
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).and_then(Value::as_str)
+    }
+}
+
+/// A query parameter.
+#[derive(Debug, Clone)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Runs `sql` (selecting [`columns`]) and hands each event to `each`, as stored
+/// (personal fields encrypted), streaming: the log is never held in memory whole.
+pub async fn for_each<E>(
+    db: &Db,
+    sql: &str,
+    binds: &[Bind],
+    mut each: impl FnMut(Event) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<LogError>,
+{
+    with_pool!(db, pool => {
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(int) => query.bind(*int),
+            };
+        }
+        let mut rows = query.fetch(pool);
+        while let Some(row) = rows.try_next().await.map_err(LogError::from)? {
+            each(Event::from_row(&row)?)?;
+        }
+    });
+    Ok(())
+}
+
+/// Collects what [`for_each`] streams.
+pub async fn fetch(db: &Db, sql: &str, binds: &[Bind]) -> Result<Vec<Event>, LogError> {
+    let mut events = Vec::new();
+    for_each(db, sql, binds, |event| {
+        events.push(event);
+        Ok::<_, LogError>(())
+    })
+    .await?;
+    Ok(events)
+}
+
+/// How many events match `where_clause` (for progress bars and "did the log grow").
+pub async fn count(db: &Db, where_clause: &str, binds: &[Bind]) -> Result<u64, LogError> {
+    let sql = format!("SELECT COUNT(*) FROM events e {where_clause}");
+    let count: i64 = with_pool!(db, pool => {
+        let mut query = sqlx::query_scalar(&sql);
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text.as_str()),
+                Bind::Int(int) => query.bind(*int),
+            };
+        }
+        query.fetch_one(pool).await?
+    });
+    Ok(u64::try_from(count).unwrap_or_default())
 }
 
 /// Only events matching every given field.
@@ -91,7 +310,7 @@ pub struct Filter {
 /// A page of the log.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub events: Vec<LogEvent>,
+    pub events: Vec<Event>,
     /// The position to read after next time. Past the last event returned, or —
     /// when fewer than `limit` matched — the head of the log as of this read, so a
     /// filtered reader moves past events that did not match.
@@ -117,14 +336,14 @@ impl Log {
         // by it makes `next` safe even when nothing matched.
         let head = self.stamped_head().await?;
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let recorded_at = self.recorded_at();
         let mut sql = format!(
-            "SELECT p.global_position, {COLUMNS}, {recorded_at}
+            "SELECT {}
              FROM event_positions p
              JOIN events e ON e.aggregate_type = p.aggregate_type
                           AND e.aggregate_id = p.aggregate_id
                           AND e.sequence = p.sequence
-             WHERE p.global_position > $1 AND p.global_position <= $2"
+             WHERE p.global_position > $1 AND p.global_position <= $2",
+            columns(self.backend())
         );
         let mut texts = Vec::new();
         for (column, value) in [
@@ -143,9 +362,9 @@ impl Log {
             for text in texts {
                 query = query.bind(text);
             }
-            query.fetch_all(pool).await?.iter().map(RawEvent::from_row).collect::<Result<Vec<_>, _>>()?
+            query.fetch_all(pool).await?.iter().map(Event::from_row).collect::<Result<Vec<_>, _>>()?
         });
-        let mut events = rows.into_iter().map(RawEvent::parse).collect::<Result<Vec<_>, _>>()?;
+        let mut events = rows;
         self.reveal(&mut events).await?;
         let next = match events.last() {
             Some(last) if events.len() as i64 == limit => last.position,
@@ -159,27 +378,21 @@ impl Log {
     /// position (0). Not gap-safe: only for consumers that need not follow the
     /// global order, like the read models (whose per-aggregate versions make any
     /// re-fold a no-op), to see a commit without waiting for the horizon.
-    pub async fn unsequenced(&self, limit: usize) -> Result<Vec<LogEvent>, LogError> {
+    pub async fn unsequenced(&self, limit: usize) -> Result<Vec<Event>, LogError> {
         let Db::Postgres(pool) = &self.db else { return Ok(vec![]) };
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let sql = format!(
-            "SELECT 0::bigint, {COLUMNS}, {}
+            "SELECT {}
              FROM events e
              WHERE (e.transaction_id, e.position) > (
                  COALESCE((SELECT transaction_id FROM event_positions ORDER BY global_position DESC LIMIT 1), '0'::xid8),
                  COALESCE((SELECT position FROM event_positions ORDER BY global_position DESC LIMIT 1), 0))
              ORDER BY e.transaction_id, e.position
              LIMIT $1",
-            self.recorded_at()
+            columns(Backend::Postgres)
         );
         let rows = sqlx::query(&sql).bind(limit).fetch_all(pool).await?;
-        let mut events = rows
-            .iter()
-            .map(RawEvent::from_row)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(RawEvent::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = rows.iter().map(Event::from_row).collect::<Result<Vec<_>, _>>()?;
         self.reveal(&mut events).await?;
         Ok(events)
     }
@@ -187,18 +400,37 @@ impl Log {
     /// Personal fields in clear, or erased once their account is removed (see
     /// src/store/shred.rs): read models fold clear values, and the audit envelope
     /// withholds the payload's personal fields itself.
-    async fn reveal(&self, events: &mut [LogEvent]) -> Result<(), LogError> {
+    async fn reveal(&self, events: &mut [Event]) -> Result<(), LogError> {
         let mut values: Vec<&mut Value> =
             events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
         crate::store::shred::reveal_all(&self.db, &mut values).await?;
         Ok(())
     }
 
-    fn recorded_at(&self) -> &'static str {
-        match self.db {
-            Db::Postgres(_) => r#"to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
-            Db::Sqlite(_) => "e.recorded_at",
-        }
+    /// One aggregate's events after `sequence` (at most `limit`), in sequence order,
+    /// personal fields in clear.
+    pub async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        let sql = format!(
+            "SELECT {} FROM events e WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > $3
+             ORDER BY e.sequence LIMIT $4",
+            columns(self.backend())
+        );
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let binds =
+            [Bind::Text(aggregate_type.into()), Bind::Text(aggregate_id.into()), Bind::Int(sequence), Bind::Int(limit)];
+        let mut events = fetch(&self.db, &sql, &binds).await?;
+        self.reveal(&mut events).await?;
+        Ok(events)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::of(&self.db)
     }
 
     /// The position of the newest event in the log (0 when empty).
@@ -230,6 +462,20 @@ impl Log {
             sqlx::query(sql).bind(name).bind(position).execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Numbers every event committed so far, waiting up to `wait` for transactions
+    /// still open elsewhere to end (they hold the horizon back). What is still not
+    /// numbered then reads with position 0 and sorts last.
+    pub async fn number_committed(&self, wait: Duration) -> Result<(), LogError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.sequence().await?;
+            if self.unsequenced(1).await?.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// PostgreSQL: stamps a `global_position` on every event below the horizon that
@@ -294,78 +540,39 @@ impl Log {
 /// checkpoint, and once they reach its head, the commits not stamped yet (folding
 /// those early is safe, the checkpoint only ever moves over stamped events).
 impl projections::EventLog for Log {
-    async fn read_after(&self, after: i64, limit: usize) -> Result<(Vec<StoredEvent>, i64), projections::LogError> {
+    type Event = Event;
+
+    async fn read_after(&self, after: i64, limit: usize) -> Result<(Vec<Event>, i64), projections::LogError> {
         let error = |e: LogError| projections::LogError(e.to_string());
         let mut page = self.read(after, limit, &Filter::default()).await.map_err(error)?;
         if page.events.len() < limit {
             page.events.extend(self.unsequenced(limit - page.events.len()).await.map_err(error)?);
         }
-        let events = page
-            .events
-            .into_iter()
-            .map(|event| StoredEvent {
-                aggregate_type: event.aggregate_type,
-                aggregate_id: event.aggregate_id,
-                sequence: event.sequence,
-                payload: event.payload,
-            })
-            .collect();
-        Ok((events, page.next))
+        Ok((page.events, page.next))
+    }
+
+    async fn read_aggregate(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, projections::LogError> {
+        self.stream(aggregate_type, aggregate_id, sequence, limit).await.map_err(|e| projections::LogError(e.to_string()))
     }
 }
 
-/// The event columns every read selects, after the position.
-const COLUMNS: &str = "e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
-                       CAST(e.metadata AS TEXT), CAST(e.payload AS TEXT)";
-
-struct RawEvent {
-    position: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    recorded_at: String,
-    metadata: String,
-    payload: String,
-}
-
-impl RawEvent {
-    /// A row of `position, COLUMNS, recorded_at`.
-    fn from_row<R: Row>(row: &R) -> Result<Self, sqlx::Error>
-    where
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        usize: sqlx::ColumnIndex<R>,
-    {
-        Ok(RawEvent {
-            position: row.try_get(0)?,
-            aggregate_type: row.try_get(1)?,
-            aggregate_id: row.try_get(2)?,
-            sequence: row.try_get(3)?,
-            event_type: row.try_get(4)?,
-            event_version: row.try_get(5)?,
-            metadata: row.try_get(6)?,
-            payload: row.try_get(7)?,
-            recorded_at: row.try_get(8)?,
-        })
+impl projections::Folded for Event {
+    fn aggregate_type(&self) -> &str {
+        &self.aggregate_type
     }
-
-    fn parse(self) -> Result<LogEvent, LogError> {
-        let position = self.position;
-        let json = |field: &'static str, text: &str| {
-            serde_json::from_str(text).map_err(|source| LogError::BadEvent { position, field, source })
-        };
-        Ok(LogEvent {
-            metadata: json("metadata", &self.metadata)?,
-            payload: json("payload", &self.payload)?,
-            position,
-            aggregate_type: self.aggregate_type,
-            aggregate_id: self.aggregate_id,
-            sequence: self.sequence,
-            event_type: self.event_type,
-            event_version: self.event_version,
-            recorded_at: self.recorded_at,
-        })
+    fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+    fn sequence(&self) -> i64 {
+        self.sequence
+    }
+    fn payload(&self) -> &Value {
+        &self.payload
     }
 }

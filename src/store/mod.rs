@@ -5,8 +5,8 @@
 //! it decide, commit with optimistic concurrency (retried on conflict, bounded),
 //! then fold the committed events into the read models.
 
+mod append;
 pub mod chain;
-pub mod event_log;
 pub mod log;
 pub mod shred;
 
@@ -22,14 +22,14 @@ use cqrs_es::persist::{
 };
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
-use projections::{Db, ReadModels, StoredEvent};
+use projections::{Db, ReadModels};
 use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
-use crate::store::log::Log;
+use log::{Event, Log};
 
 /// How often a command is retried when another writer committed to the same
 /// aggregate first.
@@ -178,13 +178,13 @@ impl PersistedEventRepository for Repo {
         delegate!(self, repo => repo.get_snapshot::<A>(id))
     }
     // Tamper evidence: we write the INSERT ourselves (same columns as postgres-es /
-    // sqlite-es, plus each event's hash link), see `chain::persist`.
+    // sqlite-es, plus each event's hash link), see src/store/append.rs.
     async fn persist<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        crate::store::chain::persist(&self.db(), A::TYPE, events, snapshot_update).await
+        append::persist(&self.db(), A::TYPE, events, snapshot_update).await
     }
     // Not decrypted (src/store/shred.rs): authd does not use the replay streams; a caller
     // would see `enc:v1:` values.
@@ -295,18 +295,8 @@ impl Store {
     /// Folds committed events into the read models. A failure here loses nothing:
     /// the events are in the log and catch-up folds them later.
     async fn project<A: Aggregate>(&self, committed: &[cqrs_es::EventEnvelope<A>]) {
-        let events: Vec<StoredEvent> = committed
-            .iter()
-            .filter_map(|envelope| {
-                Some(StoredEvent {
-                    aggregate_type: A::TYPE.to_string(),
-                    aggregate_id: envelope.aggregate_id.clone(),
-                    sequence: i64::try_from(envelope.sequence).ok()?,
-                    payload: serde_json::to_value(&envelope.payload).ok()?,
-                })
-            })
-            .collect();
-        if let Err(error) = self.read_models.project(&events).await {
+        let events: Vec<Event> = committed.iter().filter_map(Event::committed).collect();
+        if let Err(error) = self.read_models.project(&self.log, &events).await {
             tracing::warn!(%error, aggregate_type = A::TYPE, "read model update deferred to catch-up");
         }
     }

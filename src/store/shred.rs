@@ -12,7 +12,7 @@
 //!   `username`, `email` and `consumer` (the verification's address); in the
 //!   metadata, `client_address` and `user_agent`. Each becomes
 //!   `enc:v1:<subject>:<base64url(nonce ‖ XChaCha20-Poly1305 ciphertext)>`, the
-//!   subject being the associated data. [`seal`] does it in [`crate::store::chain::persist`],
+//!   subject being the associated data. [`encrypt_personal`] does it on the write path (src/store/append.rs),
 //!   the one place events are written, before the hash is taken and in the same
 //!   transaction that creates the subject's key on first use.
 //! - **Keys.** `subject_keys(subject, key, destroyed_at)`: 32 random bytes per
@@ -150,7 +150,7 @@ async fn key_for(conn: &mut Conn<'_>, subject: &str) -> Result<Option<Key>, sqlx
 
 /// The payload and metadata of an event as they are stored: personal fields
 /// encrypted for the event's subject (see the module documentation).
-pub async fn seal(
+pub async fn encrypt_personal(
     conn: &mut Conn<'_>,
     aggregate_type: &str,
     aggregate_id: &str,

@@ -7,8 +7,9 @@
 //! - `verify`: check every aggregate's hash chain and the latest seal;
 //! - `seal`: seal the chain heads now.
 //!
-//! Everything reads the store through [`crate::store::event_log`], in the order
-//! [`crate::store::event_log::order_column`] defines. It is safe to run while the server
+//! Everything reads the store as [`crate::store::log::Event`]s, in the log's global
+//! order ([`crate::store::log::order_by`]); `position` is the global position the
+//! audit envelope carries. It is safe to run while the server
 //! runs: reads do not block it (SQLite is in WAL mode), and the only writes
 //! (`rebuild --swap`, `seal`) take the same locks the server does.
 
@@ -28,7 +29,7 @@ use projections::Db;
 
 use crate::store::chain::{self, SealOutcome};
 use crate::config::{ReplayArgs, ReplayCommand, ServerConfig};
-use crate::store::event_log::{self, Bind};
+use crate::store::log::{self, Bind};
 use crate::crypto::keys::Keys;
 
 pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<ExitCode> {
@@ -60,7 +61,12 @@ pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<Exit
     }
 }
 
-/// Opens an existing store (a missing SQLite file is an error here, not a new store).
+/// How long replay waits for transactions open elsewhere before it reads the log.
+const NUMBERING_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Opens an existing store (a missing SQLite file is an error here, not a new store)
+/// and numbers every committed event, so positions here are the ones the audit
+/// envelope, NATS and `GET /v1/admin/events` carry.
 async fn open(url: &str) -> anyhow::Result<Db> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
@@ -69,7 +75,12 @@ async fn open(url: &str) -> anyhow::Result<Db> {
             bail!("no event store at {} (set DATABASE_URL or AUTHD_DATA_DIR)", crate::store::redact(url));
         }
     }
-    Ok(crate::store::connect(url).await?)
+    let db = crate::store::connect(url).await?;
+    crate::store::log::Log::new(db.clone())
+        .number_committed(NUMBERING_WAIT)
+        .await
+        .context("cannot number the log's events")?;
+    Ok(db)
 }
 
 /// The server's keys. Never creates a setup: a new one would be useless here.
@@ -91,7 +102,7 @@ async fn progress(db: &Db, where_clause: &str, binds: &[Bind], what: &str) -> an
     if !std::io::stderr().is_terminal() {
         return Ok(ProgressBar::hidden());
     }
-    let total = event_log::count(db, where_clause, binds).await?;
+    let total = log::count(db, where_clause, binds).await?;
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template("{msg:12} {wide_bar} {pos}/{len} events ({eta})") {
         bar.set_style(style);

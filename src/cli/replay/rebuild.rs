@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use projections::{with_conn, Conn, Db, ReadModels, StoredEvent};
-use serde_json::Value;
+use projections::{with_conn, Conn, Db, ReadModels};
+
+use crate::store::log::{self, Backend, Event, LogError};
 
 use crate::config::RebuildArgs;
 
@@ -164,25 +165,25 @@ async fn create_like(conn: &mut Conn<'_>, postgres: bool, live_schema: &str, tab
 
 /// Folds every event, per aggregate in sequence order, into the (shadowing) tables.
 async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::Result<u64> {
-    let sql = "SELECT aggregate_type, aggregate_id, sequence, CAST(payload AS TEXT) FROM events
-               WHERE (aggregate_type, aggregate_id, sequence) > ($1, $2, $3)
-               ORDER BY aggregate_type, aggregate_id, sequence LIMIT $4";
+    let sql = format!(
+        "SELECT {} FROM events e WHERE (e.aggregate_type, e.aggregate_id, e.sequence) > ($1, $2, $3)
+         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence LIMIT $4",
+        log::columns(Backend::of_conn(conn))
+    );
     let mut after = (String::new(), String::new(), 0i64);
     let mut total = 0u64;
     // The read models fold clear (or erased) values, as the live ones do (src/store/shred.rs).
     let ring = crate::store::shred::KeyRing::load_all_on(conn).await.context("cannot read the subject keys")?;
     loop {
-        let page: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
-            sqlx::query_as(sql).bind(&after.0).bind(&after.1).bind(after.2).bind(PAGE).fetch_all(&mut **c).await
+        let page: Vec<Event> = with_conn!(conn, c => {
+            let rows = sqlx::query(&sql).bind(&after.0).bind(&after.1).bind(after.2).bind(PAGE).fetch_all(&mut **c).await?;
+            rows.iter().map(Event::from_row).collect::<Result<Vec<_>, LogError>>()
         })
         .context("cannot read the log")?;
         let Some(last) = page.last() else { return Ok(total) };
-        after = (last.0.clone(), last.1.clone(), last.2);
-        for (aggregate_type, aggregate_id, sequence, payload) in page {
-            let mut payload: Value = serde_json::from_str(&payload)
-                .with_context(|| format!("event {aggregate_type}/{aggregate_id}#{sequence}: payload is not JSON"))?;
-            ring.reveal(&mut payload);
-            let event = StoredEvent { aggregate_type, aggregate_id, sequence, payload };
+        after = (last.aggregate_type.clone(), last.aggregate_id.clone(), last.sequence);
+        for mut event in page {
+            ring.reveal(&mut event.payload);
             ReadModels::fold_on(conn, &event).await?;
             total += 1;
             bar.inc(1);

@@ -8,7 +8,7 @@ use projections::Db;
 use serde_json::{json, Value};
 
 use crate::config::{At, StateArgs};
-use crate::store::event_log::{self, Backend, Bind, LoggedEvent};
+use crate::store::log::{self, Backend, Bind, Event};
 
 const TYPES: [&str; 7] =
     [User::TYPE, Username::TYPE, Session::TYPE, SignIn::TYPE, Mfa::TYPE, MfaChallenge::TYPE, InviteToken::TYPE];
@@ -23,18 +23,18 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
         None => String::new(),
         Some(At::Position(position)) => {
             binds.push(Bind::Int(position));
-            format!("AND {} <= $3", event_log::order_column(backend))
+            format!("AND {} <= $3", log::position_column())
         }
         Some(At::Time(time)) => {
-            binds.push(Bind::Text(event_log::time_bound(backend, time)));
-            format!("AND {}", event_log::recorded_at_compare(backend, "<=", 3))
+            binds.push(Bind::Text(log::time_bound(backend, time)));
+            format!("AND {}", log::recorded_at_compare(backend, "<=", 3))
         }
     };
     let sql = format!(
-        "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 {bound} ORDER BY sequence",
-        event_log::columns(backend)
+        "SELECT {} FROM events e WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 {bound} ORDER BY e.sequence",
+        log::columns(backend)
     );
-    let mut events = event_log::fetch(db, &sql, &binds).await?;
+    let mut events = log::fetch(db, &sql, &binds).await?;
     // Personal fields in clear, or erased (src/store/shred.rs).
     let ring = crate::store::shred::KeyRing::load_all(db).await?;
     for event in &mut events {
@@ -75,7 +75,7 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
 }
 
 /// The aggregate after applying `events` in order, as JSON.
-fn fold<A: Aggregate>(events: &[LoggedEvent]) -> anyhow::Result<Value> {
+fn fold<A: Aggregate>(events: &[Event]) -> anyhow::Result<Value> {
     let mut aggregate = A::default();
     for event in events {
         let domain_event: A::Event = serde_json::from_value(event.payload.clone()).with_context(|| {

@@ -26,7 +26,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::TimelineArgs;
-use crate::store::event_log::{self, Backend, Bind, LoggedEvent};
+use crate::store::log::{self, Backend, Bind, Event};
 use crate::crypto::keys::Keys;
 
 type StreamKey = (String, String);
@@ -64,8 +64,8 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     for (aggregate_type, aggregate_id) in &streams {
         events.extend(stream(db, backend, aggregate_type, aggregate_id).await?);
     }
-    // Log order across aggregates (see event_log::order_column).
-    events.sort_by_key(|event| event.position);
+    // Log order across aggregates: the global position, events not numbered yet last.
+    events.sort_by_key(|event| (event.position == 0, event.position));
     // Personal fields in clear, or erased (src/store/shred.rs).
     let ring = crate::store::shred::KeyRing::load_all(db).await?;
     for event in &mut events {
@@ -83,9 +83,7 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     for event in &events {
         let description = describe(event);
         if args.json {
-            let mut line = event.envelope();
-            line.description = Some(description);
-            serde_json::to_writer(&mut out, &line)?;
+            serde_json::to_writer(&mut out, &Described { event, description })?;
             writeln!(out)?;
         } else {
             let from = event.meta("client_address").map(|address| format!("from {address}")).unwrap_or_default();
@@ -106,14 +104,22 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     Ok(())
 }
 
+/// A timeline line as JSON: the event and what it means in plain language.
+#[derive(serde::Serialize)]
+struct Described<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    description: String,
+}
+
 /// Every event of one aggregate, in sequence order.
-async fn stream(db: &Db, backend: Backend, aggregate_type: &str, aggregate_id: &str) -> anyhow::Result<Vec<LoggedEvent>> {
+async fn stream(db: &Db, backend: Backend, aggregate_type: &str, aggregate_id: &str) -> anyhow::Result<Vec<Event>> {
     let sql = format!(
-        "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
-        event_log::columns(backend)
+        "SELECT {} FROM events e WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 ORDER BY e.sequence",
+        log::columns(backend)
     );
     let binds = [Bind::Text(aggregate_type.to_string()), Bind::Text(aggregate_id.to_string())];
-    event_log::fetch(db, &sql, &binds)
+    log::fetch(db, &sql, &binds)
         .await
         .with_context(|| format!("cannot read {aggregate_type}/{aggregate_id}"))
 }
@@ -124,8 +130,8 @@ async fn streams_of(db: &Db, backend: Backend, profile_id: Uuid) -> anyhow::Resu
     let mut streams = BTreeSet::from([(User::TYPE.to_string(), id.clone()), (Mfa::TYPE.to_string(), id.clone())]);
     // A coarse text match first (a UUID holds no LIKE wildcards), then an exact check
     // of the fields that carry an account.
-    let sql = format!("SELECT {} FROM events WHERE CAST(payload AS TEXT) LIKE $1", event_log::columns(backend));
-    event_log::for_each(db, &sql, &[Bind::Text(format!("%{id}%"))], |event| {
+    let sql = format!("SELECT {} FROM events e WHERE CAST(e.payload AS TEXT) LIKE $1", log::columns(backend));
+    log::for_each(db, &sql, &[Bind::Text(format!("%{id}%"))], |event| {
         if names_account(&event.payload, &id) {
             streams.insert((event.aggregate_type, event.aggregate_id));
         }
@@ -153,7 +159,7 @@ fn reason(reason: FailureReason) -> &'static str {
 }
 
 /// One line of plain language for an event.
-pub fn describe(event: &LoggedEvent) -> String {
+pub fn describe(event: &Event) -> String {
     let payload = event.payload.clone();
     let described = match event.aggregate_type.as_str() {
         Username::TYPE => serde_json::from_value(payload).ok().map(|e| match e {

@@ -22,7 +22,7 @@ use anyhow::Context;
 use projections::{Conn, Db};
 
 use crate::store::chain::{self, event_hash, hex, unhex, Heads, Linked, Seal, GENESIS};
-use crate::store::event_log::{self, Backend, LoggedEvent};
+use crate::store::log::{self, Backend, Event};
 use crate::crypto::keys::Keys;
 
 /// A broken link: where, and what differs.
@@ -81,7 +81,7 @@ impl Walk<'_> {
         self.seal.map(|seal| format!("seal #{} ({})", seal.id, seal.sealed_at)).unwrap_or_default()
     }
 
-    fn feed(&mut self, event: &LoggedEvent) {
+    fn feed(&mut self, event: &Event) {
         self.events += 1;
         let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
         if self.current.as_ref().is_none_or(|stream| stream.key != key) {
@@ -233,10 +233,10 @@ pub async fn run(db: &Db, keys: &Keys) -> anyhow::Result<ExitCode> {
     let bar = super::progress(db, "", &[], "verifying").await?;
     let mut walk = Walk { seal: seal.as_ref(), sealed, current: None, breaks, events: 0, streams: 0, unchained: 0 };
     let sql = format!(
-        "SELECT {} FROM events ORDER BY aggregate_type, aggregate_id, sequence",
-        event_log::columns(backend)
+        "SELECT {} FROM events e ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
+        log::columns(backend)
     );
-    event_log::for_each(db, &sql, &[], |event| {
+    log::for_each(db, &sql, &[], |event| {
         walk.feed(&event);
         bar.inc(1);
         Ok::<_, anyhow::Error>(())

@@ -1,0 +1,146 @@
+//! The write path of the event store: appends a command's events, in one
+//! transaction, with what cqrs-es would write plus each event's hash link
+//! (src/store/chain.rs), personal fields encrypted under their subject's key first
+//! (src/store/shred.rs), so the chain covers what is stored.
+
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use projections::{with_conn, Conn, Db};
+use serde_json::Value;
+
+use super::chain::{event_hash, hash_at, hex, Linked, GENESIS};
+use super::log::{Backend, LogError};
+
+fn persistence_error(backend: Backend) -> impl Fn(sqlx::Error) -> PersistenceError {
+    move |error| {
+        // The same conflicts postgres-es and sqlite-es report: any unique violation on
+        // PostgreSQL, a primary-key violation on SQLite (see ARCHITECTURE.md).
+        let conflict = match (&error, backend) {
+            (sqlx::Error::Database(db), Backend::Postgres) => db.code().as_deref() == Some("23505"),
+            (sqlx::Error::Database(db), Backend::Sqlite) => db.code().as_deref() == Some("1555"),
+            _ => false,
+        };
+        match error {
+            _ if conflict => PersistenceError::OptimisticLockError,
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                PersistenceError::ConnectionError(Box::new(error))
+            }
+            other => PersistenceError::UnknownError(Box::new(other)),
+        }
+    }
+}
+
+fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
+    move |error| match error {
+        LogError::Store(error) => persistence_error(backend)(error),
+        other => PersistenceError::UnknownError(Box::new(other)),
+    }
+}
+
+/// Appends `events` (all of one aggregate, in sequence order) with their hash links,
+/// in one transaction: the same rows and columns postgres-es / sqlite-es write, plus
+/// `prev_hash` and `hash`. A second writer at the same sequence fails on the primary
+/// key, which surfaces as [`PersistenceError::OptimisticLockError`].
+pub async fn persist(
+    db: &Db,
+    aggregate_type: &str,
+    events: &[SerializedEvent],
+    snapshot_update: Option<(String, Value, usize)>,
+) -> Result<(), PersistenceError> {
+    if snapshot_update.is_some() {
+        // Store uses the plain event store (see ARCHITECTURE.md); a snapshot here
+        // would mean someone wired a snapshot store without its table.
+        return Err(PersistenceError::UnknownError("snapshots are not supported by authd's event store".into()));
+    }
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let backend = Backend::of(db);
+    let error = persistence_error(backend);
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(&error)?;
+            append(&mut Conn::Postgres(&mut tx), backend, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)
+        }
+        Db::Sqlite(pool) => {
+            // IMMEDIATE: take the write lock before reading the previous hash. A
+            // deferred transaction that reads and then writes fails with
+            // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
+            append(&mut Conn::Sqlite(&mut tx), backend, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)
+        }
+    }
+}
+
+async fn append(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    aggregate_type: &str,
+    first: &SerializedEvent,
+    events: &[SerializedEvent],
+) -> Result<(), PersistenceError> {
+    let error = persistence_error(backend);
+    let first_sequence = i64::try_from(first.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    let mut prev = if first_sequence <= 1 {
+        GENESIS
+    } else {
+        match hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
+            .await
+            .map_err(log_error(backend))?
+        {
+            Some(hash) => hash,
+            None => {
+                return Err(PersistenceError::UnknownError(
+                    format!(
+                        "cannot append {aggregate_type}/{}#{first_sequence}: event {} is missing from the log",
+                        first.aggregate_id,
+                        first_sequence - 1
+                    )
+                    .into(),
+                ))
+            }
+        }
+    };
+    let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    for event in events {
+        let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        // Personal data is encrypted before the hash is taken, so the chain covers
+        // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
+        let (payload, metadata) =
+            super::shred::encrypt_personal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+                .await
+                .map_err(&error)?;
+        let hash = event_hash(
+            &Linked {
+                aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                payload: &payload,
+                metadata: &metadata,
+            },
+            &prev,
+        );
+        with_conn!(conn, c => {
+            sqlx::query(sql)
+                .bind(aggregate_type)
+                .bind(event.aggregate_id.as_str())
+                .bind(sequence)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version.as_str())
+                .bind(&payload)
+                .bind(&metadata)
+                .bind(hex(&prev))
+                .bind(hex(&hash))
+                .execute(&mut **c)
+                .await
+                .map(|_| ())
+                .map_err(&error)?
+        });
+        prev = hash;
+    }
+    Ok(())
+}
