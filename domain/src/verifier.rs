@@ -238,6 +238,9 @@ pub enum VerifierCommand {
         totp_secret: Option<Secret<Vec<u8>>>,
         at: DateTime<Utc>,
     },
+    /// Checks an email or phone code without spending it: a wrong code counts like
+    /// one presented to `Validate`; the right one writes nothing and stays valid.
+    Check { method: Method, code: Secret<String>, at: DateTime<Utc> },
     Delete { method: Method, at: DateTime<Utc> },
 }
 
@@ -372,6 +375,19 @@ impl Aggregate for Verifier {
                 } else {
                     VerifierEvent::VerificationFailed { attempts: self.attempts + 1, at }
                 }
+            }
+            VerifierCommand::Check { method, code, at } => {
+                let expires_at = self.check_live(method, at)?;
+                if !method.sends_code() {
+                    return Err(VerifierError::NotFound);
+                }
+                if self.attempts >= self.max_attempts {
+                    return Err(VerifierError::AttemptsExhausted { expires_at });
+                }
+                if self.code_hash.as_deref().is_some_and(|hash| services.codes.matches(hash, &code.0)) {
+                    return Ok(());
+                }
+                VerifierEvent::VerificationFailed { attempts: self.attempts + 1, at }
             }
             VerifierCommand::Delete { method, at } => {
                 self.check_live(method, at)?;
@@ -545,6 +561,47 @@ mod tests {
     fn secrets_stay_out_of_debug_output() {
         let command = validate(Method::Email, "4711", Duration::zero());
         assert!(!format!("{command:?}").contains("4711"));
+    }
+
+    fn check(code: &str) -> VerifierCommand {
+        Check { method: Method::Email, code: Secret(code.into()), at: t0() + Duration::minutes(1) }
+    }
+
+    #[tokio::test]
+    async fn checking_the_right_code_writes_nothing_and_keeps_it_valid() {
+        framework().given(vec![initiated(Method::Email)]).when_async(check("4711")).await.then_expect_events(vec![]);
+    }
+
+    #[tokio::test]
+    async fn checking_a_wrong_code_counts_it() {
+        framework()
+            .given(vec![initiated(Method::Email), failed(1)])
+            .when_async(check("0000"))
+            .await
+            .then_expect_events(vec![VerificationFailed { attempts: 2, at: t0() + Duration::minutes(1) }]);
+    }
+
+    #[tokio::test]
+    async fn checking_past_the_attempts_is_refused_even_with_the_right_code() {
+        framework()
+            .given(vec![initiated(Method::Email), failed(1), failed(2), failed(3)])
+            .when_async(check("4711"))
+            .await
+            .then_expect_error(VerifierError::AttemptsExhausted { expires_at: t0() + Duration::hours(1) });
+    }
+
+    #[tokio::test]
+    async fn checking_a_spent_or_totp_verifier_is_refused() {
+        framework()
+            .given(vec![initiated(Method::Email), VerifierValidated { at: t0() }])
+            .when_async(check("4711"))
+            .await
+            .then_expect_error(VerifierError::Consumed);
+        framework()
+            .given(vec![initiated(Method::GoogleAuth)])
+            .when_async(Check { method: Method::GoogleAuth, code: Secret("123456".into()), at: t0() })
+            .await
+            .then_expect_error(VerifierError::NotFound);
     }
 
     #[tokio::test]

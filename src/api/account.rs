@@ -30,7 +30,7 @@ pub struct ResetStart {
     /// From the reset email.
     #[oai(validator(min_length = 1, max_length = 256))]
     pub verification_id: String,
-    /// The emailed code (checked and spent by `reset/finish`).
+    /// The emailed code (checked here, spent by `reset/finish`).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub code: String,
     /// OPAQUE RegistrationRequest for the new password (32 bytes, base64url).
@@ -97,8 +97,15 @@ impl AccountApi {
     /// Reset, step 1: a new password's OPAQUE registration request for the account
     /// of an emailed reset code. Nothing is stored yet.
     #[oai(path = "/v1/account/reset", method = "post", operation_id = "account_reset")]
-    async fn reset(&self, app: Data<&Arc<App>>, body: JsonBody<ResetStart>) -> Result<Json<SignUpStarted>, ApiError> {
-        let registration_response = app.reset_start(&body.0.verification_id, &body.0.registration_request).await?;
+    async fn reset(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        body: JsonBody<ResetStart>,
+    ) -> Result<Json<SignUpStarted>, ApiError> {
+        let body = body.0;
+        let registration_response =
+            app.reset_start(&body.verification_id, &body.code, &body.registration_request, &metadata(request)).await?;
         Ok(Json(SignUpStarted { registration_response }))
     }
 

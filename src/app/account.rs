@@ -99,13 +99,21 @@ impl App {
     }
 
     /// Reset, step 1: a fresh OPAQUE registration for the account of a live reset
-    /// code. The code itself is checked (and spent) by step 2, before anything changes.
-    pub async fn reset_start(&self, verification_id: &str, registration_request: &str) -> Result<String, AppError> {
+    /// code. The code is checked here (a wrong one counts) and spent by step 2,
+    /// before anything changes.
+    pub async fn reset_start(
+        &self,
+        verification_id: &str,
+        code: &str,
+        registration_request: &str,
+        meta: &Metadata,
+    ) -> Result<String, AppError> {
         let mut fields = Fields::default();
         let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
         let Some(request) = request else { return Err(fields.error()) };
         let verifier = self.verifier(Method::Email, verification_id).await?;
         let profile_id = account_for(&verifier.payload, PurposeKind::Reset)?;
+        self.check_code(Method::Email, verification_id, code, meta).await?;
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
         if !user.is_registered() {
             return Err(AppError::NotFound(Missing::Verification));

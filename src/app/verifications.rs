@@ -200,14 +200,7 @@ impl App {
             .store
             .execute::<Verifier>(verification_id, command, &self.verifications.services, meta)
             .await
-            .map_err(|e| {
-                rejected(e, |e| match e {
-                    VerifierError::AttemptsExhausted { expires_at } => AppError::TooManyAttempts {
-                        retry_after_secs: u64::try_from((expires_at - Utc::now()).num_seconds()).unwrap_or(0).max(1),
-                    },
-                    _ => NOT_FOUND,
-                })
-            })?;
+            .map_err(|e| rejected(e, refused))?;
         let mut data = VerifierData {
             verification_id: verification_id.to_string(),
             consumer: verifier.consumer().to_string(),
@@ -284,6 +277,20 @@ impl App {
             payload,
         };
         Ok(self.start(Method::Email, plan, meta).await?.verification_id)
+    }
+
+    /// Checks an emailed or texted code without spending it; a wrong one counts.
+    pub async fn check_code(&self, method: Method, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let command = VerifierCommand::Check { method, code: Secret(code.to_string()), at: Utc::now() };
+        let events = self
+            .store
+            .execute::<Verifier>(verification_id, command, &self.verifications.services, meta)
+            .await
+            .map_err(|e| rejected(e, refused))?;
+        match events.first() {
+            None => Ok(()),
+            Some(_) => Err(AppError::Invalid(vec![("code".into(), "is not valid".into())])),
+        }
     }
 
     /// Validates a code of any method; counts the attempt. Ok → the verifier (consumer, payload). Wrong code → AppError::Invalid(vec![("code", "is not valid")]) ; unknown/expired → AppError::NotFound(Missing::Verification); exhausted → AppError::TooManyAttempts{..}.
@@ -478,6 +485,16 @@ impl App {
 
 fn secret_context(owner: &str) -> Vec<u8> {
     [b"totp:".as_slice(), owner.as_bytes()].concat()
+}
+
+/// Why a verifier refused a code: exhausted (429 until it expires) or gone (404).
+fn refused(error: VerifierError) -> AppError {
+    match error {
+        VerifierError::AttemptsExhausted { expires_at } => AppError::TooManyAttempts {
+            retry_after_secs: u64::try_from((expires_at - Utc::now()).num_seconds()).unwrap_or(0).max(1),
+        },
+        _ => NOT_FOUND,
+    }
 }
 
 /// A uniform index below `n` from the operating system's generator.

@@ -1,12 +1,10 @@
 //! MFA, lockout and rate limits, black-box on SQLite and PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
 use base64::Engine;
 use client::{Login, SignInOutcome};
-use common::{bogus_ke3, ke3, unique, Backend, Server, PASSWORD};
+use crate::helpers::{bogus_ke3, ke3, unique, Backend, Server, PASSWORD};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -20,7 +18,7 @@ both_stores!(
 
 /// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
 async fn start_of_step() {
-    let into_step = common::now() % 30;
+    let into_step = crate::helpers::now() % 30;
     if into_step > 10 {
         tokio::time::sleep(Duration::from_secs(30 - into_step)).await;
     }
@@ -41,9 +39,9 @@ async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::TOTP {
     assert!(enrollment["otpauth_uri"].as_str().expect("uri").starts_with("otpauth://totp/"));
     let png = base64::engine::general_purpose::STANDARD.decode(enrollment["qr_png"].as_str().expect("qr")).expect("b64");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let totp = common::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
     let (status, body) = server
-        .call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": common::totp_code(&totp, -1)})))
+        .call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": crate::helpers::totp_code(&totp, -1)})))
         .await;
     assert_eq!(status, 204, "{body}");
     assert!(server.api().user(&session.access_token).await.expect("user").mfa_enabled);
@@ -64,17 +62,17 @@ async fn mfa_enable_sign_in_and_disable(backend: Backend) {
     let totp = account_with_mfa(&server, &username).await;
 
     let ticket = mfa_ticket(&server, &username).await;
-    let session = server.api().sign_in_mfa(&ticket, &common::totp_code(&totp, 0)).await.expect("second factor");
+    let session = server.api().sign_in_mfa(&ticket, &crate::helpers::totp_code(&totp, 0)).await.expect("second factor");
     assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
     server.api().jwt_verify(&session.access_token).await.expect("a working session");
 
     // The same code again, even with a fresh ticket, is a replay.
     let ticket = mfa_ticket(&server, &username).await;
-    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": common::totp_code(&totp, 0)}))).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": crate::helpers::totp_code(&totp, 0)}))).await;
     assert_eq!(status, 401);
 
     let (status, body) = server
-        .call("POST", "/v1/mfa/totp/disable", Some(&session.access_token), Some(json!({"code": common::totp_code(&totp, 1)})))
+        .call("POST", "/v1/mfa/totp/disable", Some(&session.access_token), Some(json!({"code": crate::helpers::totp_code(&totp, 1)})))
         .await;
     assert_eq!(status, 204, "{body}");
     assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
@@ -94,27 +92,27 @@ async fn mfa_rejections(backend: Backend) {
     let (status, body) = server.call("POST", "/v1/mfa/totp/disable", bearer, Some(json!({"code": "123456"}))).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("mfa_not_enabled")));
     let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": "12ab"}))).await;
-    assert_eq!((status, common::detail_paths(&body)), (422, vec!["code".to_string()]));
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["code".to_string()]));
     let (status, _) = server.call("POST", "/v1/mfa/totp/generate", None, None).await;
     assert_eq!(status, 401);
 
     let (_, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
-    let totp = common::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
-    let wrong = if common::totp_code(&totp, 0) == "000000" { "111111" } else { "000000" };
+    let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let wrong = if crate::helpers::totp_code(&totp, 0) == "000000" { "111111" } else { "000000" };
     let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": wrong}))).await;
-    assert_eq!((status, common::detail_paths(&body)), (422, vec!["code".to_string()]));
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["code".to_string()]));
     assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
-    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": common::totp_code(&totp, 0)}))).await;
+    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": crate::helpers::totp_code(&totp, 0)}))).await;
     assert_eq!(status, 204);
     let (status, body) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("mfa_already_enabled")));
 
     // A made-up ticket is refused.
-    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": "made-up", "code": common::totp_code(&totp, 1)}))).await;
+    let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": "made-up", "code": crate::helpers::totp_code(&totp, 1)}))).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")));
     let (status, body) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({}))).await;
     assert_eq!(status, 422);
-    let mut paths = common::detail_paths(&body);
+    let mut paths = crate::helpers::detail_paths(&body);
     paths.sort();
     assert_eq!(paths, ["code", "mfa_ticket"]);
 }
@@ -125,7 +123,7 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
     let username = unique("mfa-brute");
     let totp = account_with_mfa(&server, &username).await;
     let ticket = mfa_ticket(&server, &username).await;
-    let right = common::totp_code(&totp, 0);
+    let right = crate::helpers::totp_code(&totp, 0);
     let wrong = if right == "000000" { "111111" } else { "000000" };
     for _ in 0..5 {
         let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": wrong}))).await;
@@ -136,7 +134,7 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
     // A new ticket with the right code works; then that ticket is spent.
     let ticket = mfa_ticket(&server, &username).await;
     server.api().sign_in_mfa(&ticket, &right).await.expect("fresh ticket");
-    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": common::totp_code(&totp, 1)}))).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": crate::helpers::totp_code(&totp, 1)}))).await;
     assert_eq!(status, 401, "a ticket is single-use");
 }
 
@@ -226,7 +224,7 @@ async fn private_sign_in_obeys_mfa_and_lockout(backend: Backend) {
     let SignInOutcome::MfaRequired { mfa_ticket } = api.sign_in_private(&username, PASSWORD).await.expect("private") else {
         panic!("MFA applies to private sign-in");
     };
-    let session = api.sign_in_mfa(&mfa_ticket, &common::totp_code(&totp, 0)).await.expect("second factor");
+    let session = api.sign_in_mfa(&mfa_ticket, &crate::helpers::totp_code(&totp, 0)).await.expect("second factor");
     assert_eq!(claims(&session.access_token)["amr"], json!(["pwd", "otp"]));
 
     // Failures through the normal flow lock the private flow too.

@@ -2,7 +2,6 @@
 //! store (a SQLite file in a temporary data directory, or a new PostgreSQL database
 //! on the server `TEST_DATABASE_URL` names) and talks to it over HTTP with the real
 //! OPAQUE client.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -310,14 +309,13 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Declares each async test once per backend: `mod sqlite` and `mod postgres`.
-#[macro_export]
 macro_rules! both_stores {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite).await
+                    super::$name($crate::helpers::Backend::Sqlite).await
                 }
             )+
         }
@@ -325,7 +323,7 @@ macro_rules! both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Postgres).await
+                    super::$name($crate::helpers::Backend::Postgres).await
                 }
             )+
         }

@@ -1,11 +1,9 @@
 //! The binary's own commands: the spec it prints, start-up failures, the CLI flow.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{unique, Backend, Server, ADMIN};
+use crate::helpers::{unique, Backend, Server, ADMIN};
 
 fn authd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_authd"))

@@ -1,10 +1,8 @@
 //! Account lifecycle, black-box on SQLite and PostgreSQL: recovery with an
 //! admin-issued token, removal.
 
-mod common;
-
 use client::{Error, Registration, SignInOutcome};
-use common::{detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
+use crate::helpers::{detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -116,7 +114,7 @@ fn code_and_id(body: &str) -> (String, String) {
 }
 
 async fn activation_code(server: &Server, email: &str) -> (String, String) {
-    let (_, body) = common::outbox_mail(server, email, |subject| subject == "Activate your account").await;
+    let (_, body) = crate::helpers::outbox_mail(server, email, |subject| subject == "Activate your account").await;
     code_and_id(&body)
 }
 
@@ -175,19 +173,20 @@ async fn forgot_and_reset(backend: Backend) {
     }
     let (status, _) = server.call("POST", "/v1/account/forgot", None, Some(json!({"username": username.to_uppercase()}))).await;
     assert_eq!(status, 204);
-    let (_, reset_mail) = common::outbox_mail(&server, &email, |subject| subject == "Reset your password").await;
+    let (_, reset_mail) = crate::helpers::outbox_mail(&server, &email, |subject| subject == "Reset your password").await;
     let (verification_id, code) = code_and_id(&reset_mail);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let others = common::outbox(&server).into_iter().filter(|(_, subject, _)| subject == "Reset your password").count();
+    let others = crate::helpers::outbox(&server).into_iter().filter(|(_, subject, _)| subject == "Reset your password").count();
     assert_eq!(others, 1, "no reset message for an unknown account or an unverified email");
 
-    let (registration, request) = Registration::start(NEW_PASSWORD).expect("start");
-    let (status, body) = server
-        .call("POST", "/v1/account/reset", None, Some(json!({"verification_id": verification_id, "code": code, "registration_request": request})))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let record = registration.finish(NEW_PASSWORD, body["registration_response"].as_str().expect("response")).expect("finish");
     let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (registration, request) = Registration::start(NEW_PASSWORD).expect("start");
+    let start = |code: &str| json!({"verification_id": verification_id, "code": code, "registration_request": request});
+    let (status, body) = server.call("POST", "/v1/account/reset", None, Some(start(wrong))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["code".to_string()]), "step 1 checks the code: {body}");
+    let (status, body) = server.call("POST", "/v1/account/reset", None, Some(start(&code))).await;
+    assert_eq!(status, 200, "checking the code does not spend it: {body}");
+    let record = registration.finish(NEW_PASSWORD, body["registration_response"].as_str().expect("response")).expect("finish");
     let finish = |code: String| json!({"verification_id": verification_id, "code": code, "registration_record": record});
     let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(wrong.into()))).await;
     assert_eq!(status, 422, "a wrong code changes nothing");

@@ -6,15 +6,13 @@
 //! prefix of its own (`AUTHD_NATS_STREAM`, `AUTHD_NATS_SUBJECT_PREFIX`), except the
 //! one that checks the default contract, which reads only its own messages.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{unique, Backend, Server, ADMIN, PASSWORD};
+use crate::helpers::{unique, Backend, Server, ADMIN, PASSWORD};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -173,7 +171,7 @@ fn assert_published_once_in_order(log: &[Value], messages: &[Stored], prefix: &s
 /// Checks an envelope against `openapi/audit-envelope.schema.json`: exactly the
 /// listed fields, each of its type.
 fn assert_matches_schema(envelope: &Value) {
-    let schema: Value = serde_json::from_str(include_str!("../openapi/audit-envelope.schema.json")).expect("schema");
+    let schema: Value = serde_json::from_str(include_str!("../../openapi/audit-envelope.schema.json")).expect("schema");
     let properties = schema["properties"].as_object().expect("properties");
     let object = envelope.as_object().expect("an envelope is an object");
     let mut keys: Vec<&String> = object.keys().collect();
@@ -661,11 +659,11 @@ async fn events_over_http_page_filter_and_name_every_bad_parameter(backend: Back
     // Every bad parameter is named in one 422.
     let (status, body) =
         server.call("GET", "/v1/admin/events?after=-1&limit=1001&aggregate_type=&event_type=x", Some(ADMIN), None).await;
-    assert_eq!((status, common::detail_paths(&body)), (422, vec!["after".into(), "limit".into(), "aggregate_type".into()]), "{body}");
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["after".into(), "limit".into(), "aggregate_type".into()]), "{body}");
     let (status, body) = server.call("GET", "/v1/admin/events?after=soon&limit=0", Some(ADMIN), None).await;
-    assert_eq!((status, common::detail_paths(&body)), (422, vec!["after".into(), "limit".into()]), "{body}");
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["after".into(), "limit".into()]), "{body}");
     let (status, body) = server.call("GET", "/v1/admin/events?limit=1.5", Some(ADMIN), None).await;
-    assert_eq!((status, common::detail_paths(&body)), (422, vec!["limit".into()]), "{body}");
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["limit".into()]), "{body}");
 
     // Admin only.
     let (status, _) = server.call("GET", "/v1/admin/events", Some("wrong"), None).await;

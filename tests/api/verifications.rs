@@ -2,12 +2,10 @@
 //! PostgreSQL: email through the outbox and through a real SMTP server, phone through
 //! a webhook started here, google_auth with codes computed from the `totpUri`.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{detail_paths, unique, Backend, Server, ADMIN};
+use crate::helpers::{detail_paths, unique, Backend, Server, ADMIN};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -81,7 +79,7 @@ fn code_of(body: &str) -> (String, String) {
 async fn email_end_to_end_code(server: &Server, consumer: &str, request: Value) -> (String, String) {
     let (status, answer) = initiate(server, "email", request).await;
     assert_eq!(status, 200, "{answer}");
-    let (_, body) = common::outbox_message(server, consumer).await;
+    let (_, body) = crate::helpers::outbox_message(server, consumer).await;
     let (code, id) = code_of(&body);
     assert_eq!(answer["verificationId"], id.as_str());
     (id, code)
@@ -103,7 +101,7 @@ async fn email_codes_go_out_and_validate_once(backend: Backend) {
     let id = answer["verificationId"].as_str().expect("id").to_string();
     uuid::Uuid::parse_str(&id).expect("a UUID by default");
 
-    let (subject, body) = common::outbox_message(&server, &consumer).await;
+    let (subject, body) = crate::helpers::outbox_message(&server, &consumer).await;
     let (code, id_in_message) = code_of(&body);
     assert_eq!(id_in_message, id, "{{{{{{VERIFICATION_ID}}}}}} is replaced");
     assert_eq!(code.len(), 6);
@@ -294,7 +292,7 @@ async fn a_verifier_expires(backend: Backend) {
     let expired_on = answer["expiredOn"].as_i64().expect("expiredOn");
     assert!((before + 1..=before + 2).contains(&expired_on), "{expired_on} vs {before}");
     let id = answer["verificationId"].as_str().expect("id").to_string();
-    let (_, body) = common::outbox_message(&server, &consumer).await;
+    let (_, body) = crate::helpers::outbox_message(&server, &consumer).await;
     let (code, _) = code_of(&body);
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -314,7 +312,7 @@ async fn forced_code_and_verification_id(backend: Backend) {
     let (status, answer) = initiate(&server, "email", request.clone()).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["verificationId"], forced_id.as_str());
-    let (_, body) = common::outbox_message(&server, &consumer).await;
+    let (_, body) = crate::helpers::outbox_message(&server, &consumer).await;
     assert_eq!(code_of(&body), ("Open-Sesame_42".to_string(), forced_id.clone()));
 
     // The id is taken now, whatever the method.

@@ -3,13 +3,11 @@
 //! clear, and removing the account erases them for good while the log stays
 //! complete and verifiable.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::{unique, Backend, Server};
+use crate::helpers::{unique, Backend, Server};
 use serde_json::{json, Value};
 
 both_stores!(removal_shreds_username_and_email);
@@ -141,8 +139,8 @@ async fn removal_shreds_username_and_email(backend: Backend) {
     let username = unique("shredded");
     let email = format!("{username}@example.com");
     let token = server.invitation().await;
-    let profile_id = server.api().sign_up(&username, common::PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
-    let (_, body) = common::outbox_mail(&server, &email, |subject| subject == "Activate your account").await;
+    let profile_id = server.api().sign_up(&username, crate::helpers::PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (_, body) = crate::helpers::outbox_mail(&server, &email, |subject| subject == "Activate your account").await;
     let code = body.split(" code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
     let verification_id = body.split("Verification id: ").nth(1).expect("id").trim();
     let (status, _) = server

@@ -5,13 +5,11 @@
 //! `rebuild --swap`, which takes the locks a fold takes. Tampering is done the way an
 //! intruder with database access would: SQL straight on the store.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use client::Login;
-use common::{bogus_ke3, unique, Backend, Server, PASSWORD};
+use crate::helpers::{bogus_ke3, unique, Backend, Server, PASSWORD};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -189,7 +187,7 @@ async fn timeline_tells_an_account_history(backend: Backend) {
     let session = server.sign_in(&username).await;
     let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(&session.access_token), None).await;
     assert_eq!(status, 200, "{enrollment}");
-    let code = common::totp_code(&common::authenticator(enrollment["otp_secret"].as_str().expect("secret")), 0);
+    let code = crate::helpers::totp_code(&crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret")), 0);
     let (status, body) =
         server.call("POST", "/v1/mfa/totp/enable", Some(&session.access_token), Some(json!({"code": code}))).await;
     assert_eq!(status, 204, "{body}");

@@ -1,14 +1,12 @@
 //! Black-box tests of private sign-in (`/v1/step/one|two|three`, reference 001), on
 //! SQLite and PostgreSQL, with the real client state machine.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use client::private::{StepOneAnswer, StepThreeAnswer, StepTwo, StepTwoAnswer};
 use client::{b64, unb64, Error, PrivateSignIn, SignInOutcome};
-use common::{bogus_ke3, detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
+use crate::helpers::{bogus_ke3, detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
 use serde_json::{json, Value};
 
 both_stores!(
