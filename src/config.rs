@@ -37,7 +37,7 @@ pub enum Command {
     SignOut(SignOutArgs),
     /// Drive concurrent sign-ins, refreshes and verifications against a running
     /// server and print throughput and latency.
-    Bench(crate::cli::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Forensics on the event log: export, account timelines, past state, read-model
     /// rebuilds, integrity checks.
     Replay(ReplayArgs),
@@ -145,6 +145,28 @@ impl ServerConfig {
             None => format!("sqlite://{}", self.data_dir.join("authd.db").display()),
         }
     }
+}
+
+/// `authd bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Admin token of the server (to issue invitations for the bench accounts).
+    #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Concurrent clients (one account each).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Complete sign-ins per client.
+    #[arg(long, default_value_t = 8)]
+    pub sign_ins: usize,
+    /// Refreshes per client.
+    #[arg(long, default_value_t = 200)]
+    pub refreshes: usize,
+    /// Verifications per client.
+    #[arg(long, default_value_t = 500)]
+    pub verifications: usize,
 }
 
 /// Where the CLI's client commands find the server.

@@ -15,7 +15,7 @@ use poem_openapi::{Object, OpenApi};
 use super::{AdminToken, ApiError, Tag};
 use crate::app::{App, Fields};
 use crate::relay::envelope::Envelope;
-use crate::store::log::Filter;
+use crate::app::EventFilter as Filter;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;

@@ -27,7 +27,7 @@ pub use error::ApiError;
 pub use rate_limit::{RateLimitSetting, RateLimits};
 
 use crate::app::App;
-use crate::store::Metadata;
+use crate::app::Metadata;
 
 #[derive(Tags)]
 pub enum Tag {

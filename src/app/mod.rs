@@ -31,6 +31,9 @@ mod sign_up;
 mod verifications;
 // `send_email_code` and `redeem_code` (and their types) serve the account flows.
 pub(crate) use error::rejected;
+/// Types the API layer passes through: request metadata and the log filter.
+pub use crate::store::log::Filter as EventFilter;
+pub use crate::store::Metadata;
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
 

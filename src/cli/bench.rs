@@ -8,26 +8,7 @@ use anyhow::Context;
 use client::{Api, Login, SignInOutcome};
 use futures::future::try_join_all;
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub target: crate::config::Target,
-    /// Admin token of the server (to issue invitations for the bench accounts).
-    #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
-    /// Concurrent clients (one account each).
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-    /// Complete sign-ins per client.
-    #[arg(long, default_value_t = 8)]
-    pub sign_ins: usize,
-    /// Refreshes per client.
-    #[arg(long, default_value_t = 200)]
-    pub refreshes: usize,
-    /// Verifications per client.
-    #[arg(long, default_value_t = 500)]
-    pub verifications: usize,
-}
+use crate::config::BenchArgs;
 
 const PASSWORD: &[u8] = b"bench password, not a secret";
 

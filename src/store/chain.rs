@@ -481,68 +481,6 @@ mod tests {
         assert_ne!(base, event_hash(&moved, &GENESIS));
     }
 
-    fn serialized(sequence: usize, payload: Value) -> SerializedEvent {
-        SerializedEvent {
-            aggregate_id: "s1".into(),
-            sequence,
-            aggregate_type: "session".into(),
-            event_type: "SessionRefreshed".into(),
-            event_version: "1".into(),
-            payload,
-            metadata: json!({"client_address": "127.0.0.1"}),
-        }
-    }
-
-    async fn sqlite_store() -> (Db, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("authd-chain-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
-        (db, dir)
-    }
-
-    async fn stored(db: &Db) -> Vec<(i64, Option<String>, Option<String>)> {
-        let Db::Sqlite(pool) = db else { panic!("sqlite") };
-        sqlx::query_as("SELECT sequence, prev_hash, hash FROM events ORDER BY sequence").fetch_all(pool).await.expect("rows")
-    }
-
-    #[tokio::test]
-    async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
-        let (db, dir) = sqlite_store().await;
-        persist(&db, "session", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
-        persist(&db, "session", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
-        let rows = stored(&db).await;
-        assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
-        assert_eq!(rows[1].1, rows[0].2);
-        assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, "session", &[serialized(3, json!({"a": "late"}))], None).await;
-        assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
-        std::fs::remove_dir_all(dir).ok();
-    }
-
-    #[tokio::test]
-    async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
-        let (db, dir) = sqlite_store().await;
-        persist(&db, "session", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
-        let Db::Sqlite(pool) = &db else { panic!("sqlite") };
-        sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, "session", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
-        let first = serialized(1, json!({"a": 1}));
-        let head = event_hash(
-            &Linked {
-                aggregate_type: "session",
-                aggregate_id: "s1",
-                sequence: 1,
-                event_type: &first.event_type,
-                event_version: &first.event_version,
-                payload: &first.payload,
-                metadata: &first.metadata,
-            },
-            &GENESIS,
-        );
-        assert_eq!(stored(&db).await[1].1.as_deref(), Some(hex(&head).as_str()));
-        std::fs::remove_dir_all(dir).ok();
-    }
-
     #[test]
     fn hex_round_trips() {
         let bytes = [0xab; 32];

@@ -25,7 +25,7 @@
 //!   events, rebuild). `replay verify` reads what is stored. A destroyed key, or a
 //!   value that fails to decrypt, reads as [`ERASED`].
 //! - **Audit stream.** The envelope still withholds `username`, `email` and
-//!   `consumer` (see [`crate::relay::envelope::withhold`]): they never reach NATS, in clear or
+//!   `consumer` (the audit envelope withholds them, src/relay/envelope.rs): they never reach NATS, in clear or
 //!   not. The metadata is published decrypted while the account exists (who did
 //!   what from where is what an audit is for) and as [`ERASED`] after removal; a
 //!   message already published cannot be recalled, so a client address published
