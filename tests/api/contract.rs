@@ -362,19 +362,7 @@ async fn bad_input_is_named_field_by_field(backend: Backend) {
         ("GET", "/v1/bucket/elsewhere", Some(ADMIN), json!(null), 404, vec![]),
         ("GET", "/v1/no/such/route", None, json!(null), 404, vec![]),
     ];
-    for (method, path, bearer, body, status, fields) in cases {
-        let body = (!body.is_null()).then_some(body);
-        let (got, answer) = server.call(method, path, bearer, body.clone()).await;
-        let context = format!("{method} {path} {body:?} -> {got} {answer}");
-        assert_eq!(got, status, "{context}");
-        assert_eq!(answer["status"], status, "{context}");
-        assert!(answer["error"].is_string() && answer["message"].is_string(), "{context}");
-        let mut paths = detail_paths(&answer);
-        let mut expected: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
-        paths.sort();
-        expected.sort();
-        assert_eq!(paths, expected, "{context}");
-    }
+    crate::helpers::assert_error_answers(&server, cases).await;
 
     // Malformed JSON is a 400, wrong content type too; neither is a 500.
     let http = reqwest::Client::new();

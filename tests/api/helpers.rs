@@ -4,7 +4,7 @@
 //! OPAQUE client.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{b64, Api, Login, Registration, Session, SignInOutcome};
@@ -381,4 +381,51 @@ pub fn now() -> u64 {
 pub fn totp_code(totp: &totp_rs::TOTP, offset: i64) -> String {
     let time = now() as i64 + offset * 30;
     totp.generate(u64::try_from(time).expect("positive"))
+}
+
+/// Runs `authd replay <args>` on the server's store.
+pub fn replay(server: &Server, args: &[&str]) -> Output {
+    tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_authd"))
+            .arg("replay")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &server.database_url)
+            .env("AUTHD_DATA_DIR", &server.data_dir)
+            .output()
+            .expect("run authd replay")
+    })
+}
+
+/// stdout of a replay that must succeed.
+pub fn replay_ok(server: &Server, args: &[&str]) -> String {
+    let output = replay(server, args);
+    assert!(
+        output.status.success(),
+        "authd replay {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Each `(method, path, bearer, body, status, bad fields)` answers `status` in the
+/// one error shape, naming exactly those fields.
+pub async fn assert_error_answers<P: AsRef<str>>(server: &Server, cases: Vec<(&str, P, Option<&str>, Value, u16, Vec<&str>)>) {
+    for (method, path, bearer, body, status, fields) in cases {
+        let path = path.as_ref();
+        let body = (!body.is_null()).then_some(body);
+        let (got, answer) = server.call(method, path, bearer, body.clone()).await;
+        let context = format!("{method} {path} {body:?} -> {got} {answer}");
+        assert_eq!(got, status, "{context}");
+        assert_eq!(answer["status"], status, "{context}");
+        assert!(answer["error"].is_string() && answer["message"].is_string(), "{context}");
+        let mut paths = detail_paths(&answer);
+        let mut expected: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        paths.sort();
+        expected.sort();
+        assert_eq!(paths, expected, "{context}");
+    }
 }

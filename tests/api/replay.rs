@@ -5,11 +5,10 @@
 //! `rebuild --swap`, which takes the locks a fold takes. Tampering is done the way an
 //! intruder with database access would: SQL straight on the store.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use client::Login;
-use crate::helpers::{bogus_ke3, unique, Backend, Server, PASSWORD};
+use crate::helpers::{bogus_ke3, replay, replay_ok, unique, Backend, Server, PASSWORD};
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -22,34 +21,6 @@ both_stores!(
     verify_names_an_edited_payload,
     verify_catches_a_tail_deleted_after_a_seal,
 );
-
-/// Runs `authd replay <args>` on the server's store.
-fn replay(server: &Server, args: &[&str]) -> Output {
-    tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_authd"))
-            .arg("replay")
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &server.database_url)
-            .env("AUTHD_DATA_DIR", &server.data_dir)
-            .output()
-            .expect("run authd replay")
-    })
-}
-
-/// stdout of a replay that must succeed.
-fn replay_ok(server: &Server, args: &[&str]) -> String {
-    let output = replay(server, args);
-    assert!(
-        output.status.success(),
-        "authd replay {args:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
 
 /// stdout of a replay that must exit non-zero.
 fn replay_fails(server: &Server, args: &[&str]) -> String {

@@ -3,11 +3,10 @@
 //! clear, and removing the account erases them for good while the log stays
 //! complete and verifiable.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use crate::helpers::{unique, Backend, Server};
+use crate::helpers::{replay_ok, unique, Backend, Server};
 use serde_json::{json, Value};
 
 both_stores!(removal_shreds_username_and_email);
@@ -16,28 +15,6 @@ fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// Runs `authd replay <args>` on the server's store; stdout, which must succeed.
-fn replay_ok(server: &Server, args: &[&str]) -> String {
-    let output: Output = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_authd"))
-            .arg("replay")
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &server.database_url)
-            .env("AUTHD_DATA_DIR", &server.data_dir)
-            .output()
-            .expect("run authd replay")
-    });
-    assert!(
-        output.status.success(),
-        "authd replay {args:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
 
 /// Every text value of every table of the store, one string per cell.
 async fn every_cell(server: &Server) -> Vec<String> {

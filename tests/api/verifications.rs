@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{detail_paths, unique, Backend, Server, ADMIN};
+use crate::helpers::{unique, Backend, Server, ADMIN};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -491,19 +491,7 @@ async fn bad_input_is_named_field_by_field(backend: Backend) {
         ("GET", "/v1/methods/email/verifiers/x".into(), Some("wrong-admin"), Value::Null, 401, vec![]),
         ("DELETE", "/v1/methods/email/verifiers/x".into(), None, Value::Null, 401, vec![]),
     ];
-    for (method, path, bearer, body, status, fields) in cases {
-        let body = (!body.is_null()).then_some(body);
-        let (got, answer) = server.call(method, &path, bearer, body.clone()).await;
-        let context = format!("{method} {path} {body:?} -> {got} {answer}");
-        assert_eq!(got, status, "{context}");
-        assert_eq!(answer["status"], status, "{context}");
-        assert!(answer["error"].is_string() && answer["message"].is_string(), "{context}");
-        let mut paths = detail_paths(&answer);
-        let mut expected: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
-        paths.sort();
-        expected.sort();
-        assert_eq!(paths, expected, "{context}");
-    }
+    crate::helpers::assert_error_answers(&server, cases).await;
 
     // Unknown methods answer as the reference does.
     let unsupported = json!({"status": 404, "error": "Method not supported"});
