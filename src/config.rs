@@ -1,5 +1,5 @@
 //! Configuration: command-line flags, each mirrored by an environment variable.
-//! The variable names API.md fixes are kept exactly; the README lists them all.
+//! The variable names of the HTTP contract are kept exactly; the README lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use super::log::{Backend, LogError};
 fn persistence_error(backend: Backend) -> impl Fn(sqlx::Error) -> PersistenceError {
     move |error| {
         // The same conflicts postgres-es and sqlite-es report: any unique violation on
-        // PostgreSQL, a primary-key violation on SQLite (see ARCHITECTURE.md).
+        // PostgreSQL, a primary-key violation on SQLite, as their own source does.
         let conflict = match (&error, backend) {
             (sqlx::Error::Database(db), Backend::Postgres) => db.code().as_deref() == Some("23505"),
             (sqlx::Error::Database(db), Backend::Sqlite) => db.code().as_deref() == Some("1555"),
@@ -47,7 +47,7 @@ pub async fn persist(
     snapshot_update: Option<(String, Value, usize)>,
 ) -> Result<(), PersistenceError> {
     if snapshot_update.is_some() {
-        // Store uses the plain event store (see ARCHITECTURE.md); a snapshot here
+        // Store uses the plain event store (src/store/mod.rs, `Store::events`); a snapshot here
         // would mean someone wired a snapshot store without its table.
         return Err(PersistenceError::UnknownError("snapshots are not supported by authd's event store".into()));
     }

@@ -244,7 +244,7 @@ impl Store {
 
     fn events<A: Aggregate>(&self) -> PersistedEventStore<Repo, A> {
         // The plain event store: the snapshot and aggregate stores apply each new
-        // event twice (see ARCHITECTURE.md).
+        // event twice (cqrs-es 0.5: `new_snapshot_store` and `new_aggregate_store`).
         PersistedEventStore::new_event_store(self.repo.clone())
     }
 
