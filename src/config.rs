@@ -98,12 +98,24 @@ pub struct ServerConfig {
     /// Log format.
     #[arg(long, env = "AUTHD_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
-    /// Consecutive failed sign-ins that lock an account.
+    /// Failed proofs from one client address (an IPv6 /64) for one account before
+    /// that address is throttled for that account.
     #[arg(long, env = "AUTHD_LOCKOUT_THRESHOLD", default_value_t = 10)]
     pub lockout_threshold: u32,
-    /// Seconds a locked account stays locked.
+    /// Seconds a throttled address waits first; each further failure doubles it.
     #[arg(long, env = "AUTHD_LOCKOUT_DURATION", default_value_t = 900)]
     pub lockout_duration: u32,
+    /// Failed proofs for one account from all addresses together, within one
+    /// throttling window, before every address is throttled.
+    #[arg(long, env = "AUTHD_THROTTLE_CEILING", default_value_t = 100)]
+    pub throttle_ceiling: u32,
+    /// Seconds of one throttling window: failures count within it.
+    #[arg(long, env = "AUTHD_THROTTLE_WINDOW", default_value_t = 3600)]
+    pub throttle_window: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or
+    /// CIDR ranges); the client address is the last one before them.
+    #[arg(long, env = "AUTHD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::api::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds an `mfa_ticket` from sign-in stays valid.
     #[arg(long, env = "AUTHD_MFA_TICKET_TTL", default_value_t = 300)]
     pub mfa_ticket_ttl: u32,

@@ -54,9 +54,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         access_ttl: chrono::Duration::seconds(config.access_ttl.into()),
         refresh_ttl: chrono::Duration::seconds(config.refresh_ttl.into()),
         sign_in_ttl: chrono::Duration::seconds(config.sign_in_ttl.into()),
-        lockout: domain::user::Lockout {
+        throttle: domain::throttle::ThrottlePolicy {
             threshold: config.lockout_threshold.max(1),
-            duration: chrono::Duration::seconds(config.lockout_duration.into()),
+            backoff: chrono::Duration::seconds(config.lockout_duration.into()),
+            ceiling: config.throttle_ceiling.max(config.lockout_threshold.max(1)),
+            window: chrono::Duration::seconds(config.throttle_window.max(1).into()),
         },
         mfa_ticket_ttl: chrono::Duration::seconds(config.mfa_ticket_ttl.into()),
         require_verified_email: config.require_verified_email,
@@ -75,7 +77,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
-        .run_with_graceful_shutdown(crate::api::routes(app, limits).data(relay), shutdown(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone())).data(relay), shutdown(), Some(Duration::from_secs(10)))
         .await
         .with_context(|| format!("cannot serve on {}", config.listen))
 }

@@ -1,6 +1,7 @@
-//! An account: registered with its OPAQUE record; counts consecutive failed sign-ins
-//! and locks itself for a while after too many; verifies its email; resets its
-//! password (a fresh OPAQUE registration); can be removed.
+//! An account: registered with its OPAQUE record; verifies its email; resets its
+//! password (a fresh OPAQUE registration); can be removed. Failed sign-ins are not
+//! counted here (the stream would grow with every attempt) but by the `Throttle`
+//! aggregate of the account and time window.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -18,15 +19,6 @@ pub struct User {
     registration_record: Vec<u8>,
     email: Option<String>,
     email_verified: bool,
-    failed_sign_ins: u32,
-    locked_until: Option<DateTime<Utc>>,
-}
-
-/// When consecutive failed sign-ins lock an account, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lockout {
-    pub threshold: u32,
-    pub duration: chrono::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -37,10 +29,6 @@ pub enum UserCommand {
         email: Option<String>,
         at: DateTime<Utc>,
     },
-    /// `succeeded: false` when a sign-in attempt begins — it counts as failed until
-    /// it succeeds, so a client that gives up after a wrong guess is counted too;
-    /// `succeeded: true` when one succeeds.
-    RecordSignIn { succeeded: bool, at: DateTime<Utc>, lockout: Lockout },
     /// A code sent to `email` came back.
     VerifyEmail { email: String, at: DateTime<Utc> },
     /// A fresh OPAQUE registration replaces the old one.
@@ -57,9 +45,10 @@ pub enum UserEvent {
         email: Option<String>,
         registered_at: DateTime<Utc>,
     },
+    /// History only (no longer written): the lockout once counted here, see
+    /// `throttle`.
     SignInFailureCounted { consecutive: u32, at: DateTime<Utc> },
     SignInFailuresReset { at: DateTime<Utc> },
-    /// Too many consecutive failures: sign-ins fail until `until`.
     AccountLocked { until: DateTime<Utc>, at: DateTime<Utc> },
     EmailVerified { email: String, at: DateTime<Utc> },
     PasswordReset { registration_record: String, at: DateTime<Utc> },
@@ -98,19 +87,12 @@ impl User {
     pub fn email_verified(&self) -> bool {
         self.email_verified
     }
-    /// Locked at `at` by too many failed sign-ins.
-    pub fn is_locked(&self, at: DateTime<Utc>) -> bool {
-        self.locked_until.is_some_and(|until| at < until)
-    }
     pub fn username(&self) -> &str {
         &self.username
     }
     /// The OPAQUE record, present once registered.
     pub fn registration_record(&self) -> Option<&[u8]> {
         self.is_registered().then_some(self.registration_record.as_slice())
-    }
-    pub fn failed_sign_ins(&self) -> u32 {
-        self.failed_sign_ins
     }
 }
 
@@ -146,18 +128,6 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
-            UserCommand::RecordSignIn { succeeded, at, lockout } => {
-                if !succeeded {
-                    let consecutive = self.failed_sign_ins + 1;
-                    sink.write(UserEvent::SignInFailureCounted { consecutive, at }, self).await;
-                    if consecutive >= lockout.threshold {
-                        sink.write(UserEvent::AccountLocked { until: at + lockout.duration, at }, self).await;
-                    }
-                } else if self.failed_sign_ins > 0 || self.is_locked(at) {
-                    // A success also lifts a lock its own attempt set off.
-                    sink.write(UserEvent::SignInFailuresReset { at }, self).await;
-                }
-            }
             UserCommand::VerifyEmail { email, at } => {
                 if self.email.as_deref() != Some(email.as_str()) || self.email_verified {
                     return Err(UserError::EmailMismatch);
@@ -184,24 +154,12 @@ impl Aggregate for User {
                 self.registration_record = decode(&registration_record);
                 self.email = email;
             }
-            UserEvent::SignInFailureCounted { consecutive, .. } => {
-                self.failed_sign_ins = consecutive
-            }
-            UserEvent::SignInFailuresReset { .. } => {
-                self.failed_sign_ins = 0;
-                self.locked_until = None;
-            }
-            // A lock starts a fresh count, so the account is not re-locked by the
-            // first failure after it ends.
-            UserEvent::AccountLocked { until, .. } => {
-                self.locked_until = Some(until);
-                self.failed_sign_ins = 0;
-            }
+            UserEvent::SignInFailureCounted { .. }
+            | UserEvent::SignInFailuresReset { .. }
+            | UserEvent::AccountLocked { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::PasswordReset { registration_record, .. } => {
                 self.registration_record = decode(&registration_record);
-                self.failed_sign_ins = 0;
-                self.locked_until = None;
             }
             UserEvent::UserRemoved { .. } => self.removed = true,
         }
@@ -243,10 +201,6 @@ mod tests {
         }
     }
 
-    fn lockout() -> Lockout {
-        Lockout { threshold: 3, duration: chrono::Duration::minutes(15) }
-    }
-
     fn with_email(email: &str) -> UserEvent {
         UserRegistered {
             username: "alice".into(),
@@ -254,44 +208,6 @@ mod tests {
             email: Some(email.into()),
             registered_at: at(),
         }
-    }
-
-    #[tokio::test]
-    async fn the_threshold_failure_locks_the_account() {
-        T::with(())
-            .given(vec![registered(), SignInFailureCounted { consecutive: 2, at: at() }])
-            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
-            .await
-            .then_expect_events(vec![
-                SignInFailureCounted { consecutive: 3, at: at() },
-                AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() },
-            ]);
-    }
-
-    #[test]
-    fn a_lock_holds_until_it_ends_and_restarts_the_count() {
-        let mut user = User::default();
-        user.apply(registered());
-        user.apply(SignInFailureCounted { consecutive: 3, at: at() });
-        user.apply(AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() });
-        assert!(user.is_locked(at() + chrono::Duration::minutes(14)));
-        assert!(!user.is_locked(at() + chrono::Duration::minutes(15)));
-        assert_eq!(user.failed_sign_ins(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_success_lifts_the_lock_its_own_attempt_set_off() {
-        let lock = AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() };
-        T::with(())
-            .given(vec![registered(), SignInFailureCounted { consecutive: 3, at: at() }, lock.clone()])
-            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
-            .await
-            .then_expect_events(vec![SignInFailuresReset { at: at() }]);
-        let mut user = User::default();
-        user.apply(registered());
-        user.apply(lock);
-        user.apply(SignInFailuresReset { at: at() });
-        assert!(!user.is_locked(at()));
     }
 
     #[tokio::test]
@@ -322,13 +238,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reset_replaces_the_record_and_lifts_a_lock() {
+    async fn a_reset_replaces_the_record() {
         let mut user = User::default();
         user.apply(registered());
+        // Events of the lockout this aggregate once kept still load.
         user.apply(AccountLocked { until: at() + chrono::Duration::minutes(15), at: at() });
         user.apply(PasswordReset { registration_record: encode(&[9u8; REGISTRATION_RECORD_LEN]), at: at() });
         assert_eq!(user.registration_record(), Some([9u8; REGISTRATION_RECORD_LEN].as_slice()));
-        assert!(!user.is_locked(at()));
         T::with(())
             .given(vec![registered()])
             .when_async(ResetPassword { registration_record: vec![9u8; REGISTRATION_RECORD_LEN], at: at() })
@@ -361,7 +277,7 @@ mod tests {
     async fn a_removed_account_takes_no_more_commands() {
         T::with(())
             .given(vec![registered(), UserRemoved { at: at() }])
-            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
+            .when_async(VerifyEmail { email: "a@example.com".into(), at: at() })
             .await
             .then_expect_error(UserError::NotRegistered);
         let mut user = User::default();
@@ -407,37 +323,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_are_counted_consecutively() {
-        T::with(())
-            .given(vec![registered(), SignInFailureCounted { consecutive: 1, at: at() }])
-            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
-            .await
-            .then_expect_events(vec![SignInFailureCounted { consecutive: 2, at: at() }]);
-    }
-
-    #[tokio::test]
-    async fn a_success_resets_the_count() {
-        T::with(())
-            .given(vec![registered(), SignInFailureCounted { consecutive: 1, at: at() }])
-            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
-            .await
-            .then_expect_events(vec![SignInFailuresReset { at: at() }]);
-    }
-
-    #[tokio::test]
-    async fn a_success_without_failures_records_nothing() {
-        T::with(())
-            .given(vec![registered()])
-            .when_async(RecordSignIn { succeeded: true, at: at(), lockout: lockout() })
-            .await
-            .then_expect_events(vec![]);
-    }
-
-    #[tokio::test]
-    async fn recording_a_sign_in_for_an_unknown_account_is_rejected() {
+    async fn commands_for_an_unknown_account_are_rejected() {
         T::with(())
             .given_no_previous_events()
-            .when_async(RecordSignIn { succeeded: false, at: at(), lockout: lockout() })
+            .when_async(Remove { at: at() })
             .await
             .then_expect_error(UserError::NotRegistered);
     }

@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{Object, OpenApi};
 
-use super::{ApiError, Tag};
+use super::{AdminToken, ApiError, Tag};
 use crate::app::App;
 use crate::relay;
 
@@ -74,9 +74,16 @@ impl HealthApi {
 
     /// Prometheus metrics (text exposition format): `authd_store_up`,
     /// `authd_event_log_position`, and with a relay `authd_audit_relay_lag_events`,
-    /// `authd_audit_relay_position`, `authd_audit_relay_publishing`.
+    /// `authd_audit_relay_position`, `authd_audit_relay_publishing`. Admin token
+    /// only: the log's position would let a stranger count what others do.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self, app: Data<&Arc<App>>, relay: Data<&relay::Status>) -> PlainText<String> {
+    async fn metrics(
+        &self,
+        app: Data<&Arc<App>>,
+        relay: Data<&relay::Status>,
+        auth: AdminToken,
+    ) -> Result<PlainText<String>, ApiError> {
+        app.admin(&auth.0.token)?;
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
@@ -112,6 +119,6 @@ impl HealthApi {
                 i64::from(relay.leading()),
             );
         }
-        PlainText(out)
+        Ok(PlainText(out))
     }
 }

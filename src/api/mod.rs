@@ -5,6 +5,7 @@
 mod account;
 mod body;
 mod buckets;
+mod client_address;
 mod error;
 mod events;
 mod health;
@@ -23,6 +24,7 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
 pub use body::JsonBody;
+pub use client_address::{parse_proxy, ClientAddress, TrustedProxies};
 pub use error::ApiError;
 pub use rate_limit::{RateLimitSetting, RateLimits};
 
@@ -72,8 +74,8 @@ pub fn metadata(request: &Request) -> Metadata {
     let mut metadata = Metadata::new();
     let request_id = header("x-request-id", 128).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     metadata.insert("request_id".into(), request_id);
-    if let Some(address) = request.remote_addr().as_socket_addr() {
-        metadata.insert("client_address".into(), address.ip().to_string());
+    if let Some(address) = ClientAddress::of(request) {
+        metadata.insert("client_address".into(), address.to_string());
     }
     if let Some(agent) = header("user-agent", 256) {
         metadata.insert("user_agent".into(), agent);
@@ -110,7 +112,7 @@ pub fn spec_yaml() -> String {
 }
 
 /// Every route: the API, its spec and the interactive UI at `/docs`.
-pub fn routes(app: Arc<App>, limits: RateLimits) -> impl Endpoint {
+pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies) -> impl Endpoint {
     let api = service();
     let ui = api.swagger_ui();
     let yaml = api.spec_endpoint_yaml();
@@ -124,6 +126,10 @@ pub fn routes(app: Arc<App>, limits: RateLimits) -> impl Endpoint {
         .around(move |endpoint, request| {
             let limits = limits.clone();
             async move { limits.call(endpoint, request).await }
+        })
+        .around(move |endpoint, request| {
+            let proxies = proxies.clone();
+            async move { proxies.call(endpoint, request).await }
         })
         .after(error::json_errors)
 }

@@ -100,7 +100,7 @@ impl RateLimits {
     fn over_limit(&self, request: &Request) -> Option<u64> {
         let limiter = self.limiter.as_ref()?;
         let kind = kind(request.uri().path())?;
-        let address = request.remote_addr().as_socket_addr()?.ip();
+        let address = limit_key(super::ClientAddress::of(request)?);
         let not_until = limiter.check_key(&(kind, address)).err()?;
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
@@ -113,6 +113,17 @@ impl RateLimits {
                 .into_response());
         }
         endpoint.call(request).await.map(IntoResponse::into_response)
+    }
+}
+
+/// IPv6 callers are limited per /64, like the throttling of proofs.
+fn limit_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
     }
 }
 

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::Duration;
 use domain::services::{LoginVerifier, TotpCheck};
-use domain::user::Lockout;
+use domain::throttle::ThrottlePolicy;
 use jsonwebtoken::{Algorithm, Validation};
 use rand::rngs::OsRng;
 use rand::RngCore;
@@ -97,7 +97,8 @@ pub struct Policy {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub sign_in_ttl: Duration,
-    pub lockout: Lockout,
+    /// How failed proofs are throttled (per account and client address).
+    pub throttle: ThrottlePolicy,
     pub mfa_ticket_ttl: Duration,
     /// Sign-in needs a verified email.
     pub require_verified_email: bool,

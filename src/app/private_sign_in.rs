@@ -3,7 +3,7 @@
 //! session comes back encrypted.
 //!
 //! The rules are not here: step two is [`App::sign_in_start`] and step three is
-//! [`App::sign_in_finish`] — the same `SignIn` and `User` commands, the same
+//! [`App::sign_in_finish`] — the same `Throttle` and `SignIn` commands, the same
 //! failure counting, the same answers (MFA included) — with the username taken out
 //! of `encrypted_id` and the answer sealed for the client. The key schedule is
 //! `protocol::private`, shared with the client so it exists once.
@@ -149,7 +149,10 @@ impl App {
         let (agreement, sign_in_id) = self.open_salt(salt).ok_or(AppError::InvalidCredentials)?;
         // Computed before the finish, which must run (and count a failure) either way.
         let session_key =
-            self.open_sign_in_id(&sign_in_id).and_then(|(_, state)| opaque::session_key(&state, &ke3_bytes));
+            self.open_sign_in_id(&sign_in_id).and_then(|(_, pending)| {
+                let state = protocol::unb64(&pending.login_state).ok()?;
+                opaque::session_key(&state, &ke3_bytes)
+            });
         let finished = self.sign_in_finish(&sign_in_id, ke3, meta).await.map_err(private_fields)?;
         let Some(session_key) = session_key else {
             // The aggregate accepted a KE3 the same check refused here: cannot happen.

@@ -2,13 +2,14 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::mfa::MfaCommand;
 use domain::mfa_challenge::MfaChallengeCommand;
 use domain::sign_in::{SignInCommand, SignInEvent};
-use domain::user::UserCommand;
+use domain::throttle::{address_key, ThrottleCommand, ThrottleEvent};
 use domain::username::{self as usernames};
-use domain::{Mfa, MfaChallenge, SignIn, User, Username};
+use domain::{Mfa, MfaChallenge, SignIn, Throttle, User, Username};
+use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 use crate::crypto::opaque::{self};
@@ -20,9 +21,22 @@ use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult,
 /// Wrong codes an `mfa_ticket` survives.
 const MFA_TICKET_MAX_FAILURES: u32 = 5;
 
+/// What `sign_in_id` carries, encrypted under the server's key and bound to the
+/// sign-in's id: the OPAQUE login state, and where the attempt was counted.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PendingSignIn {
+    /// The OPAQUE server login state (never in the log, never in clear at the client).
+    pub login_state: String,
+    /// The throttle aggregate that counted the attempt, and the address it counted.
+    pub throttle_id: String,
+    pub address: String,
+}
+
 impl App {
     /// Answers KE1 with KE2 and a sign-in id that carries the sealed login state.
-    /// Unknown usernames get the same shape, the same work and an event too.
+    /// The attempt is counted and decided in one command on the username's throttle
+    /// (the same for unknown usernames): a throttled address gets the KE2 of an
+    /// unknown account, which no password can finish.
     pub async fn sign_in_start(
         &self,
         username: &str,
@@ -35,36 +49,29 @@ impl App {
         let (Some(username), Some(ke1)) = (username, ke1) else { return Err(fields.error()) };
 
         let at = Utc::now();
-        let name_id = self.keys.aggregate_id("username", &username);
-        let account = match self.store.load::<Username>(&name_id).await?.owner() {
-            Some(profile_id) => {
-                let user = self.store.load::<User>(&profile_id.to_string()).await?;
-                let locked = user.is_locked(at);
-                user.registration_record().map(|record| (profile_id, record.to_vec(), locked))
-            }
-            None => None,
+        let owner = self.store.load::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner();
+        let throttle_id = self.throttle_id(&username, at);
+        let address = self.address_of(meta);
+        let attempt = ThrottleCommand::Attempt {
+            address: address.clone(),
+            profile_id: owner,
+            at,
+            policy: self.policy.throttle,
         };
-        let start = opaque::login_start(
-            &self.keys.setup,
-            account.as_ref().map(|(_, record, _)| record.as_slice()),
-            &ke1,
-            username.as_bytes(),
-        )
-        .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
-
-        // The attempt counts as failed until it succeeds: a client that learns from
-        // KE2 that its guess was wrong and never sends KE3 is still counted.
-        if let Some((profile_id, _, false)) = account {
-            let attempt = UserCommand::RecordSignIn { succeeded: false, at, lockout: self.policy.lockout };
-            self.store
-                .execute::<User>(&profile_id.to_string(), attempt, &(), meta)
-                .await
-                .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        }
+        let allowed = match self.store.execute::<Throttle>(&throttle_id, attempt, &(), meta).await {
+            Ok(events) => matches!(events.first(), Some(ThrottleEvent::ProofAttempted { allowed: true, .. })),
+            Err(error) => return Err(rejected(error, |_| AppError::InvalidCredentials)),
+        };
+        // The same reads for a known and an unknown name (a user that does not exist
+        // loads as empty), so the time taken does not tell them apart.
+        let user = self.store.load::<User>(&owner.unwrap_or(Uuid::nil()).to_string()).await?;
+        let record = user.registration_record().filter(|_| allowed && owner.is_some());
+        let start = opaque::login_start(&self.keys.setup, record, &ke1, username.as_bytes())
+            .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
         let sign_in = Uuid::new_v4();
         let command = SignInCommand::Start {
-            profile_id: account.as_ref().map(|(profile_id, _, _)| *profile_id),
-            locked: account.is_some_and(|(_, _, locked)| locked),
+            profile_id: owner,
+            locked: !allowed,
             at,
             expires_at: at + self.policy.sign_in_ttl,
         };
@@ -72,11 +79,13 @@ impl App {
             .execute::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        let sealed = self.keys.encrypt(sign_in.as_bytes(), &start.state);
+        let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address };
+        let sealed = serde_json::to_vec(&pending).map_err(|e| AppError::Internal(e.to_string()))?;
+        let sealed = self.keys.encrypt(sign_in.as_bytes(), &sealed);
         Ok((format!("{sign_in}.{}", URL_SAFE_NO_PAD.encode(sealed)), URL_SAFE_NO_PAD.encode(start.ke2)))
     }
 
-    /// Checks KE3. Any failure — wrong password, unknown user, locked account,
+    /// Checks KE3. Any failure — wrong password, unknown user, throttled address,
     /// unknown, expired or finished attempt — is the same 401. With the right
     /// password: 403 while the email must be verified first, a ticket when MFA is
     /// on, a session otherwise.
@@ -89,27 +98,24 @@ impl App {
         let mut fields = Fields::default();
         let ke3 = fields.check("credential_finalization", message(credential_finalization, protocol::KE3_LEN));
         let Some(ke3) = ke3 else { return Err(fields.error()) };
-        let (sign_in, login_state) = self.open_sign_in_id(sign_in_id).ok_or(AppError::InvalidCredentials)?;
+        let (sign_in, pending) = self.open_sign_in_id(sign_in_id).ok_or(AppError::InvalidCredentials)?;
 
         let at = Utc::now();
+        let login_state = protocol::unb64(&pending.login_state).map_err(|_| AppError::InvalidCredentials)?;
         let command = SignInCommand::Finish { login_state, ke3, at };
         let events = self
             .store
             .execute::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        let (profile_id, succeeded) = match events.first() {
-            Some(SignInEvent::SignInSucceeded { profile_id, .. }) => (*profile_id, true),
-            Some(SignInEvent::SignInFailed { profile_id: Some(profile_id), .. }) => (*profile_id, false),
-            _ => return Err(AppError::InvalidCredentials),
-        };
-        if !succeeded {
-            // Already counted when the attempt began.
+        // A failure was counted when the attempt began.
+        let Some(SignInEvent::SignInSucceeded { profile_id, .. }) = events.first() else {
             return Err(AppError::InvalidCredentials);
-        }
-        let record = UserCommand::RecordSignIn { succeeded, at, lockout: self.policy.lockout };
+        };
+        let profile_id = *profile_id;
+        let succeed = ThrottleCommand::Succeed { address: pending.address, profile_id: Some(profile_id), at };
         self.store
-            .execute::<User>(&profile_id.to_string(), record, &(), meta)
+            .execute::<Throttle>(&pending.throttle_id, succeed, &(), meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
         if self.policy.require_verified_email
@@ -156,12 +162,26 @@ impl App {
         self.open_session(profile_id, vec!["pwd".into(), "otp".into()], meta).await
     }
 
-
-
-    pub(crate) fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, Vec<u8>)> {
+    pub(crate) fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, PendingSignIn)> {
         let (id, sealed) = sign_in_id.split_once('.')?;
         let id = Uuid::parse_str(id).ok()?;
-        let state = self.keys.decrypt(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;
-        Some((id, state))
+        let opened = self.keys.decrypt(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;
+        Some((id, serde_json::from_slice(&opened).ok()?))
+    }
+
+    /// The throttle aggregate of `username` (normalised) for the window `at` is in:
+    /// a keyed hash, so the id names neither.
+    fn throttle_id(&self, username: &str, at: DateTime<Utc>) -> String {
+        let window = self.policy.throttle.window_of(at);
+        self.keys.aggregate_id("throttle", &format!("{username}\n{window}"))
+    }
+
+    /// The client address a proof is throttled by ([`address_key`]), as a keyed hash.
+    fn address_of(&self, meta: &Metadata) -> String {
+        let key = meta
+            .get("client_address")
+            .and_then(|address| address.parse().ok())
+            .map_or_else(|| "unknown".to_string(), address_key);
+        self.keys.aggregate_id("address", &key)
     }
 }

@@ -530,7 +530,12 @@ mod tests {
             access_ttl: Duration::minutes(15),
             refresh_ttl: Duration::days(30),
             sign_in_ttl: Duration::minutes(2),
-            lockout: domain::user::Lockout { threshold: 10, duration: Duration::minutes(15) },
+            throttle: domain::throttle::ThrottlePolicy {
+                threshold: 10,
+                backoff: Duration::minutes(15),
+                ceiling: 100,
+                window: Duration::hours(1),
+            },
             mfa_ticket_ttl: Duration::minutes(5),
             require_verified_email: false,
         };

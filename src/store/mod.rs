@@ -31,9 +31,11 @@ use tokio::sync::Notify;
 
 use log::{Event, Log};
 
-/// How often a command is retried when another writer committed to the same
-/// aggregate first.
-const MAX_ATTEMPTS: usize = 8;
+/// How often a command is retried when another writer (another replica: this one
+/// serialises its own, see [`Stripes`]) committed to the same aggregate first.
+const MAX_ATTEMPTS: u32 = 12;
+/// Locks that serialise this process's commands per aggregate (by hash).
+const STRIPES: usize = 1024;
 
 /// Context recorded with every event: request id, client address, user agent.
 pub type Metadata = HashMap<String, String>;
@@ -196,6 +198,33 @@ impl PersistedEventRepository for Repo {
     }
 }
 
+/// Serialises commands on one aggregate within this process, so concurrent requests
+/// for a hot aggregate (one account signing in from many workers) queue here instead
+/// of losing optimistic-concurrency races in the database. Striped: bounded memory,
+/// and two aggregates rarely share a lock.
+struct Stripes(Vec<tokio::sync::Mutex<()>>);
+
+impl Stripes {
+    fn new() -> Self {
+        Self((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+
+    async fn lock(&self, aggregate_type: &str, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (aggregate_type, id).hash(&mut hasher);
+        self.0[(hasher.finish() % STRIPES as u64) as usize].lock().await
+    }
+}
+
+/// A conflict with another replica: wait a random while, longer each time.
+async fn back_off(attempt: u32) {
+    use rand::Rng;
+    let ceiling = 2u64.pow(attempt.min(6));
+    let wait = rand::thread_rng().gen_range(1..=ceiling);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
 /// The event store plus the read models its commits feed.
 #[derive(Clone)]
 pub struct Store {
@@ -206,6 +235,7 @@ pub struct Store {
     /// Signalled after every commit, so log consumers (the audit relay) need not
     /// wait for their next poll.
     committed: Arc<Notify>,
+    stripes: Arc<Stripes>,
 }
 
 fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
@@ -220,7 +250,7 @@ impl Store {
         };
         let read_models = ReadModels::new(db.clone());
         let log = Log::new(db.clone());
-        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()) }
+        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()) }
     }
 
     pub fn read_models(&self) -> &ReadModels {
@@ -267,7 +297,8 @@ impl Store {
         A::Command: Clone,
     {
         let store = self.events::<A>();
-        for _ in 0..MAX_ATTEMPTS {
+        let _turn = self.stripes.lock(A::TYPE, id).await;
+        for attempt in 0..MAX_ATTEMPTS {
             let mut context = store.load_aggregate(id).await.map_err(unavailable)?;
             let sink = EventSink::default();
             context
@@ -285,7 +316,7 @@ impl Store {
                     self.project::<A>(&committed).await;
                     return Ok(committed.into_iter().map(|envelope| envelope.payload).collect());
                 }
-                Err(AggregateError::AggregateConflict) => continue,
+                Err(AggregateError::AggregateConflict) => back_off(attempt).await,
                 Err(error) => return Err(unavailable(error).into()),
             }
         }

@@ -200,7 +200,11 @@ async fn lag_of(server: &Server) -> Value {
 }
 
 async fn metric(server: &Server, name: &str) -> Option<i64> {
-    let text = reqwest::get(format!("{}/metrics", server.base)).await.expect("metrics").text().await.expect("text");
+    let http = reqwest::Client::new();
+    let anonymous = http.get(format!("{}/metrics", server.base)).send().await.expect("metrics");
+    assert_eq!(anonymous.status().as_u16(), 401, "metrics are for the admin token only");
+    let response = http.get(format!("{}/metrics", server.base)).bearer_auth(ADMIN).send().await.expect("metrics");
+    let text = response.text().await.expect("text");
     text.lines().find_map(|line| line.strip_prefix(&format!("{name} ")).and_then(|v| v.trim().parse().ok()))
 }
 

@@ -14,4 +14,5 @@ mod private_sign_in;
 mod replay;
 mod security;
 mod shredding;
+mod throttling;
 mod verifications;
