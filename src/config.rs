@@ -167,18 +167,42 @@ pub struct BenchArgs {
     /// Admin token of the server (to issue invitations for the bench accounts).
     #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
-    /// Concurrent clients (one account each).
+    /// Concurrent clients (one account each, unless --hot-account).
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// Complete sign-ins per client.
+    /// Complete sign-ins per client (unless --duration).
     #[arg(long, default_value_t = 8)]
     pub sign_ins: usize,
-    /// Refreshes per client.
+    /// Refreshes per client (unless --duration).
     #[arg(long, default_value_t = 200)]
     pub refreshes: usize,
-    /// Verifications per client.
+    /// Access-token verifications, and /healthz calls, per client (unless --duration).
     #[arg(long, default_value_t = 500)]
     pub verifications: usize,
+    /// Server-capacity mode: the bench accounts sign up and sign in with a minimal
+    /// Argon2id (m=8 KiB, t=1; `protocol::cheap_ksf`) instead of the real one
+    /// (m=64 MiB, t=3), so the client's CPU stays small and the numbers show the
+    /// server, whose work is the same with either.
+    #[arg(long)]
+    pub capacity: bool,
+    /// Run each phase for this many seconds instead of a count per client.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// All clients sign in to ONE account concurrently (contention on one account).
+    #[arg(long)]
+    pub hot_account: bool,
+    /// Before measuring, give each bench account this many earlier sign-ins and
+    /// its session this many earlier refreshes (compare with a run without).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub history: usize,
+    /// Before measuring, sign up this many extra accounts (minimal Argon2id), so
+    /// the bench runs against a populated store.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub seed_accounts: usize,
+    /// Iterations of the in-process measure of the server's OPAQUE steps alone
+    /// (KE1 → KE2, KE3 check) on one core; 0 skips it.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    pub opaque_iterations: usize,
 }
 
 /// Where the CLI's client commands find the server.

@@ -11,7 +11,7 @@ pub mod private;
 pub use private::PrivateSignIn;
 /// The OPAQUE suite and the base64url codec live in the `protocol` crate, shared
 /// with the server; they are re-exported so that users of this crate need only it.
-pub use protocol::{b64, ksf, unb64, DecodeError, Suite};
+pub use protocol::{b64, cheap_ksf, ksf, unb64, DecodeError, Ksf, Suite};
 
 use opaque_ke::errors::ProtocolError;
 use opaque_ke::{
@@ -88,11 +88,22 @@ impl Registration {
     /// Takes the base64url RegistrationResponse (64 bytes) and returns the
     /// base64url registration record (192 bytes), stretching with [`ksf`].
     pub fn finish(self, password: &[u8], registration_response_b64: &str) -> Result<String, Error> {
+        self.finish_with(password, registration_response_b64, &ksf())
+    }
+
+    /// [`Registration::finish`] stretching with `ksf` instead of [`ksf`]. The
+    /// record then opens only with the same KSF: [`cheap_ksf`] is for benchmark
+    /// accounts only.
+    pub fn finish_with(
+        self,
+        password: &[u8],
+        registration_response_b64: &str,
+        ksf: &Ksf,
+    ) -> Result<String, Error> {
         let response =
             RegistrationResponse::<Suite>::deserialize(&unb64(registration_response_b64)?)
                 .map_err(protocol)?;
-        let ksf = ksf();
-        let params = ClientRegistrationFinishParameters::new(Identifiers::default(), Some(&ksf));
+        let params = ClientRegistrationFinishParameters::new(Identifiers::default(), Some(ksf));
         let res = self
             .state
             .finish(&mut OsRng, password, response, params)
@@ -121,10 +132,21 @@ impl Login {
         password: &[u8],
         credential_response_b64: &str,
     ) -> Result<(String, Vec<u8>), Error> {
+        self.finish_with(password, credential_response_b64, &ksf())
+    }
+
+    /// [`Login::finish`] stretching with `ksf` instead of [`ksf`]: the KSF the
+    /// account's record was made with (a different one gives
+    /// `Err(Error::InvalidLogin)`).
+    pub fn finish_with(
+        self,
+        password: &[u8],
+        credential_response_b64: &str,
+        ksf: &Ksf,
+    ) -> Result<(String, Vec<u8>), Error> {
         let response = CredentialResponse::<Suite>::deserialize(&unb64(credential_response_b64)?)
             .map_err(protocol)?;
-        let ksf = ksf();
-        let params = ClientLoginFinishParameters::new(None, Identifiers::default(), Some(&ksf));
+        let params = ClientLoginFinishParameters::new(None, Identifiers::default(), Some(ksf));
         let res = self
             .state
             .finish(&mut OsRng, password, response, params)
@@ -219,6 +241,9 @@ pub struct UserInfo {
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    /// The KSF of [`Api::sign_up`] and [`Api::sign_in`]: [`ksf`] unless
+    /// [`Api::with_ksf`] chose another.
+    ksf: Ksf,
 }
 
 #[derive(Deserialize)]
@@ -245,7 +270,20 @@ impl Api {
         Api {
             base: base_url.trim_end_matches('/').to_owned(),
             http,
+            ksf: ksf(),
         }
+    }
+
+    /// The same client, stretching passwords with `ksf` in [`Api::sign_up`] and
+    /// [`Api::sign_in`] (default: [`ksf`]). For benchmarks ([`cheap_ksf`]): an
+    /// account signed up with one KSF signs in only with the same one.
+    pub fn with_ksf(self, ksf: Ksf) -> Api {
+        Api { ksf, ..self }
+    }
+
+    /// The KSF that [`Api::sign_up`] and [`Api::sign_in`] stretch with.
+    pub fn ksf(&self) -> &Ksf {
+        &self.ksf
     }
 
     /// Sends a request and returns the status and body without mapping
@@ -466,6 +504,13 @@ impl Api {
         self.call(Method::POST, "/v1/sign/in/mfa", None, Some(body)).await
     }
 
+    /// GET /healthz (liveness).
+    pub async fn healthz(&self) -> Result<(), Error> {
+        self.call::<Value>(Method::GET, "/healthz", None, None)
+            .await
+            .map(drop)
+    }
+
     /// GET /.well-known/jwks.json.
     pub async fn jwks(&self) -> Result<Value, Error> {
         self.call(Method::GET, "/.well-known/jwks.json", None, None)
@@ -482,7 +527,7 @@ impl Api {
     ) -> Result<String, Error> {
         let (reg, request) = Registration::start(password)?;
         let response = self.sign_up_start(username, signup_token, &request).await?;
-        let record = reg.finish(password, &response)?;
+        let record = reg.finish_with(password, &response, &self.ksf)?;
         self.sign_up_finish(username, signup_token, &record, email)
             .await
     }
@@ -492,7 +537,7 @@ impl Api {
     pub async fn sign_in(&self, username: &str, password: &[u8]) -> Result<SignInOutcome, Error> {
         let (login, ke1) = Login::start(password)?;
         let (sign_in_id, ke2) = self.sign_in_start(username, &ke1).await?;
-        let (ke3, _session_key) = login.finish(password, &ke2)?;
+        let (ke3, _session_key) = login.finish_with(password, &ke2, &self.ksf)?;
         self.sign_in_finish(&sign_in_id, &ke3).await
     }
 }
@@ -565,6 +610,30 @@ mod tests {
             login.finish(b"whatever", &ke2).unwrap_err(),
             Error::InvalidLogin
         );
+    }
+
+    #[test]
+    fn a_record_opens_only_with_the_ksf_it_was_made_with() {
+        let setup = ServerSetup::<Suite>::new(&mut OsRng);
+        let (reg, req) = Registration::start(b"pw").unwrap();
+        let req = RegistrationRequest::<Suite>::deserialize(&unb64(&req).unwrap()).unwrap();
+        let resp = ServerRegistration::<Suite>::start(&setup, req, b"bob").unwrap().message;
+        let record = reg
+            .finish_with(b"pw", &b64(&resp.serialize()), &cheap_ksf())
+            .unwrap();
+        let record = RegistrationUpload::<Suite>::deserialize(&unb64(&record).unwrap()).unwrap();
+        let file = ServerRegistration::finish(record);
+
+        let (login, ke1) = Login::start(b"pw").unwrap();
+        let (server, ke2) = server_ke2(&setup, Some(file.clone()), b"bob", &ke1);
+        let (ke3, key) = login.finish_with(b"pw", &ke2, &cheap_ksf()).unwrap();
+        let fin = CredentialFinalization::<Suite>::deserialize(&unb64(&ke3).unwrap()).unwrap();
+        let done = server.finish(fin, ServerLoginParameters::default()).unwrap();
+        assert_eq!(key, done.session_key.to_vec());
+
+        let (login, ke1) = Login::start(b"pw").unwrap();
+        let (_, ke2) = server_ke2(&setup, Some(file), b"bob", &ke1);
+        assert_eq!(login.finish(b"pw", &ke2).unwrap_err(), Error::InvalidLogin);
     }
 
     #[test]

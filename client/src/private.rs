@@ -124,7 +124,17 @@ impl KeyExchange {
         answer: &StepTwoAnswer,
         password: &[u8],
     ) -> Result<(Finalization, StepThree), Error> {
-        let (ke3, session_key) = self.login.finish(password, &answer.pake_key)?;
+        self.step_three_with(answer, password, &crate::ksf())
+    }
+
+    /// [`KeyExchange::step_three`] stretching with `ksf` (see [`Login::finish_with`]).
+    pub fn step_three_with(
+        self,
+        answer: &StepTwoAnswer,
+        password: &[u8],
+        ksf: &crate::Ksf,
+    ) -> Result<(Finalization, StepThree), Error> {
+        let (ke3, session_key) = self.login.finish_with(password, &answer.pake_key, ksf)?;
         let keys = self.agreement.token_keys(&session_key);
         let body = StepThree {
             pake_key: answer.salt.clone(),
@@ -189,7 +199,7 @@ impl Api {
         let answer = self.step_one(&one).await?;
         let (exchange, two) = sign_in.step_two(&answer, username, password)?;
         let answer = self.step_two(&two).await?;
-        let (finalization, three) = exchange.step_three(&answer, password)?;
+        let (finalization, three) = exchange.step_three_with(&answer, password, &self.ksf)?;
         let answer = self.step_three(&three).await?;
         finalization.finish(&answer)
     }

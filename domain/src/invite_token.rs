@@ -64,7 +64,7 @@ pub enum OwnerError {
     NotAllowed,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InviteToken {
     bucket: Option<Bucket>,
     for_profile: Option<Uuid>,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::services::TotpCheck;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Mfa {
     pending_secret: Option<String>,
     secret: Option<String>,

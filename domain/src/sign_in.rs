@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::services::LoginVerifier;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SignIn {
     started: bool,
     finished: bool,

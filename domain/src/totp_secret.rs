@@ -21,7 +21,7 @@ pub struct StoredSecret {
     pub confirmed: bool,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TotpSecret {
     current: Option<StoredSecret>,
 }

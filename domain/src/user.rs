@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Size of an OPAQUE registration record for authd's cipher suite.
 pub const REGISTRATION_RECORD_LEN: usize = 192;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {
     registered: bool,
     removed: bool,

@@ -29,7 +29,7 @@ pub fn normalize(raw: &str) -> Result<String, String> {
     Ok(name)
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Username {
     owner: Option<Uuid>,
 }

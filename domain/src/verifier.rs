@@ -205,7 +205,7 @@ enum Stage {
     Deleted,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Verifier {
     method: Option<Method>,
     consumer: String,

@@ -3,6 +3,7 @@
 //!
 //! - [`Suite`] and [`ksf`]: the OPAQUE (RFC 9807) cipher suite and key-stretching
 //!   parameters, and the sizes of the OPAQUE messages they produce ([`KE1_LEN`]…);
+//!   [`cheap_ksf`]: minimal stretching, for benchmarks only;
 //! - [`b64`] / [`unb64`] / [`message`]: base64url without padding, the only text
 //!   encoding of bytes on the wire;
 //! - [`private`]: the key schedule of private sign-in (reference 001).
@@ -16,6 +17,6 @@ mod suite;
 
 pub use codec::{b64, message, unb64, unb64_exact, DecodeError};
 pub use suite::{
-    ksf, Suite, KE1_LEN, KE2_LEN, KE3_LEN, REGISTRATION_RECORD_LEN, REGISTRATION_REQUEST_LEN,
+    cheap_ksf, ksf, Ksf, Suite, KE1_LEN, KE2_LEN, KE3_LEN, REGISTRATION_RECORD_LEN, REGISTRATION_REQUEST_LEN,
     REGISTRATION_RESPONSE_LEN,
 };

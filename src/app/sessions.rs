@@ -74,14 +74,13 @@ impl App {
             refresh_expires_at: at + self.policy.refresh_ttl,
             at,
         };
-        let events = self
+        let (events, session) = self
             .store
-            .execute::<Session>(&session_id.to_string(), command, &(), meta)
+            .execute_for_state::<Session>(&session_id.to_string(), command, &(), meta)
             .await
             .map_err(|e| rejected(e, |_: SessionError| AppError::InvalidToken))?;
         match events.first() {
             Some(SessionEvent::SessionRefreshed { .. }) => {
-                let session = self.store.load::<Session>(&session_id.to_string()).await?;
                 let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
                 self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at)
             }
@@ -91,7 +90,8 @@ impl App {
     }
 
     /// Checks an access token: signature, issuer, audience, expiry, and that its
-    /// session is still open (read from the log, not a read model).
+    /// session is still open — from this replica's memory of the session, which its
+    /// own sign-outs update at once and the log follower within a poll (no query).
     pub async fn verify(&self, jwt: &str) -> Result<Verified, AppError> {
         let claims = jsonwebtoken::decode::<Claims>(jwt, &self.keys.jwt.decoding, &self.validation)
             .map_err(|_| AppError::InvalidToken)?
@@ -99,7 +99,7 @@ impl App {
         let (Ok(profile_id), Ok(session_id)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else {
             return Err(AppError::InvalidToken);
         };
-        let session = self.store.load::<Session>(&claims.sid).await?;
+        let session = self.store.load_current::<Session>(&claims.sid).await?;
         if !session.is_active() || session.profile_id() != Some(profile_id) {
             return Err(AppError::InvalidToken);
         }

@@ -1,71 +1,148 @@
-//! `authd bench`: drives concurrent complete sign-ins, refreshes and access-token
-//! verifications against a running server and prints throughput and p50/p99
-//! latency for each. Start the server with `AUTHD_RATE_LIMIT=off`.
+//! `authd bench`: drives concurrent complete sign-ins, refreshes, access-token
+//! verifications and `/healthz` calls against a running server, and prints for
+//! each phase ops, seconds, ops/s, p50/p99 latency and errors; then the server's
+//! OPAQUE work alone, measured in-process on one core. Start the server with
+//! `AUTHD_RATE_LIMIT=off` (and lockout and throttle ceilings out of reach).
+//!
+//! By default the bench accounts use the real Argon2id, which runs on this
+//! machine and dominates a complete sign-in; `--capacity` gives them the minimal
+//! one (`protocol::cheap_ksf`) so the numbers show the server.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use client::{Api, Login, SignInOutcome};
-use futures::future::try_join_all;
+use client::{b64, cheap_ksf, unb64, Api, Login, Registration, Session, SignInOutcome, Suite};
+use futures::{future::try_join_all, StreamExt};
+use opaque_ke::ServerSetup;
+use rand::rngs::OsRng;
 
 use crate::config::BenchArgs;
+use crate::crypto::opaque;
 
 const PASSWORD: &[u8] = b"bench password, not a secret";
+/// The most tokens one `POST /v1/bucket/fill` generates.
+const FILL_BATCH: usize = 10_000;
 
-/// Latencies of one kind of operation.
-struct Sample {
-    name: &'static str,
-    latencies: Vec<Duration>,
-    wall: Duration,
+/// How long each concurrent loop of a phase runs.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// This many operations per loop.
+    Count(usize),
+    /// Until this long after the phase started.
+    Time(Duration),
 }
 
-impl Sample {
-    fn print(mut self) {
-        self.latencies.sort();
-        let pick = |q: f64| {
-            let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
-            self.latencies.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
-        };
+/// What a phase (or one loop of it) measured.
+#[derive(Default)]
+struct Tally {
+    /// Latencies of the operations that succeeded.
+    latencies: Vec<Duration>,
+    /// Of each successful operation, the part spent in server round trips, when
+    /// the operation reports it (sign-ins).
+    server: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, mut other: Tally) {
+        self.latencies.append(&mut other.latencies);
+        self.server.append(&mut other.server);
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+
+    fn print(mut self, name: &str, wall: Duration) {
+        let secs = wall.as_secs_f64().max(f64::EPSILON);
+        let ops = self.latencies.len();
         println!(
-            "{:<28} {:>7} ops {:>8.2} s {:>10.1} ops/s   p50 {:>8.2} ms   p99 {:>8.2} ms",
-            self.name,
-            self.latencies.len(),
-            self.wall.as_secs_f64(),
-            self.latencies.len() as f64 / self.wall.as_secs_f64().max(f64::EPSILON),
-            pick(0.50),
-            pick(0.99),
+            "{name:<30} {ops:>8} ops {:>7.2} s {:>9.1} ops/s   p50 {:>8.2} ms   p99 {:>8.2} ms   errors {}",
+            wall.as_secs_f64(),
+            ops as f64 / secs,
+            percentile(&mut self.latencies, 0.50),
+            percentile(&mut self.latencies, 0.99),
+            self.errors,
         );
+        if !self.server.is_empty() {
+            println!(
+                "{:<30} {:>8} ops {:>7} s {:>9} {:>5}   p50 {:>8.2} ms   p99 {:>8.2} ms",
+                "  of which server round trips",
+                self.server.len(),
+                "",
+                "",
+                "",
+                percentile(&mut self.server, 0.50),
+                percentile(&mut self.server, 0.99),
+            );
+        }
+        if let Some(error) = self.first_error {
+            println!("{:<30} first error: {error}", "");
+        }
     }
 }
 
-/// Runs `per_client` operations in each of `clients` concurrent loops, timing each.
-async fn measure<S, F, Fut>(name: &'static str, states: Vec<S>, per_client: usize, op: F) -> anyhow::Result<(Sample, Vec<S>)>
+/// The `q` quantile of `latencies`, in milliseconds (0 when empty).
+fn percentile(latencies: &mut [Duration], q: f64) -> f64 {
+    latencies.sort_unstable();
+    let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+    latencies.get(i).copied().unwrap_or_default().as_secs_f64() * 1000.0
+}
+
+/// The one load generator: runs `op` in one task per state, over and over until
+/// `budget` is spent, timing each call, and prints the phase. An operation gives
+/// its state back even when it fails, so that an error is counted and its loop
+/// goes on; on success it may report the part of its latency spent in server
+/// round trips.
+async fn timed<S, F, Fut>(name: &str, states: Vec<S>, budget: Budget, op: F) -> Vec<S>
 where
-    F: Fn(S) -> Fut + Copy,
-    Fut: std::future::Future<Output = anyhow::Result<(S, Duration)>>,
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = (S, anyhow::Result<Option<Duration>>)> + Send + 'static,
 {
     let started = Instant::now();
-    let runs = states.into_iter().map(|mut state| async move {
-        let mut latencies = Vec::with_capacity(per_client);
-        for _ in 0..per_client {
-            let (next, latency) = op(state).await?;
-            state = next;
-            latencies.push(latency);
-        }
-        anyhow::Ok((state, latencies))
-    });
-    let results = try_join_all(runs).await?;
-    let wall = started.elapsed();
-    let mut latencies = Vec::new();
-    let mut states = Vec::new();
-    for (state, mut l) in results {
+    let tasks: Vec<_> = states
+        .into_iter()
+        .map(|mut state| {
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut done = 0;
+                while match budget {
+                    Budget::Count(n) => done < n,
+                    Budget::Time(limit) => started.elapsed() < limit,
+                } {
+                    let call = Instant::now();
+                    let (next, result) = op(state).await;
+                    let latency = call.elapsed();
+                    state = next;
+                    done += 1;
+                    match result {
+                        Ok(server) => {
+                            tally.latencies.push(latency);
+                            tally.server.extend(server);
+                        }
+                        Err(e) => {
+                            tally.errors += 1;
+                            tally.first_error.get_or_insert_with(|| format!("{e:#}"));
+                        }
+                    }
+                }
+                (state, tally)
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let mut states = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (state, part) = task.await.expect("a bench loop panicked");
         states.push(state);
-        latencies.append(&mut l);
+        tally.add(part);
     }
-    Ok((Sample { name, latencies, wall }, states))
+    tally.print(name, started.elapsed());
+    states
 }
 
-#[derive(Clone)]
+/// One concurrent client: an account and its current session.
 struct Client {
     api: Api,
     username: String,
@@ -73,80 +150,213 @@ struct Client {
     refresh_token: String,
 }
 
-async fn sign_in(client: Client) -> anyhow::Result<(Client, Duration, Duration)> {
-    let started = Instant::now();
+impl Client {
+    fn with(self, session: Session) -> Client {
+        Client { access_token: session.access_token, refresh_token: session.refresh_token, ..self }
+    }
+}
+
+/// A complete sign-in (KE1 → KE2, the client's KSF, KE3 → session); returns the
+/// session and the time spent in the two server round trips.
+async fn sign_in(client: &Client) -> anyhow::Result<(Session, Duration)> {
     let (login, ke1) = Login::start(PASSWORD)?;
-    let (sign_in_id, ke2) = client.api.sign_in_start(&client.username, &ke1).await?;
-    let server_start = started.elapsed();
-    let (ke3, _) = tokio::task::spawn_blocking(move || login.finish(PASSWORD, &ke2)).await??;
-    let finish_started = Instant::now();
-    let outcome = client.api.sign_in_finish(&sign_in_id, &ke3).await?;
-    let server = server_start + finish_started.elapsed();
-    let SignInOutcome::Session(session) = outcome else { anyhow::bail!("bench accounts have no MFA") };
-    let total = started.elapsed();
-    Ok((Client { access_token: session.access_token, refresh_token: session.refresh_token, ..client }, total, server))
+    let call = Instant::now();
+    let (sign_in_id, ke2) = client.api.sign_in_start(&client.username, &ke1).await.context("POST /v1/sign/in")?;
+    let mut server = call.elapsed();
+    let ksf = client.api.ksf().clone();
+    let (ke3, _) = tokio::task::spawn_blocking(move || login.finish_with(PASSWORD, &ke2, &ksf))
+        .await?
+        .context("KE2 does not open (a dummy KE2: throttled, locked out or unknown account?)")?;
+    let call = Instant::now();
+    let outcome = client.api.sign_in_finish(&sign_in_id, &ke3).await.context("POST /v1/sign/in/finish")?;
+    server += call.elapsed();
+    match outcome {
+        SignInOutcome::Session(session) => Ok((session, server)),
+        SignInOutcome::MfaRequired { .. } => anyhow::bail!("bench accounts have no MFA"),
+    }
+}
+
+async fn sign_in_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>) {
+    match sign_in(&client).await {
+        Ok((session, server)) => (client.with(session), Ok(Some(server))),
+        Err(e) => (client, Err(e)),
+    }
+}
+
+async fn refresh_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>) {
+    match client.api.refresh(&client.refresh_token).await {
+        Ok(session) => (client.with(session), Ok(None)),
+        Err(e) => (client, Err(anyhow::Error::new(e).context("POST /v1/token/refresh"))),
+    }
+}
+
+async fn verify_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>) {
+    let result = client.api.jwt_verify(&client.access_token).await;
+    (client, result.map(|_| None).context("GET /v1/jwt/verify"))
+}
+
+async fn healthz_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>) {
+    let result = client.api.healthz().await;
+    (client, result.map(|_| None).context("GET /healthz"))
+}
+
+/// Signs up `n` accounts with `api`'s KSF, `concurrency` at a time, invitations
+/// issued in batches of [`FILL_BATCH`]; prints progress every 10% and the rate.
+async fn seed(api: &Api, admin_token: &str, prefix: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut done, mut tenths) = (0, 0);
+    let mut tally = Tally::default();
+    for first in (0..n).step_by(FILL_BATCH) {
+        let count = FILL_BATCH.min(n - first);
+        let tokens = api
+            .fill_bucket(admin_token, "signup", count as u32)
+            .await
+            .context("cannot issue invitations for the seed accounts")?
+            .tokens;
+        let mut signups = futures::stream::iter(tokens.into_iter().enumerate())
+            .map(|(i, token)| {
+                let api = api.clone();
+                let username = format!("{prefix}-seed-{}", first + i);
+                tokio::spawn(async move { api.sign_up(&username, PASSWORD, Some(&token), None).await })
+            })
+            .buffer_unordered(concurrency.max(1));
+        while let Some(result) = signups.next().await {
+            done += 1;
+            match result.expect("a sign-up task panicked") {
+                Ok(_) => tally.latencies.push(Duration::ZERO),
+                Err(e) => {
+                    tally.errors += 1;
+                    tally.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            if done * 10 >= n * (tenths + 1) {
+                tenths = done * 10 / n;
+                println!("  seeded {done}/{n} ({}%) in {:.1} s", tenths * 10, started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let wall = started.elapsed();
+    println!(
+        "seed sign-ups                  {:>8} ops {:>7.2} s {:>9.1} ops/s   errors {}",
+        tally.latencies.len(),
+        wall.as_secs_f64(),
+        tally.latencies.len() as f64 / wall.as_secs_f64().max(f64::EPSILON),
+        tally.errors
+    );
+    if let Some(error) = tally.first_error {
+        println!("{:<30} first error: {error}", "");
+    }
+    Ok(())
+}
+
+/// The server's OPAQUE steps alone, in-process on this thread: `iterations`
+/// times `login_start` (KE1 → KE2) and the KE3 check, each against a client made
+/// with the cheap KSF (whose work is not counted). Returns the time spent in each.
+fn server_opaque(iterations: usize) -> anyhow::Result<(Duration, Duration)> {
+    let setup = ServerSetup::<Suite>::new(&mut OsRng);
+    let ksf = cheap_ksf();
+    let (registration, request) = Registration::start(PASSWORD)?;
+    let response = opaque::registration_response(&setup, &unb64(&request)?, b"bench")?;
+    let record = unb64(&registration.finish_with(PASSWORD, &b64(&response), &ksf)?)?;
+    let (mut start_time, mut check_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..iterations {
+        let (login, ke1) = Login::start(PASSWORD)?;
+        let ke1 = unb64(&ke1)?;
+        let call = Instant::now();
+        let start = opaque::login_start(&setup, Some(&record), &ke1, b"bench")?;
+        start_time += call.elapsed();
+        let (ke3, _) = login.finish_with(PASSWORD, &b64(&start.ke2), &ksf)?;
+        let ke3 = unb64(&ke3)?;
+        let call = Instant::now();
+        let key = opaque::session_key(&start.state, &ke3);
+        check_time += call.elapsed();
+        anyhow::ensure!(key.is_some(), "the server refused a good KE3");
+    }
+    Ok((start_time, check_time))
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.target.url);
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    if let Some(secs) = args.duration {
+        anyhow::ensure!(secs.is_finite() && secs > 0.0, "--duration must be a positive number of seconds");
+    }
+    let mut api = Api::new(&args.target.url);
+    if args.capacity {
+        api = api.with_ksf(cheap_ksf());
+    }
+    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let budget = |count| match args.duration {
+        Some(secs) => Budget::Time(Duration::from_secs_f64(secs)),
+        None => Budget::Count(count),
+    };
+
+    println!(
+        "authd bench against {}: {} clients{}; client KSF: {}; {}",
+        args.target.url,
+        args.concurrency,
+        if args.hot_account { " on ONE account" } else { ", one account each" },
+        if args.capacity { "cheap Argon2id (m=8 KiB, t=1) -- server capacity" } else { "Argon2id (m=64 MiB, t=3)" },
+        match args.duration {
+            Some(secs) => format!("{secs} s per phase"),
+            None => format!(
+                "{} sign-ins, {} refreshes, {} verifications and /healthz calls per client",
+                args.sign_ins, args.refreshes, args.verifications
+            ),
+        }
+    );
+
+    if args.seed_accounts > 0 {
+        println!("seeding {} accounts (cheap Argon2id)...", args.seed_accounts);
+        let seeder = api.clone().with_ksf(cheap_ksf());
+        seed(&seeder, &args.admin_token, &prefix, args.seed_accounts, args.concurrency).await?;
+    }
+
+    let accounts = if args.hot_account { 1 } else { args.concurrency };
     let invitations = api
-        .fill_bucket(&args.admin_token, "signup", args.concurrency as u32)
+        .fill_bucket(&args.admin_token, "signup", accounts as u32)
         .await
         .context("cannot issue invitations (is the admin token right?)")?;
     let signups = invitations.tokens.iter().enumerate().map(|(i, token)| {
-        let api = api.clone();
-        let username = format!("bench-{}-{i}", &run_id[..8]);
-        async move {
-            api.sign_up(&username, PASSWORD, Some(token), None).await?;
-            anyhow::Ok(Client { api, username, access_token: String::new(), refresh_token: String::new() })
-        }
+        let (api, username) = (api.clone(), format!("{prefix}-{i}"));
+        async move { api.sign_up(&username, PASSWORD, Some(token), None).await.map(|_| username) }
     });
-    let clients = try_join_all(signups).await.context("cannot sign up the bench accounts")?;
-    println!(
-        "authd bench against {}: {} clients; {} sign-ins, {} refreshes, {} verifications each",
-        args.target.url, args.concurrency, args.sign_ins, args.refreshes, args.verifications
-    );
+    let usernames = try_join_all(signups).await.context("cannot sign up the bench accounts")?;
+    let clients: Vec<Client> = (0..args.concurrency)
+        .map(|i| Client {
+            api: api.clone(),
+            username: usernames[i % usernames.len()].clone(),
+            access_token: String::new(),
+            refresh_token: String::new(),
+        })
+        .collect();
 
-    // Complete sign-ins: the client's Argon2id (m=64 MiB, t=3) is part of the total.
-    let started = Instant::now();
-    let runs = clients.into_iter().map(|mut client| async move {
-        let mut totals = Vec::new();
-        let mut servers = Vec::new();
-        for _ in 0..args.sign_ins {
-            let (next, total, server) = sign_in(client).await?;
-            client = next;
-            totals.push(total);
-            servers.push(server);
-        }
-        anyhow::Ok((client, totals, servers))
-    });
-    let results = try_join_all(runs).await?;
-    let wall = started.elapsed();
-    let (mut clients, mut totals, mut servers) = (Vec::new(), Vec::new(), Vec::new());
-    for (client, mut t, mut s) in results {
-        clients.push(client);
-        totals.append(&mut t);
-        servers.append(&mut s);
+    let history = Budget::Count(args.history);
+    let clients = if args.history > 0 {
+        println!("history: {} sign-ins and {} refreshes per account before measuring", args.history, args.history);
+        timed("history: sign-in", clients, history, sign_in_op).await
+    } else {
+        clients
+    };
+    let clients = timed("sign-in (complete)", clients, budget(args.sign_ins), sign_in_op).await;
+    let clients = if args.history > 0 {
+        timed("history: refresh", clients, history, refresh_op).await
+    } else {
+        clients
+    };
+    let clients = timed("refresh", clients, budget(args.refreshes), refresh_op).await;
+    let clients = timed("jwt verify", clients, budget(args.verifications), verify_op).await;
+    timed("/healthz (ceiling)", clients, budget(args.verifications), healthz_op).await;
+
+    if args.opaque_iterations > 0 {
+        let n = args.opaque_iterations;
+        let (start, check) = tokio::task::spawn_blocking(move || server_opaque(n)).await??;
+        let total = (start + check).as_secs_f64().max(f64::EPSILON);
+        println!(
+            "server-side OPAQUE work alone, one core: {:.1} sign-ins/s ({n} in-process: KE1 → KE2 {:.0} µs, KE3 check {:.0} µs each)",
+            n as f64 / total,
+            start.as_secs_f64() * 1e6 / n as f64,
+            check.as_secs_f64() * 1e6 / n as f64,
+        );
     }
-    Sample { name: "sign-in (complete)", latencies: totals, wall }.print();
-    Sample { name: "sign-in (server round trips)", latencies: servers, wall }.print();
-
-    let (sample, clients) = measure("refresh", clients, args.refreshes, |client: Client| async move {
-        let started = Instant::now();
-        let session = client.api.refresh(&client.refresh_token).await?;
-        let latency = started.elapsed();
-        Ok((Client { access_token: session.access_token, refresh_token: session.refresh_token, ..client }, latency))
-    })
-    .await?;
-    sample.print();
-
-    let (sample, _) = measure("jwt verify", clients, args.verifications, |client: Client| async move {
-        let started = Instant::now();
-        client.api.jwt_verify(&client.access_token).await?;
-        Ok((client, started.elapsed()))
-    })
-    .await?;
-    sample.print();
     Ok(())
 }

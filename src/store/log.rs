@@ -433,6 +433,18 @@ impl Log {
         Backend::of(&self.db)
     }
 
+    /// The aggregates written after `after` (at most `limit`), in log order: global
+    /// position, type, id, sequence. Nothing decrypted: for followers that only need
+    /// to know what moved.
+    pub async fn moved_after(&self, after: i64, limit: i64) -> Result<Vec<(i64, String, String, i64)>, LogError> {
+        self.sequence().await?;
+        let sql = "SELECT global_position, aggregate_type, aggregate_id, sequence FROM event_positions
+                   WHERE global_position > $1 ORDER BY global_position LIMIT $2";
+        Ok(projections::with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(after).bind(limit).fetch_all(pool).await?
+        }))
+    }
+
     /// The position of the newest event in the log (0 when empty).
     pub async fn head(&self) -> Result<i64, LogError> {
         self.sequence().await?;

@@ -6,6 +6,8 @@
 //! then fold the committed events into the read models.
 
 mod append;
+mod cache;
+mod follower;
 pub mod chain;
 pub mod log;
 pub mod shred;
@@ -20,6 +22,7 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use projections::{Db, ReadModels};
@@ -29,6 +32,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
+use cache::Cache;
 use log::{Event, Log};
 
 /// How often a command is retried when another writer (another replica: this one
@@ -36,6 +40,8 @@ use log::{Event, Log};
 const MAX_ATTEMPTS: u32 = 12;
 /// Locks that serialise this process's commands per aggregate (by hash).
 const STRIPES: usize = 1024;
+/// Aggregates kept in memory (src/store/cache.rs).
+const CACHE_CAPACITY: usize = 50_000;
 
 /// Context recorded with every event: request id, client address, user agent.
 pub type Metadata = HashMap<String, String>;
@@ -236,6 +242,7 @@ pub struct Store {
     /// wait for their next poll.
     committed: Arc<Notify>,
     stripes: Arc<Stripes>,
+    cache: Arc<Cache>,
 }
 
 fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
@@ -250,7 +257,7 @@ impl Store {
         };
         let read_models = ReadModels::new(db.clone());
         let log = Log::new(db.clone());
-        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()) }
+        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)) }
     }
 
     pub fn read_models(&self) -> &ReadModels {
@@ -260,6 +267,12 @@ impl Store {
     /// The whole log in its global order.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// Follows the log for other replicas' writes, every `every`, so the memory that
+    /// [`Store::load_current`] answers from stays current (src/store/follower.rs).
+    pub fn follow(&self, every: Duration) {
+        follower::spawn(self.log.clone(), self.cache.clone(), every);
     }
 
     /// Notified after each commit of this process.
@@ -278,10 +291,39 @@ impl Store {
         PersistedEventStore::new_event_store(self.repo.clone())
     }
 
-    /// The aggregate's current state, folded from its events.
-    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<A, StoreError> {
-        let mut context = self.events::<A>().load_aggregate(id).await.map_err(unavailable)?;
-        Ok(std::mem::take(context.aggregate()))
+    /// The aggregate as of its last event: the cached state (src/store/cache.rs)
+    /// plus the events committed after it, usually none.
+    async fn context<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<EventStoreAggregateContext<A>, StoreError> {
+        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        let tail = self.repo.get_last_events::<A>(id, sequence).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let grew = !tail.is_empty();
+        for event in tail {
+            let payload = serde_json::from_value::<A::Event>(event.payload).map_err(|error| {
+                StoreError::Unavailable(format!("{}/{id}#{}: unreadable event: {error}", A::TYPE, event.sequence))
+            })?;
+            aggregate.apply(payload);
+            sequence = event.sequence;
+        }
+        if grew {
+            self.cache.put(id, aggregate.clone(), sequence);
+        }
+        Ok(EventStoreAggregateContext { aggregate_id: id.to_string(), aggregate, current_sequence: sequence, current_snapshot: None })
+    }
+
+    /// The aggregate's current state.
+    pub async fn load<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<A, StoreError> {
+        Ok(self.context::<A>(id).await?.aggregate)
+    }
+
+    /// The aggregate's state from this process's memory when it is there, without
+    /// asking the store: current for this replica's own writes at once, for other
+    /// replicas' within the follower's poll (src/store/follower.rs). For the hot
+    /// reads that must not cost a query (a session at every token check).
+    pub async fn load_current<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<A, StoreError> {
+        match self.cache.get::<A>(id) {
+            Some((aggregate, _)) => Ok(aggregate),
+            None => self.load(id).await,
+        }
     }
 
     /// Runs a command against the aggregate `id` and returns the events it committed.
@@ -293,14 +335,30 @@ impl Store {
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        Ok(self.execute_for_state::<A>(id, command, services, metadata).await?.0)
+    }
+
+    /// [`Store::execute`], also returning the aggregate's state after the command.
+    pub async fn execute_for_state<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
         A::Command: Clone,
     {
         let store = self.events::<A>();
         let _turn = self.stripes.lock(A::TYPE, id).await;
         for attempt in 0..MAX_ATTEMPTS {
-            let mut context = store.load_aggregate(id).await.map_err(unavailable)?;
+            let mut context = self.context::<A>(id).await?;
             let sink = EventSink::default();
+            // `handle` applies what it decides: the context holds the state after it.
             context
                 .aggregate()
                 .handle(command.clone(), services, &sink)
@@ -308,13 +366,16 @@ impl Store {
                 .map_err(CommandError::Rejected)?;
             let events = sink.collect().await;
             if events.is_empty() {
-                return Ok(events);
+                return Ok((events, context.aggregate));
             }
+            let after = context.aggregate.clone();
+            let sequence = context.current_sequence + events.len();
             match store.commit(events, context, metadata.clone()).await {
                 Ok(committed) => {
+                    self.cache.put(id, after.clone(), sequence);
                     self.committed.notify_one();
                     self.project::<A>(&committed).await;
-                    return Ok(committed.into_iter().map(|envelope| envelope.payload).collect());
+                    return Ok((committed.into_iter().map(|envelope| envelope.payload).collect(), after));
                 }
                 Err(AggregateError::AggregateConflict) => back_off(attempt).await,
                 Err(error) => return Err(unavailable(error).into()),
@@ -334,7 +395,9 @@ impl Store {
 
     /// Destroys the account's personal-data key (see src/store/shred.rs).
     pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
-        crate::store::shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))
+        shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        self.cache.forget(subject);
+        Ok(())
     }
 
     /// True when the store answers a trivial query.

@@ -2,7 +2,7 @@
 //! admin-issued token, removal.
 
 use client::{Error, Registration, SignInOutcome};
-use crate::helpers::{detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
+use crate::helpers::{activation_code, code_and_id, detail_paths, unique, Backend, Server, ADMIN, PASSWORD};
 use serde_json::{json, Value};
 
 both_stores!(
@@ -107,16 +107,6 @@ async fn removal_frees_the_username(backend: Backend) {
 }
 
 /// (verification id, code) out of one of authd's own account messages.
-fn code_and_id(body: &str) -> (String, String) {
-    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
-    let id = body.split("Verification id: ").nth(1).expect("id").trim();
-    (id.to_string(), code.to_string())
-}
-
-async fn activation_code(server: &Server, email: &str) -> (String, String) {
-    let (_, body) = crate::helpers::outbox_mail(server, email, |subject| subject == "Activate your account").await;
-    code_and_id(&body)
-}
 
 async fn finish_status(server: &Server, username: &str, password: &[u8]) -> (u16, Value) {
     let (login, ke1) = client::Login::start(password).expect("start");

@@ -589,10 +589,14 @@ async fn a_gap_repaired_read_model_holds_clear_text(backend: Backend) {
     // No periodic catch-up: only the live path's gap repair can refold the account.
     let server = Server::start_with(backend, &[("AUTHD_CATCH_UP_INTERVAL", "3600")]).await;
     let username = unique("gwen");
-    let profile_id = server.sign_up(&username).await;
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    let profile_id = server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = crate::helpers::activation_code(&server, &email).await;
     server.sql(&["DELETE FROM users_view", "DELETE FROM projection_versions WHERE aggregate_type = 'user'"]).await;
-    // Signing in appends to the account's stream: the next event is out of line.
-    server.sign_in(&username).await;
+    // Activating appends to the account's stream: the next event is out of line.
+    let activate = json!({"verification_id": verification_id, "code": code});
+    assert_eq!(server.call("POST", "/v1/account/activate", None, Some(activate)).await.0, 204);
     let sql = "SELECT username FROM users_view WHERE profile_id = $1";
     let stored: Option<String> = match server.backend {
         Backend::Sqlite => {

@@ -429,3 +429,16 @@ pub async fn assert_error_answers<P: AsRef<str>>(server: &Server, cases: Vec<(&s
         assert_eq!(paths, expected, "{context}");
     }
 }
+
+/// The verification id and code of an account message.
+pub fn code_and_id(body: &str) -> (String, String) {
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    let id = body.split("Verification id: ").nth(1).expect("id").trim();
+    (id.to_string(), code.to_string())
+}
+
+/// The activation message sent to `email`: its verification id and code.
+pub async fn activation_code(server: &Server, email: &str) -> (String, String) {
+    let (_, body) = outbox_mail(server, email, |subject| subject == "Activate your account").await;
+    code_and_id(&body)
+}

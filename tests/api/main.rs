@@ -12,6 +12,7 @@ mod cli;
 mod contract;
 mod private_sign_in;
 mod replay;
+mod replicas;
 mod security;
 mod shredding;
 mod throttling;

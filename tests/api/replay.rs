@@ -176,7 +176,7 @@ async fn timeline_tells_an_account_history(backend: Backend) {
         "session opened (pwd)",
         "session refreshed",
         "signed out",
-        "sign-in attempt counted (1 since the last success)",
+        "sign-in attempt counted (1 from this address)",
         "sign-in failed: wrong password",
         "signed in (password)",
         "MFA: TOTP secret generated",

@@ -20,7 +20,8 @@ use domain::session::SessionEvent;
 use domain::sign_in::{FailureReason, SignInEvent};
 use domain::user::UserEvent;
 use domain::username::UsernameEvent;
-use domain::{InviteToken, Mfa, MfaChallenge, Session, SignIn, User, Username};
+use domain::throttle::ThrottleEvent;
+use domain::{InviteToken, Mfa, MfaChallenge, Session, SignIn, Throttle, User, Username};
 use projections::Db;
 use serde_json::Value;
 use uuid::Uuid;
@@ -154,7 +155,7 @@ fn reason(reason: FailureReason) -> &'static str {
         FailureReason::WrongPassword => "wrong password",
         FailureReason::UnknownUser => "unknown user",
         FailureReason::Expired => "expired",
-        FailureReason::AccountLocked => "account locked",
+        FailureReason::AccountLocked => "throttled",
     }
 }
 
@@ -185,8 +186,17 @@ pub fn describe(event: &Event) -> String {
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
             UserEvent::UserRemoved { .. } => "account removed".to_string(),
         }),
+        Throttle::TYPE => serde_json::from_value(payload).ok().map(|e| match e {
+            ThrottleEvent::ProofAttempted { allowed: true, failures, .. } => {
+                format!("sign-in attempt counted ({failures} from this address)")
+            }
+            ThrottleEvent::ProofAttempted { failures, .. } => {
+                format!("sign-in attempt throttled ({failures} from this address)")
+            }
+            ThrottleEvent::ProofSucceeded { .. } => "password proven: this address's count starts again".to_string(),
+        }),
         SignIn::TYPE => serde_json::from_value(payload).ok().map(|e| match e {
-            SignInEvent::SignInStarted { locked: true, .. } => "sign-in started (account locked)".to_string(),
+            SignInEvent::SignInStarted { locked: true, .. } => "sign-in started (throttled)".to_string(),
             SignInEvent::SignInStarted { .. } => "sign-in started".to_string(),
             SignInEvent::SignInSucceeded { .. } => "signed in (password)".to_string(),
             SignInEvent::SignInFailed { reason: why, .. } => format!("sign-in failed: {}", reason(why)),
