@@ -1,6 +1,8 @@
 //! A signed-in session: opened by a successful sign-in, its refresh token rotated on
 //! every use. A rotated token presented again means it leaked: the session is revoked.
-//! Only keyed hashes of refresh tokens ever enter the log.
+//! Only keyed hashes of refresh tokens ever enter the log. The state stays small
+//! however often a session is refreshed: it remembers the last
+//! [`REMEMBERED_ROTATIONS`] rotated hashes (an older token is merely invalid).
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -8,9 +10,13 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Rotated refresh-token hashes a session remembers, to recognise a reused one.
+pub const REMEMBERED_ROTATIONS: usize = 32;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {
     profile_id: Option<Uuid>,
+    opened_at: Option<DateTime<Utc>>,
     ended: bool,
     refresh_hash: String,
     rotated_hashes: Vec<String>,
@@ -83,6 +89,9 @@ impl Session {
     pub fn amr(&self) -> &[String] {
         &self.amr
     }
+    pub fn opened_at(&self) -> Option<DateTime<Utc>> {
+        self.opened_at
+    }
 
     fn check_live(&self) -> Result<(), SessionError> {
         match (self.profile_id, self.ended) {
@@ -136,14 +145,18 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, .. } => {
+            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at } => {
                 self.profile_id = Some(profile_id);
+                self.opened_at = Some(opened_at);
                 self.refresh_hash = refresh_hash;
                 self.refresh_expires_at = Some(refresh_expires_at);
                 self.amr = amr;
             }
             SessionEvent::SessionRefreshed { refresh_hash, refresh_expires_at, .. } => {
                 let rotated = std::mem::replace(&mut self.refresh_hash, refresh_hash);
+                if self.rotated_hashes.len() == REMEMBERED_ROTATIONS {
+                    self.rotated_hashes.remove(0);
+                }
                 self.rotated_hashes.push(rotated);
                 self.refresh_expires_at = Some(refresh_expires_at);
             }
@@ -166,6 +179,17 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
+    }
+
+    #[test]
+    fn the_state_stays_small_however_often_a_session_is_refreshed() {
+        let mut session = Session::default();
+        session.apply(opened(Uuid::nil()));
+        for n in 0..1000 {
+            session.apply(SessionRefreshed { refresh_hash: format!("h{}", n + 2), refresh_expires_at: t0(), at: t0() });
+        }
+        assert_eq!(session.rotated_hashes.len(), REMEMBERED_ROTATIONS);
+        assert!(session.rotated_hashes.contains(&"h1000".to_string()) && !session.rotated_hashes.contains(&"h1".to_string()));
     }
 
     fn opened(profile_id: Uuid) -> SessionEvent {

@@ -1,5 +1,8 @@
 //! An account: registered with its OPAQUE record; verifies its email; resets its
-//! password (a fresh OPAQUE registration); can be removed. Failed sign-ins are not
+//! password (a fresh OPAQUE registration); can be removed. It decides which of its
+//! sessions still count: every session opened before its last revocation — sign-out
+//! everywhere, a password reset, removal — is over, whatever the session's own
+//! stream says (so no read model decides it). Failed sign-ins are not
 //! counted here (the stream would grow with every attempt) but by the `Throttle`
 //! aggregate of the account and time window.
 
@@ -19,6 +22,7 @@ pub struct User {
     registration_record: Vec<u8>,
     email: Option<String>,
     email_verified: bool,
+    sessions_revoked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +38,8 @@ pub enum UserCommand {
     /// A fresh OPAQUE registration replaces the old one.
     ResetPassword { registration_record: Vec<u8>, at: DateTime<Utc> },
     Remove { at: DateTime<Utc> },
+    /// Ends every session opened until now (sign-out everywhere).
+    RevokeSessions { at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +59,7 @@ pub enum UserEvent {
     EmailVerified { email: String, at: DateTime<Utc> },
     PasswordReset { registration_record: String, at: DateTime<Utc> },
     UserRemoved { at: DateTime<Utc> },
+    SessionsRevoked { at: DateTime<Utc> },
 }
 crate::domain_event!(UserEvent {
     UserRegistered,
@@ -62,6 +69,7 @@ crate::domain_event!(UserEvent {
     EmailVerified,
     PasswordReset,
     UserRemoved,
+    SessionsRevoked,
 });
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,6 +94,11 @@ impl User {
     }
     pub fn email_verified(&self) -> bool {
         self.email_verified
+    }
+    /// Whether a session opened at `opened_at` still counts: the account exists and
+    /// has not revoked its sessions since.
+    pub fn admits_session(&self, opened_at: DateTime<Utc>) -> bool {
+        self.is_registered() && self.sessions_revoked_at.is_none_or(|revoked| opened_at > revoked)
     }
     pub fn username(&self) -> &str {
         &self.username
@@ -142,6 +155,7 @@ impl Aggregate for User {
                 sink.write(event, self).await;
             }
             UserCommand::Remove { at } => sink.write(UserEvent::UserRemoved { at }, self).await,
+            UserCommand::RevokeSessions { at } => sink.write(UserEvent::SessionsRevoked { at }, self).await,
         }
         Ok(())
     }
@@ -158,10 +172,15 @@ impl Aggregate for User {
             | UserEvent::SignInFailuresReset { .. }
             | UserEvent::AccountLocked { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
-            UserEvent::PasswordReset { registration_record, .. } => {
+            UserEvent::PasswordReset { registration_record, at } => {
                 self.registration_record = decode(&registration_record);
+                self.sessions_revoked_at = Some(at);
             }
-            UserEvent::UserRemoved { .. } => self.removed = true,
+            UserEvent::UserRemoved { at } => {
+                self.removed = true;
+                self.sessions_revoked_at = Some(at);
+            }
+            UserEvent::SessionsRevoked { at } => self.sessions_revoked_at = Some(at),
         }
     }
 }
@@ -320,6 +339,29 @@ mod tests {
             .when_async(register(191))
             .await
             .then_expect_error(UserError::BadRecord);
+    }
+
+    #[tokio::test]
+    async fn revoking_sessions_ends_those_opened_before() {
+        T::with(())
+            .given(vec![registered()])
+            .when_async(RevokeSessions { at: at() })
+            .await
+            .then_expect_events(vec![SessionsRevoked { at: at() }]);
+        let later = at() + chrono::Duration::seconds(1);
+        for ended_by in [
+            SessionsRevoked { at: at() },
+            PasswordReset { registration_record: encode(&[9u8; REGISTRATION_RECORD_LEN]), at: at() },
+            UserRemoved { at: at() },
+        ] {
+            let mut user = User::default();
+            user.apply(registered());
+            assert!(user.admits_session(at()));
+            let removal = matches!(ended_by, UserRemoved { .. });
+            user.apply(ended_by);
+            assert!(!user.admits_session(at()), "a session opened before is over");
+            assert_eq!(user.admits_session(later), !removal, "a later one counts, unless the account is gone");
+        }
     }
 
     #[tokio::test]

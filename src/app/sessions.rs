@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use domain::session::{SessionCommand, SessionError, SessionEvent};
-use domain::Session;
+use domain::user::UserCommand;
+use domain::{Session, User};
 
 use jsonwebtoken::{Algorithm, Header};
 use uuid::Uuid;
@@ -66,6 +67,10 @@ impl App {
             .split_once('.')
             .and_then(|(id, _)| Uuid::parse_str(id).ok())
             .ok_or(AppError::InvalidToken)?;
+        // The account decides first: a session it ended (sign-out everywhere, reset,
+        // removal) refreshes no more, whatever its own stream says.
+        let current = self.store.load_current::<Session>(&session_id.to_string()).await?;
+        self.admitted(&current).await?;
         let new_token = format!("{session_id}.{}", random_token());
         let at = Utc::now();
         let command = SessionCommand::Refresh {
@@ -100,17 +105,40 @@ impl App {
             return Err(AppError::InvalidToken);
         };
         let session = self.store.load_current::<Session>(&claims.sid).await?;
-        if !session.is_active() || session.profile_id() != Some(profile_id) {
+        if session.profile_id() != Some(profile_id) {
             return Err(AppError::InvalidToken);
         }
+        self.admitted(&session).await?;
         Ok(Verified { profile_id, session_id, expires_at: claims.exp })
     }
 
+    /// A session counts while it is open and its account (the `User` aggregate, from
+    /// memory) admits it.
+    async fn admitted(&self, session: &Session) -> Result<(), AppError> {
+        let (Some(profile_id), Some(opened_at), true) = (session.profile_id(), session.opened_at(), session.is_active()) else {
+            return Err(AppError::InvalidToken);
+        };
+        let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
+        if user.admits_session(opened_at) {
+            Ok(())
+        } else {
+            Err(AppError::InvalidToken)
+        }
+    }
+
     /// Ends this session, or every open session of the account. Returns how many.
+    /// Everywhere: the account revokes every session opened until now (decided by the
+    /// log, on every replica, including sessions the read model has not seen yet);
+    /// the sessions the read model knows are then ended one by one, for the count
+    /// and the audit trail.
     pub async fn sign_out(&self, who: &Verified, all: bool, meta: &Metadata) -> Result<u64, AppError> {
         let this = who.session_id.to_string();
         let mut sessions = vec![this.clone()];
         if all {
+            self.store
+                .execute::<User>(&who.profile_id.to_string(), UserCommand::RevokeSessions { at: Utc::now() }, &(), meta)
+                .await
+                .map_err(|e| rejected(e, |_| AppError::InvalidToken))?;
             let others = self.store.read_models().active_sessions(&who.profile_id.to_string()).await?;
             sessions.extend(others.into_iter().filter(|id| *id != this));
         }

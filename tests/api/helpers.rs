@@ -191,6 +191,29 @@ impl Server {
         }
     }
 
+    /// Every stored event, straight from the store in the order it was written
+    /// (not waiting for the global order's horizon, which an open transaction
+    /// elsewhere on a shared PostgreSQL holds back): (aggregate type, event type,
+    /// payload as stored).
+    pub async fn stored_events(&self) -> Vec<(String, String, Value)> {
+        use sqlx::{Connection, Row};
+        let rows: Vec<(String, String, String)> = match self.backend {
+            Backend::Sqlite => {
+                let sql = "SELECT aggregate_type, event_type, payload FROM events ORDER BY rowid";
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("sqlite");
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect(sql);
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+            }
+            Backend::Postgres => {
+                let sql = "SELECT aggregate_type, event_type, payload::text FROM events ORDER BY position";
+                let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("postgres");
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.expect(sql);
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+            }
+        };
+        rows.into_iter().map(|(kind, event, payload)| (kind, event, serde_json::from_str(&payload).expect("json"))).collect()
+    }
+
     /// Every audit envelope of the log, paged through `GET /v1/admin/events`.
     pub async fn events(&self) -> Vec<Value> {
         let mut all = Vec::new();

@@ -66,17 +66,16 @@ fn flip(text: &str, at: usize) -> String {
 }
 
 /// The event types of one account, in order (read from the event store).
-/// The throttling events of `profile_id`'s account, in log order: (type, payload).
+/// The throttling events of `profile_id`'s account, in the order written: (type, payload).
 async fn throttle_events(server: &Server, profile_id: &str) -> Vec<(String, Value)> {
-    let (status, page) =
-        server.call("GET", "/v1/admin/events?aggregate_type=throttle&limit=1000", Some(crate::helpers::ADMIN), None).await;
-    assert_eq!(status, 200, "{page}");
-    page["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["payload"].as_object().and_then(|p| p.values().next()).is_some_and(|v| v["profile_id"] == profile_id))
-        .map(|e| (e["event_type"].as_str().expect("type").to_string(), e["payload"].clone()))
+    server
+        .stored_events()
+        .await
+        .into_iter()
+        .filter(|(kind, _, payload)| {
+            kind == "throttle" && payload.as_object().and_then(|p| p.values().next()).is_some_and(|v| v["profile_id"] == profile_id)
+        })
+        .map(|(_, event, payload)| (event, payload))
         .collect()
 }
 

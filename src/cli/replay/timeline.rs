@@ -185,6 +185,7 @@ pub fn describe(event: &Event) -> String {
             UserEvent::EmailVerified { email, .. } => format!("email {email} verified"),
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
             UserEvent::UserRemoved { .. } => "account removed".to_string(),
+            UserEvent::SessionsRevoked { .. } => "signed out everywhere (every session until now ends)".to_string(),
         }),
         Throttle::TYPE => serde_json::from_value(payload).ok().map(|e| match e {
             ThrottleEvent::ProofAttempted { allowed: true, failures, .. } => {
