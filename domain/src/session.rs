@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Rotated refresh-token hashes a session remembers, to recognise a reused one.
-pub const REMEMBERED_ROTATIONS: usize = 32;
+pub const REMEMBERED_ROTATIONS: usize = 8;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {

@@ -41,7 +41,7 @@ const MAX_ATTEMPTS: u32 = 12;
 /// Locks that serialise this process's commands per aggregate (by hash).
 const STRIPES: usize = 1024;
 /// Aggregates kept in memory (src/store/cache.rs).
-const CACHE_CAPACITY: usize = 50_000;
+const CACHE_CAPACITY: usize = 10_000;
 
 /// Context recorded with every event: request id, client address, user agent.
 pub type Metadata = HashMap<String, String>;
