@@ -617,7 +617,9 @@ mod tests {
         let setup = ServerSetup::<Suite>::new(&mut OsRng);
         let (reg, req) = Registration::start(b"pw").unwrap();
         let req = RegistrationRequest::<Suite>::deserialize(&unb64(&req).unwrap()).unwrap();
-        let resp = ServerRegistration::<Suite>::start(&setup, req, b"bob").unwrap().message;
+        let resp = ServerRegistration::<Suite>::start(&setup, req, b"bob")
+            .unwrap()
+            .message;
         let record = reg
             .finish_with(b"pw", &b64(&resp.serialize()), &cheap_ksf())
             .unwrap();
@@ -628,7 +630,9 @@ mod tests {
         let (server, ke2) = server_ke2(&setup, Some(file.clone()), b"bob", &ke1);
         let (ke3, key) = login.finish_with(b"pw", &ke2, &cheap_ksf()).unwrap();
         let fin = CredentialFinalization::<Suite>::deserialize(&unb64(&ke3).unwrap()).unwrap();
-        let done = server.finish(fin, ServerLoginParameters::default()).unwrap();
+        let done = server
+            .finish(fin, ServerLoginParameters::default())
+            .unwrap();
         assert_eq!(key, done.session_key.to_vec());
 
         let (login, ke1) = Login::start(b"pw").unwrap();

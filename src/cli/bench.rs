@@ -352,7 +352,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (start, check) = tokio::task::spawn_blocking(move || server_opaque(n)).await??;
         let total = (start + check).as_secs_f64().max(f64::EPSILON);
         println!(
-            "server-side OPAQUE work alone, one core: {:.1} sign-ins/s ({n} in-process: KE1 → KE2 {:.0} µs, KE3 check {:.0} µs each)",
+            "server-side OPAQUE work alone, one core: {:.1} sign-ins/s ({n} in-process: KE1 → KE2 {:.0} µs, KE3 check {:.1} µs each)",
             n as f64 / total,
             start.as_secs_f64() * 1e6 / n as f64,
             check.as_secs_f64() * 1e6 / n as f64,
