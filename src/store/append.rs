@@ -3,12 +3,70 @@
 //! (src/store/chain.rs), personal fields encrypted under their subject's key first
 //! (src/store/shred.rs), so the chain covers what is stored.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use projections::{with_conn, Conn, Db};
 use serde_json::Value;
 
 use super::chain::{event_hash, hash_at, hex, Linked, GENESIS};
 use super::log::{Backend, LogError};
+use super::shred::{self, Key};
+
+/// Entries each of [`Memory`]'s maps keeps at most; past it, it starts afresh.
+const REMEMBERED: usize = 20_000;
+
+/// What the write path remembers between this process's commits, so an append need
+/// not read back what it wrote: each aggregate's last hash, and subjects' keys.
+/// Events never change, so a remembered hash for the sequence before an append is
+/// the stored one; when another writer appended meanwhile, the sequences differ and
+/// the hash is read. A key is forgotten when this process destroys it; another
+/// replica's removal leaves it here, and what this replica then writes for the
+/// removed account is encrypted under a key no store holds any more.
+#[derive(Default)]
+pub struct Memory {
+    heads: Mutex<HashMap<(String, String), (i64, [u8; 32])>>,
+    keys: Mutex<HashMap<String, Key>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= REMEMBERED {
+        map.clear();
+    }
+}
+
+impl Memory {
+    fn head(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Option<[u8; 32]> {
+        let heads = locked(&self.heads);
+        heads.get(&(aggregate_type.to_string(), aggregate_id.to_string())).filter(|(s, _)| *s == sequence).map(|(_, h)| *h)
+    }
+
+    fn remember_head(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: [u8; 32]) {
+        let mut heads = locked(&self.heads);
+        bounded(&mut heads);
+        heads.insert((aggregate_type.to_string(), aggregate_id.to_string()), (sequence, hash));
+    }
+
+    pub(super) fn key(&self, subject: &str) -> Option<Key> {
+        locked(&self.keys).get(subject).copied()
+    }
+
+    pub(super) fn remember_key(&self, subject: &str, key: Key) {
+        let mut keys = locked(&self.keys);
+        bounded(&mut keys);
+        keys.insert(subject.to_string(), key);
+    }
+
+    /// After this process destroyed the subject's key.
+    pub fn forget_subject(&self, subject: &str) {
+        locked(&self.keys).remove(subject);
+    }
+}
 
 fn persistence_error(backend: Backend) -> impl Fn(sqlx::Error) -> PersistenceError {
     move |error| {
@@ -42,6 +100,7 @@ fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
 /// key, which surfaces as [`PersistenceError::OptimisticLockError`].
 pub async fn persist(
     db: &Db,
+    memory: &Memory,
     aggregate_type: &str,
     events: &[SerializedEvent],
     snapshot_update: Option<(String, Value, usize)>,
@@ -59,31 +118,40 @@ pub async fn persist(
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(&error)?;
-            append(&mut Conn::Postgres(&mut tx), backend, aggregate_type, first, events).await?;
-            tx.commit().await.map_err(&error)
+            let head = append(&mut Conn::Postgres(&mut tx), backend, memory, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)?;
+            memory.remember_head(aggregate_type, &first.aggregate_id, head.0, head.1);
+            Ok(())
         }
         Db::Sqlite(pool) => {
             // IMMEDIATE: take the write lock before reading the previous hash. A
             // deferred transaction that reads and then writes fails with
             // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
-            append(&mut Conn::Sqlite(&mut tx), backend, aggregate_type, first, events).await?;
-            tx.commit().await.map_err(&error)
+            let head = append(&mut Conn::Sqlite(&mut tx), backend, memory, aggregate_type, first, events).await?;
+            tx.commit().await.map_err(&error)?;
+            memory.remember_head(aggregate_type, &first.aggregate_id, head.0, head.1);
+            Ok(())
         }
     }
 }
 
+/// Inserts the events; returns the new head (last sequence, its hash).
 async fn append(
     conn: &mut Conn<'_>,
     backend: Backend,
+    memory: &Memory,
     aggregate_type: &str,
     first: &SerializedEvent,
     events: &[SerializedEvent],
-) -> Result<(), PersistenceError> {
+) -> Result<(i64, [u8; 32]), PersistenceError> {
     let error = persistence_error(backend);
     let first_sequence = i64::try_from(first.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    let remembered = memory.head(aggregate_type, &first.aggregate_id, first_sequence - 1);
     let mut prev = if first_sequence <= 1 {
         GENESIS
+    } else if let Some(hash) = remembered {
+        hash
     } else {
         match hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
             .await
@@ -102,6 +170,7 @@ async fn append(
             }
         }
     };
+    let mut last = first_sequence - 1;
     let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     for event in events {
@@ -109,7 +178,7 @@ async fn append(
         // Personal data is encrypted before the hash is taken, so the chain covers
         // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
         let (payload, metadata) =
-            super::shred::encrypt_personal(conn, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+            shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
                 .await
                 .map_err(&error)?;
         let hash = event_hash(
@@ -141,8 +210,9 @@ async fn append(
                 .map_err(&error)?
         });
         prev = hash;
+        last = sequence;
     }
-    Ok(())
+    Ok((last, prev))
 }
 
 #[cfg(test)]
@@ -178,13 +248,13 @@ mod tests {
     #[tokio::test]
     async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, "session", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
-        persist(&db, "session", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "session", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "session", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
         let rows = stored(&db).await;
         assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
         assert_eq!(rows[1].1, rows[0].2);
         assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, "session", &[serialized(3, json!({"a": "late"}))], None).await;
+        let conflict = persist(&db, &Memory::default(), "session", &[serialized(3, json!({"a": "late"}))], None).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -192,10 +262,10 @@ mod tests {
     #[tokio::test]
     async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, "session", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "session", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, "session", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "session", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
         let first = serialized(1, json!({"a": 1}));
         let head = event_hash(
             &Linked {

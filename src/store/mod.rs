@@ -121,28 +121,24 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// One repository type over both backends.
+/// One repository type over both backends (the backends' repositories are not
+/// `Clone`; they are cheap to rebuild from a pool), with what the write path
+/// remembers between commits (src/store/append.rs).
 #[derive(Clone)]
-pub enum Repo {
-    Postgres(PostgresEventRepositoryHandle),
-    Sqlite(SqliteEventRepositoryHandle),
+pub struct Repo {
+    db: Db,
+    memory: Arc<append::Memory>,
 }
-
-/// The backends' repositories are not `Clone`; they are cheap to rebuild from a pool.
-#[derive(Clone)]
-pub struct PostgresEventRepositoryHandle(sqlx::PgPool);
-#[derive(Clone)]
-pub struct SqliteEventRepositoryHandle(sqlx::SqlitePool);
 
 macro_rules! delegate {
     ($self:ident, $repo:ident => $call:expr) => {
-        match $self {
-            Repo::Postgres(handle) => {
-                let $repo = PostgresEventRepository::new(handle.0.clone());
+        match &$self.db {
+            Db::Postgres(pool) => {
+                let $repo = PostgresEventRepository::new(pool.clone());
                 $call.await
             }
-            Repo::Sqlite(handle) => {
-                let $repo = SqliteEventRepository::new(handle.0.clone());
+            Db::Sqlite(pool) => {
+                let $repo = SqliteEventRepository::new(pool.clone());
                 $call.await
             }
         }
@@ -151,10 +147,7 @@ macro_rules! delegate {
 
 impl Repo {
     fn db(&self) -> Db {
-        match self {
-            Repo::Postgres(handle) => Db::Postgres(handle.0.clone()),
-            Repo::Sqlite(handle) => Db::Sqlite(handle.0.clone()),
-        }
+        self.db.clone()
     }
 
     /// Aggregates see personal fields in clear (or erased), see src/store/shred.rs. Only
@@ -192,7 +185,7 @@ impl PersistedEventRepository for Repo {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        append::persist(&self.db(), A::TYPE, events, snapshot_update).await
+        append::persist(&self.db, &self.memory, A::TYPE, events, snapshot_update).await
     }
     // Not decrypted (src/store/shred.rs): authd does not use the replay streams; a caller
     // would see `enc:v1:` values.
@@ -251,10 +244,7 @@ fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
 
 impl Store {
     pub fn new(db: Db) -> Self {
-        let repo = match &db {
-            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepositoryHandle(pool.clone())),
-            Db::Sqlite(pool) => Repo::Sqlite(SqliteEventRepositoryHandle(pool.clone())),
-        };
+        let repo = Repo { db: db.clone(), memory: Arc::new(append::Memory::default()) };
         let read_models = ReadModels::new(db.clone());
         let log = Log::new(db.clone());
         Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)) }
@@ -396,6 +386,7 @@ impl Store {
     /// Destroys the account's personal-data key (see src/store/shred.rs).
     pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
         shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        self.repo.memory.forget_subject(subject);
         self.cache.forget(subject);
         Ok(())
     }

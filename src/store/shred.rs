@@ -45,6 +45,8 @@ use rand::RngCore;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::append::Memory;
+
 /// Prefix of an encrypted value.
 pub const PREFIX: &str = "enc:v1:";
 /// What an encrypted value reads as once its key is destroyed.
@@ -136,7 +138,10 @@ pub fn protect(subject: &str, key: Option<&Key>, payload: &mut Value, metadata: 
 }
 
 /// The subject's key, created when it has none yet; `None` once destroyed.
-async fn key_for(conn: &mut Conn<'_>, subject: &str) -> Result<Option<Key>, sqlx::Error> {
+async fn key_for(conn: &mut Conn<'_>, memory: &Memory, subject: &str) -> Result<Option<Key>, sqlx::Error> {
+    if let Some(key) = memory.key(subject) {
+        return Ok(Some(key));
+    }
     let mut fresh = [0u8; 32];
     OsRng.fill_bytes(&mut fresh);
     let insert = "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING";
@@ -145,13 +150,18 @@ async fn key_for(conn: &mut Conn<'_>, subject: &str) -> Result<Option<Key>, sqlx
         sqlx::query(insert).bind(subject).bind(fresh.to_vec()).execute(&mut **c).await?;
         sqlx::query_scalar(select).bind(subject).fetch_one(&mut **c).await?
     });
-    Ok(stored.and_then(|key| Key::try_from(key.as_slice()).ok()))
+    let key = stored.and_then(|key| Key::try_from(key.as_slice()).ok());
+    if let Some(key) = key {
+        memory.remember_key(subject, key);
+    }
+    Ok(key)
 }
 
 /// The payload and metadata of an event as they are stored: personal fields
 /// encrypted for the event's subject (see the module documentation).
 pub async fn encrypt_personal(
     conn: &mut Conn<'_>,
+    memory: &Memory,
     aggregate_type: &str,
     aggregate_id: &str,
     payload: &Value,
@@ -159,7 +169,7 @@ pub async fn encrypt_personal(
 ) -> Result<(Value, Value), sqlx::Error> {
     let (mut payload, mut metadata) = (payload.clone(), metadata.clone());
     if let Some(subject) = subject_of(aggregate_type, aggregate_id, &payload) {
-        let key = key_for(conn, &subject).await?;
+        let key = key_for(conn, memory, &subject).await?;
         protect(&subject, key.as_ref(), &mut payload, &mut metadata);
     }
     Ok((payload, metadata))
