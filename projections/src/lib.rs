@@ -346,23 +346,6 @@ impl ReadModels {
         })
     }
 
-    /// Folds events just committed for one aggregate (in sequence order). If any is
-    /// out of line, reads that aggregate's missing events from the log instead. An
-    /// event that changes no read model (a refresh) is left to catch-up, with what
-    /// follows it: the request need not wait for a write nobody reads.
-    pub async fn project<L: EventLog>(&self, log: &L, events: &[L::Event]) -> Result<(), Error> {
-        for event in events {
-            if !PROJECTED.contains(&event.aggregate_type()) || fold(event)?.is_empty() {
-                return Ok(());
-            }
-            if !self.fold_one(event).await? {
-                self.catch_up_aggregate(log, event.aggregate_type(), event.aggregate_id()).await?;
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
     /// Folds every event of the log past the read models' checkpoint, and moves the
     /// checkpoint. Returns how many events it folded (events the live path already
     /// folded are skipped by their version).

@@ -24,7 +24,7 @@ impl App {
             at,
         };
         self.store
-            .execute::<Session>(&session_id.to_string(), command, &(), meta)
+            .execute_new::<Session>(&session_id.to_string(), command, &(), meta)
             .await
             .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
         self.tokens(profile_id, session_id, amr, refresh_token, at)

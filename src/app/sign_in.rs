@@ -76,7 +76,7 @@ impl App {
             expires_at: at + self.policy.sign_in_ttl,
         };
         self.store
-            .execute::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
+            .execute_new::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
         let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address };

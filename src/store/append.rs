@@ -1,7 +1,9 @@
 //! The write path of the event store: appends a command's events, in one
 //! transaction, with what cqrs-es would write plus each event's hash link
 //! (src/store/chain.rs), personal fields encrypted under their subject's key first
-//! (src/store/shred.rs), so the chain covers what is stored.
+//! (src/store/shred.rs), so the chain covers what is stored — and folds them into
+//! the read models in the same transaction, so a read model is never behind or
+//! ahead of the log this process wrote (catch-up repairs what others left behind).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -211,8 +213,34 @@ async fn append(
         });
         prev = hash;
         last = sequence;
+        // In clear, like every fold; out of line (an earlier fold was lost) it folds
+        // nothing and catch-up repairs the aggregate from the log.
+        let folded = Clear { aggregate_type, event, sequence };
+        projections::ReadModels::fold_on(conn, &folded).await.map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
     }
     Ok((last, prev))
+}
+
+/// An event being appended, as the read models fold it.
+struct Clear<'a> {
+    aggregate_type: &'a str,
+    event: &'a SerializedEvent,
+    sequence: i64,
+}
+
+impl projections::Folded for Clear<'_> {
+    fn aggregate_type(&self) -> &str {
+        self.aggregate_type
+    }
+    fn aggregate_id(&self) -> &str {
+        &self.event.aggregate_id
+    }
+    fn sequence(&self) -> i64 {
+        self.sequence
+    }
+    fn payload(&self) -> &Value {
+        &self.event.payload
+    }
 }
 
 #[cfg(test)]

@@ -213,25 +213,6 @@ impl Event {
         })
     }
 
-    /// An event this process just committed, in clear, before the sequencer numbers
-    /// it (position 0, no `recorded_at`): what the live path folds at once.
-    pub fn committed<A: cqrs_es::Aggregate>(envelope: &cqrs_es::EventEnvelope<A>) -> Option<Self> {
-        use cqrs_es::DomainEvent;
-        Some(Event {
-            position: 0,
-            aggregate_type: A::TYPE.to_string(),
-            aggregate_id: envelope.aggregate_id.clone(),
-            sequence: i64::try_from(envelope.sequence).ok()?,
-            event_type: envelope.payload.event_type(),
-            event_version: envelope.payload.event_version(),
-            recorded_at: String::new(),
-            metadata: serde_json::to_value(&envelope.metadata).ok()?,
-            payload: serde_json::to_value(&envelope.payload).ok()?,
-            prev_hash: None,
-            hash: None,
-        })
-    }
-
     /// The metadata value `key` (client address, request id, user agent).
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)

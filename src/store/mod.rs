@@ -33,7 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::Notify;
 
 use cache::Cache;
-use log::{Event, Log};
+use log::Log;
 
 /// How often a command is retried when another writer (another replica: this one
 /// serialises its own, see [`Stripes`]) committed to the same aggregate first.
@@ -284,7 +284,16 @@ impl Store {
     /// The aggregate as of its last event: the cached state (src/store/cache.rs)
     /// plus the events committed after it, usually none.
     async fn context<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<EventStoreAggregateContext<A>, StoreError> {
-        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        let (aggregate, sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        self.context_after(id, aggregate, sequence).await
+    }
+
+    async fn context_after<A: Aggregate + Clone + 'static>(
+        &self,
+        id: &str,
+        mut aggregate: A,
+        mut sequence: usize,
+    ) -> Result<EventStoreAggregateContext<A>, StoreError> {
         let tail = self.repo.get_last_events::<A>(id, sequence).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let grew = !tail.is_empty();
         for event in tail {
@@ -331,6 +340,24 @@ impl Store {
         Ok(self.execute_for_state::<A>(id, command, services, metadata).await?.0)
     }
 
+    /// [`Store::execute`] for an aggregate whose id was just drawn at random (a
+    /// sign-in, a session): it is decided as new without asking the store; were the
+    /// id taken, the commit would conflict and the command be decided again.
+    pub async fn execute_new<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        let assumed = Some((A::default(), 0));
+        Ok(self.decide_and_commit::<A>(id, command, services, metadata, assumed).await?.0)
+    }
+
     /// [`Store::execute`], also returning the aggregate's state after the command.
     pub async fn execute_for_state<A>(
         &self,
@@ -343,20 +370,49 @@ impl Store {
         A: Aggregate + Clone + 'static,
         A::Command: Clone,
     {
+        // This process's own last write is usually the aggregate's last one: the first
+        // decision is taken on the cached state without asking the store.
+        let cached = self.cache.get::<A>(id);
+        self.decide_and_commit::<A>(id, command, services, metadata, cached).await
+    }
+
+    /// Decides `command` — first on `unverified` state when given, which a commit
+    /// conflict, a refusal or a no-op sends back to be decided again on the store's
+    /// tail — and commits what it decided.
+    async fn decide_and_commit<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Metadata,
+        mut unverified: Option<(A, usize)>,
+    ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
         let store = self.events::<A>();
         let _turn = self.stripes.lock(A::TYPE, id).await;
         for attempt in 0..MAX_ATTEMPTS {
-            let mut context = self.context::<A>(id).await?;
+            let trusted = unverified.is_none();
+            let mut context = match unverified.take() {
+                Some((aggregate, sequence)) => EventStoreAggregateContext {
+                    aggregate_id: id.to_string(),
+                    aggregate,
+                    current_sequence: sequence,
+                    current_snapshot: None,
+                },
+                None => self.context::<A>(id).await?,
+            };
             let sink = EventSink::default();
             // `handle` applies what it decides: the context holds the state after it.
-            context
-                .aggregate()
-                .handle(command.clone(), services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            let decided = context.aggregate().handle(command.clone(), services, &sink).await;
             let events = sink.collect().await;
-            if events.is_empty() {
-                return Ok((events, context.aggregate));
+            match decided {
+                Err(_) | Ok(()) if !trusted && events.is_empty() => continue,
+                Err(rejection) => return Err(CommandError::Rejected(rejection)),
+                Ok(()) if events.is_empty() => return Ok((events, context.aggregate)),
+                Ok(()) => {}
             }
             let after = context.aggregate.clone();
             let sequence = context.current_sequence + events.len();
@@ -364,23 +420,14 @@ impl Store {
                 Ok(committed) => {
                     self.cache.put(id, after.clone(), sequence);
                     self.committed.notify_one();
-                    self.project::<A>(&committed).await;
                     return Ok((committed.into_iter().map(|envelope| envelope.payload).collect(), after));
                 }
-                Err(AggregateError::AggregateConflict) => back_off(attempt).await,
+                Err(AggregateError::AggregateConflict) if trusted => back_off(attempt).await,
+                Err(AggregateError::AggregateConflict) => {}
                 Err(error) => return Err(unavailable(error).into()),
             }
         }
         Err(StoreError::Contended.into())
-    }
-
-    /// Folds committed events into the read models. A failure here loses nothing:
-    /// the events are in the log and catch-up folds them later.
-    async fn project<A: Aggregate>(&self, committed: &[cqrs_es::EventEnvelope<A>]) {
-        let events: Vec<Event> = committed.iter().filter_map(Event::committed).collect();
-        if let Err(error) = self.read_models.project(&self.log, &events).await {
-            tracing::warn!(%error, aggregate_type = A::TYPE, "read model update deferred to catch-up");
-        }
     }
 
     /// Destroys the account's personal-data key (see src/store/shred.rs).
