@@ -253,7 +253,7 @@ mod tests {
         SerializedEvent {
             aggregate_id: "s1".into(),
             sequence,
-            aggregate_type: "session".into(),
+            aggregate_type: "sign_in".into(),
             event_type: "SessionRefreshed".into(),
             event_version: "1".into(),
             payload,
@@ -276,13 +276,13 @@ mod tests {
     #[tokio::test]
     async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), "session", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
-        persist(&db, &Memory::default(), "session", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "sign_in", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
         let rows = stored(&db).await;
         assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
         assert_eq!(rows[1].1, rows[0].2);
         assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, &Memory::default(), "session", &[serialized(3, json!({"a": "late"}))], None).await;
+        let conflict = persist(&db, &Memory::default(), "sign_in", &[serialized(3, json!({"a": "late"}))], None).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -290,14 +290,14 @@ mod tests {
     #[tokio::test]
     async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), "session", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "sign_in", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, &Memory::default(), "session", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, &Memory::default(), "sign_in", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
         let first = serialized(1, json!({"a": 1}));
         let head = event_hash(
             &Linked {
-                aggregate_type: "session",
+                aggregate_type: "sign_in",
                 aggregate_id: "s1",
                 sequence: 1,
                 event_type: &first.event_type,

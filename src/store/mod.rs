@@ -284,16 +284,7 @@ impl Store {
     /// The aggregate as of its last event: the cached state (src/store/cache.rs)
     /// plus the events committed after it, usually none.
     async fn context<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<EventStoreAggregateContext<A>, StoreError> {
-        let (aggregate, sequence) = self.cache.get::<A>(id).unwrap_or_default();
-        self.context_after(id, aggregate, sequence).await
-    }
-
-    async fn context_after<A: Aggregate + Clone + 'static>(
-        &self,
-        id: &str,
-        mut aggregate: A,
-        mut sequence: usize,
-    ) -> Result<EventStoreAggregateContext<A>, StoreError> {
+        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
         let tail = self.repo.get_last_events::<A>(id, sequence).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let grew = !tail.is_empty();
         for event in tail {
