@@ -30,7 +30,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(events = caught_up, "read models caught up");
     spawn_catch_up(store.clone(), Duration::from_secs(config.catch_up_interval.max(1)));
     // Token checks answer from memory; other replicas' sign-outs reach it within this.
-    store.follow(Duration::from_millis(250));
+    store.follow(Duration::from_millis(250)).await.context("cannot follow the event log")?;
 
     let relay = match config.nats_url.as_deref().filter(|url| !url.trim().is_empty()) {
         Some(nats_url) => {

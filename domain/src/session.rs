@@ -92,6 +92,11 @@ impl Session {
     pub fn opened_at(&self) -> Option<DateTime<Utc>> {
         self.opened_at
     }
+    /// Whether the session still counts: open, and admitted by its account (which
+    /// ends every session opened before a revocation, see `User::admits_session`).
+    pub fn admitted_by(&self, user: &crate::User) -> bool {
+        self.is_active() && self.opened_at.is_some_and(|opened_at| user.admits_session(opened_at))
+    }
 
     fn check_live(&self) -> Result<(), SessionError> {
         match (self.profile_id, self.ended) {

@@ -97,13 +97,16 @@ impl Aggregate for SignIn {
                     return Err(SignInError::AlreadyFinished);
                 }
                 let failed = |reason| SignInEvent::SignInFailed { profile_id: self.profile_id, reason, at };
+                // Checked for every attempt, so an unknown or throttled one takes the
+                // same work as a wrong password.
+                let proven = verifier.verify(&login_state, &ke3);
                 match self.profile_id {
                     _ if self.expires_at.is_some_and(|expires_at| at >= expires_at) => {
                         failed(FailureReason::Expired)
                     }
                     None => failed(FailureReason::UnknownUser),
                     Some(_) if self.locked => failed(FailureReason::AccountLocked),
-                    Some(profile_id) if verifier.verify(&login_state, &ke3) => {
+                    Some(profile_id) if proven => {
                         SignInEvent::SignInSucceeded { profile_id, at }
                     }
                     Some(_) => failed(FailureReason::WrongPassword),

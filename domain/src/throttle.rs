@@ -9,7 +9,8 @@
 //! - Once an address has `threshold` failures it is blocked for `backoff`, doubling
 //!   with every further failure (blocked attempts count too); other addresses go on,
 //!   up to the account-wide `ceiling` of failures, past which every address waits for
-//!   the window to end.
+//!   the window to end. Only attempts that were allowed to run count toward the
+//!   ceiling, so one address adds `threshold` at most: reaching it takes many.
 //! - One aggregate per account and window (its id names both), so the stream a
 //!   sign-in loads holds one window's attempts at most, never the account's history.
 //! - Addresses arrive as keyed hashes of their throttling key ([`address_key`]):
@@ -71,12 +72,14 @@ pub fn address_key(address: IpAddr) -> String {
 struct Address {
     failures: u32,
     blocked_until: Option<DateTime<Utc>>,
+    /// Of `failures`, those that were allowed to run (they count toward the ceiling).
+    counted: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Throttle {
     addresses: BTreeMap<String, Address>,
-    /// All addresses' failures together (what the ceiling bounds).
+    /// All addresses' failures that were allowed to run (what the ceiling bounds).
     failures: u32,
 }
 
@@ -112,13 +115,6 @@ crate::domain_event!(ThrottleEvent { ProofAttempted, ProofSucceeded });
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ThrottleError {}
 
-impl Throttle {
-    /// Failures counted for `address` in this window.
-    pub fn failures_from(&self, address: &str) -> u32 {
-        self.addresses.get(address).map_or(0, |a| a.failures)
-    }
-}
-
 impl Aggregate for Throttle {
     const TYPE: &'static str = "throttle";
     type Command = ThrottleCommand;
@@ -146,14 +142,17 @@ impl Aggregate for Throttle {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            ThrottleEvent::ProofAttempted { address, failures, blocked_until, .. } => {
-                self.failures += 1;
-                self.addresses.insert(address, Address { failures, blocked_until });
+            ThrottleEvent::ProofAttempted { address, allowed, failures, blocked_until, .. } => {
+                let entry = self.addresses.entry(address).or_default();
+                entry.failures = failures;
+                entry.blocked_until = blocked_until;
+                entry.counted += u32::from(allowed);
+                self.failures += u32::from(allowed);
             }
             ThrottleEvent::ProofSucceeded { address, .. } => {
                 // The address proved the secret: its failures were a user's typos.
                 if let Some(known) = self.addresses.remove(&address) {
-                    self.failures = self.failures.saturating_sub(known.failures);
+                    self.failures = self.failures.saturating_sub(known.counted);
                 }
             }
         }
@@ -227,6 +226,19 @@ mod tests {
             .when_async(attempt("a", 61))
             .await
             .then_expect_events(vec![attempted("a", true, 4, Some(61 + 120), 61)]);
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_reach_the_ceiling_alone() {
+        // "a" is blocked after 3; its 10 blocked attempts do not count toward the
+        // ceiling (5), so "b" still gets through.
+        let mut history: Vec<ThrottleEvent> = (1..=3).map(|n| attempted("a", true, n, None, 0)).collect();
+        history.extend((4..=13).map(|n| attempted("a", false, n, Some(600), 0)));
+        TestFramework::<Throttle>::with(())
+            .given(history)
+            .when_async(attempt("b", 1))
+            .await
+            .then_expect_events(vec![attempted("b", true, 1, None, 1)]);
     }
 
     #[tokio::test]

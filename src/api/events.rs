@@ -14,7 +14,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::{AdminToken, ApiError, Tag};
 use crate::app::{App, Fields};
-use crate::relay::envelope::Envelope;
+use crate::app::AuditEnvelope as Envelope;
 use crate::app::EventFilter as Filter;
 
 const DEFAULT_LIMIT: usize = 100;

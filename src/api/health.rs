@@ -7,7 +7,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::{AdminToken, ApiError, Tag};
 use crate::app::App;
-use crate::relay;
+use crate::app::{RelayState, RelayStatus};
 
 #[derive(Object)]
 pub struct Status {
@@ -52,13 +52,13 @@ impl HealthApi {
     /// Readiness: 200 when the event store answers, 503 otherwise. Reports the
     /// audit relay's lag, which does not change the answer.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
-    async fn readyz(&self, app: Data<&Arc<App>>, relay: Data<&relay::Status>) -> Result<Json<Readiness>, ApiError> {
+    async fn readyz(&self, app: Data<&Arc<App>>, relay: Data<&RelayStatus>) -> Result<Json<Readiness>, ApiError> {
         if !app.store_ready().await {
             return Err(ApiError::new(503, "unavailable", "the event store does not answer"));
         }
         let state = relay.get();
         let lag = match state {
-            relay::State::Disabled => None,
+            RelayState::Disabled => None,
             _ => app.relay_lag().await.ok(),
         };
         Ok(Json(Readiness {
@@ -80,7 +80,7 @@ impl HealthApi {
     async fn metrics(
         &self,
         app: Data<&Arc<App>>,
-        relay: Data<&relay::Status>,
+        relay: Data<&RelayStatus>,
         auth: AdminToken,
     ) -> Result<PlainText<String>, ApiError> {
         app.admin(&auth.0.token)?;
@@ -98,9 +98,9 @@ impl HealthApi {
         gauge(
             "authd_audit_relay_enabled",
             "1 when NATS_URL is set and the audit relay runs.",
-            i64::from(state != relay::State::Disabled),
+            i64::from(state != RelayState::Disabled),
         );
-        if state != relay::State::Disabled {
+        if state != RelayState::Disabled {
             if let Ok(lag) = app.relay_lag().await {
                 gauge(
                     "authd_audit_relay_lag_events",

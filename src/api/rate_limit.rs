@@ -4,7 +4,6 @@
 //! limit is per replica, and a restart forgets it — acceptable for throttling, which
 //! guards nothing that must survive.
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -70,7 +69,7 @@ fn kind(path: &str) -> Option<Kind> {
 
 #[derive(Clone)]
 pub struct RateLimits {
-    limiter: Option<Arc<DefaultKeyedRateLimiter<(Kind, IpAddr)>>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<(Kind, String)>>>,
 }
 
 impl RateLimits {
@@ -100,7 +99,8 @@ impl RateLimits {
     fn over_limit(&self, request: &Request) -> Option<u64> {
         let limiter = self.limiter.as_ref()?;
         let kind = kind(request.uri().path())?;
-        let address = limit_key(super::ClientAddress::of(request)?);
+        // IPv6 callers per /64, like the throttling of proofs.
+        let address = domain::throttle::address_key(super::ClientAddress::of(request)?);
         let not_until = limiter.check_key(&(kind, address)).err()?;
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
@@ -113,17 +113,6 @@ impl RateLimits {
                 .into_response());
         }
         endpoint.call(request).await.map(IntoResponse::into_response)
-    }
-}
-
-/// IPv6 callers are limited per /64, like the throttling of proofs.
-fn limit_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-        v4 => v4,
     }
 }
 

@@ -29,9 +29,11 @@ mod sessions;
 mod sign_in;
 mod sign_up;
 mod verifications;
-// `send_email_code` and `redeem_code` (and their types) serve the account flows.
 pub(crate) use error::rejected;
-/// Types the API layer passes through: request metadata and the log filter.
+/// Types the API layer passes through: request metadata, the log filter, the audit
+/// envelope and the relay's state.
+pub use crate::relay::envelope::Envelope as AuditEnvelope;
+pub use crate::relay::{State as RelayState, Status as RelayStatus};
 pub use crate::store::log::Filter as EventFilter;
 pub use crate::store::Metadata;
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};

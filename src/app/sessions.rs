@@ -112,14 +112,12 @@ impl App {
         Ok(Verified { profile_id, session_id, expires_at: claims.exp })
     }
 
-    /// A session counts while it is open and its account (the `User` aggregate, from
-    /// memory) admits it.
+    /// A session counts while its account (the `User` aggregate, from memory)
+    /// admits it.
     async fn admitted(&self, session: &Session) -> Result<(), AppError> {
-        let (Some(profile_id), Some(opened_at), true) = (session.profile_id(), session.opened_at(), session.is_active()) else {
-            return Err(AppError::InvalidToken);
-        };
+        let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        if user.admits_session(opened_at) {
+        if session.admitted_by(&user) {
             Ok(())
         } else {
             Err(AppError::InvalidToken)

@@ -179,7 +179,7 @@ async fn append(
         let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
         // Personal data is encrypted before the hash is taken, so the chain covers
         // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
-        let (payload, metadata) =
+        let (payload, metadata, visible) =
             shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
                 .await
                 .map_err(&error)?;
@@ -213,22 +213,24 @@ async fn append(
         });
         prev = hash;
         last = sequence;
-        // In clear, like every fold; out of line (an earlier fold was lost) it folds
+        // Out of line (an earlier fold was lost) it folds
         // nothing and catch-up repairs the aggregate from the log.
-        let folded = Clear { aggregate_type, event, sequence };
+        let folded = Folding { aggregate_type, event, sequence, payload: if visible { &event.payload } else { &payload } };
         projections::ReadModels::fold_on(conn, &folded).await.map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
     }
     Ok((last, prev))
 }
 
-/// An event being appended, as the read models fold it.
-struct Clear<'a> {
+/// An event being appended, as the read models fold it: in clear, or erased once its
+/// subject's key is destroyed.
+struct Folding<'a> {
     aggregate_type: &'a str,
     event: &'a SerializedEvent,
     sequence: i64,
+    payload: &'a Value,
 }
 
-impl projections::Folded for Clear<'_> {
+impl projections::Folded for Folding<'_> {
     fn aggregate_type(&self) -> &str {
         self.aggregate_type
     }
@@ -239,7 +241,7 @@ impl projections::Folded for Clear<'_> {
         self.sequence
     }
     fn payload(&self) -> &Value {
-        &self.event.payload
+        self.payload
     }
 }
 

@@ -18,9 +18,12 @@ use cqrs_es::Aggregate;
 
 type Key = (String, String);
 
+/// An aggregate's state at `sequence`, or — `state: None` — only the knowledge
+/// that it has reached `sequence` (another writer moved it): a miss for reads, and
+/// a bar for a load that started earlier and would put back an older state.
 struct Entry {
     sequence: usize,
-    state: Arc<dyn Any + Send + Sync>,
+    state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 pub(super) struct Cache {
@@ -42,7 +45,7 @@ impl Cache {
     pub fn get<A: Aggregate + Clone + 'static>(&self, id: &str) -> Option<(A, usize)> {
         let entries = self.entries();
         let entry = entries.get(&(A::TYPE.to_string(), id.to_string()))?;
-        let state = entry.state.downcast_ref::<A>()?.clone();
+        let state = entry.state.as_ref()?.downcast_ref::<A>()?.clone();
         Some((state, entry.sequence))
     }
 
@@ -50,24 +53,33 @@ impl Cache {
     pub fn put<A: Aggregate + Clone + 'static>(&self, id: &str, state: A, sequence: usize) {
         let mut entries = self.entries();
         let key = (A::TYPE.to_string(), id.to_string());
-        if entries.get(&key).is_some_and(|entry| entry.sequence >= sequence) {
+        let newer = |entry: &Entry| entry.sequence > sequence || (entry.sequence == sequence && entry.state.is_some());
+        if entries.get(&key).is_some_and(newer) {
             return;
         }
+        self.make_room(&mut entries);
+        entries.insert(key, Entry { sequence, state: Some(Arc::new(state)) });
+    }
+
+    /// Records that `id` reached `sequence`: a cached state older than that is
+    /// dropped, and no older state can be put back (a load that read the store
+    /// before this write and puts after it).
+    pub fn stale(&self, aggregate_type: &str, id: &str, sequence: usize) {
+        let mut entries = self.entries();
+        let key = (aggregate_type.to_string(), id.to_string());
+        if entries.get(&key).is_none_or(|entry| entry.sequence < sequence) {
+            self.make_room(&mut entries);
+            entries.insert(key, Entry { sequence, state: None });
+        }
+    }
+
+    /// At capacity, drops a tenth of the entries (they reload when next needed).
+    fn make_room(&self, entries: &mut HashMap<Key, Entry>) {
         if entries.len() >= self.capacity {
             let drop: Vec<Key> = entries.keys().take(self.capacity / 10 + 1).cloned().collect();
             for key in drop {
                 entries.remove(&key);
             }
-        }
-        entries.insert(key, Entry { sequence, state: Arc::new(state) });
-    }
-
-    /// Forgets `id` when its cached state is older than `sequence`.
-    pub fn stale(&self, aggregate_type: &str, id: &str, sequence: usize) {
-        let mut entries = self.entries();
-        let key = (aggregate_type.to_string(), id.to_string());
-        if entries.get(&key).is_some_and(|entry| entry.sequence < sequence) {
-            entries.remove(&key);
         }
     }
 

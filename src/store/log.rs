@@ -426,6 +426,19 @@ impl Log {
         }))
     }
 
+    /// PostgreSQL: the aggregates of events committed but not numbered yet (their
+    /// transaction is above the horizon), at most `limit`; in no particular order.
+    /// What a follower drops from memory at once, before the numbering catches up.
+    pub async fn moved_unnumbered(&self, limit: i64) -> Result<Vec<(String, String, i64)>, LogError> {
+        let Db::Postgres(pool) = &self.db else { return Ok(vec![]) };
+        let sql = "SELECT e.aggregate_type, e.aggregate_id, e.sequence FROM events e
+                   WHERE (e.transaction_id, e.position) > (
+                       COALESCE((SELECT transaction_id FROM event_positions ORDER BY global_position DESC LIMIT 1), '0'::xid8),
+                       COALESCE((SELECT position FROM event_positions ORDER BY global_position DESC LIMIT 1), 0))
+                   LIMIT $1";
+        Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?)
+    }
+
     /// The position of the newest event in the log (0 when empty).
     pub async fn head(&self) -> Result<i64, LogError> {
         self.sequence().await?;

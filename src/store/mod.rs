@@ -1,9 +1,12 @@
 //! The event store: PostgreSQL (postgres-es) or SQLite (sqlite-es), chosen by
 //! `DATABASE_URL`, behind one repository type so everything above is written once.
 //!
-//! Commands run through [`Store::execute`]: load the aggregate from its events, let
-//! it decide, commit with optimistic concurrency (retried on conflict, bounded),
-//! then fold the committed events into the read models.
+//! Commands run through [`Store::execute`]: the aggregate's state comes from this
+//! process's memory (src/store/cache.rs) or its events, the aggregate decides, and
+//! the events are committed with optimistic concurrency (retried on conflict,
+//! bounded) through the write path (src/store/append.rs), which folds them into the
+//! read models in the same transaction. A log follower (src/store/follower.rs)
+//! keeps the memory current with other replicas' writes.
 
 mod append;
 mod cache;
@@ -236,6 +239,8 @@ pub struct Store {
     committed: Arc<Notify>,
     stripes: Arc<Stripes>,
     cache: Arc<Cache>,
+    /// When the log follower last caught up (src/store/follower.rs).
+    fresh: Arc<follower::Freshness>,
 }
 
 fn unavailable<E: std::error::Error>(error: AggregateError<E>) -> StoreError {
@@ -247,7 +252,7 @@ impl Store {
         let repo = Repo { db: db.clone(), memory: Arc::new(append::Memory::default()) };
         let read_models = ReadModels::new(db.clone());
         let log = Log::new(db.clone());
-        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)) }
+        Self { db, repo, read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)), fresh: Arc::default() }
     }
 
     pub fn read_models(&self) -> &ReadModels {
@@ -261,8 +266,10 @@ impl Store {
 
     /// Follows the log for other replicas' writes, every `every`, so the memory that
     /// [`Store::load_current`] answers from stays current (src/store/follower.rs).
-    pub fn follow(&self, every: Duration) {
-        follower::spawn(self.log.clone(), self.cache.clone(), every);
+    pub async fn follow(&self, every: Duration) -> Result<(), StoreError> {
+        follower::start(self.log.clone(), self.cache.clone(), self.fresh.clone(), every)
+            .await
+            .map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
     /// Notified after each commit of this process.
@@ -310,7 +317,7 @@ impl Store {
     /// replicas' within the follower's poll (src/store/follower.rs). For the hot
     /// reads that must not cost a query (a session at every token check).
     pub async fn load_current<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<A, StoreError> {
-        match self.cache.get::<A>(id) {
+        match self.cache.get::<A>(id).filter(|_| self.fresh.is_fresh()) {
             Some((aggregate, _)) => Ok(aggregate),
             None => self.load(id).await,
         }

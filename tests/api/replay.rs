@@ -327,7 +327,7 @@ async fn verify_names_an_edited_payload(backend: Backend) {
     assert!(out.contains("ok: every link holds"), "{out}");
 
     // Rename the account in its registration event (its username is stored
-    // encrypted, see src/shred.rs: swap the ciphertext).
+    // encrypted, see src/store/shred.rs: swap the ciphertext).
     let name = format!("enc:v1:{profile_id}:");
     let edited = edit_payload(&server, &format!("aggregate_type = 'user' AND aggregate_id = '{profile_id}' AND event_type = 'UserRegistered'"), &name, &format!("{name}bWFsbG9yeQ")).await;
     assert_eq!(edited, 1);
