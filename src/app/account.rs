@@ -3,24 +3,23 @@
 //! `domain::user`, `domain::username`, `domain::invite_token` and
 //! `domain::verifier`; codes travel through the verification service.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
-use domain::verifier::{CodePurpose, Method, PurposeKind};
 use domain::invite_token::InviteTokenCommand;
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
+use domain::verifier::{CodePurpose, Method, PurposeKind};
 use domain::{Bucket, InviteToken, User, Username};
+use projections::UserView;
+use protocol::message;
 use uuid::Uuid;
 
-use projections::UserView;
-
-use protocol::message;
-use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
 use crate::crypto::opaque;
 use crate::store::{CommandError, Metadata};
+use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
 
 /// The account an emailed code of purpose `kind` is for.
 fn account_for(payload: &serde_json::Value, kind: PurposeKind) -> Result<Uuid, AppError> {

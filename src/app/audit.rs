@@ -3,7 +3,6 @@
 
 use crate::relay::{self, Lag};
 use crate::store::log::{Filter, Page};
-
 use super::{App, AppError};
 
 impl App {

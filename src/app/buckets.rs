@@ -5,8 +5,8 @@ use domain::{Bucket, InviteToken};
 use futures::{stream, StreamExt, TryStreamExt};
 use projections::BucketView;
 use uuid::Uuid;
-use crate::store::{CommandError, Metadata};
 
+use crate::store::{CommandError, Metadata};
 use super::{random_token, rejected, App, AppError, Conflict, Fields};
 
 /// Commands in flight at once when a bucket is filled.

@@ -3,8 +3,8 @@
 use chrono::Utc;
 use domain::mfa::{MfaCommand, MfaError};
 use domain::{Mfa, User};
-use crate::store::Metadata;
 
+use crate::store::Metadata;
 use super::{rejected, App, AppError, Conflict, TotpEnrollment, Verified};
 
 impl App {

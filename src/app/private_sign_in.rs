@@ -16,16 +16,15 @@
 //!   `salt` the client sends back as step three's `pake_key`; the `SignIn`
 //!   aggregate makes it single-use and expiring, as for a normal sign-in.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
+use protocol::message;
 use protocol::private::{Agreement, TokenKeys, AGREEMENT_LEN, PUBLIC_KEY_LEN};
 
-use protocol::message;
-
-use super::{App, AppError, Fields, SignInResult};
 use crate::crypto::opaque;
 use crate::store::Metadata;
+use super::{App, AppError, Fields, SignInResult};
 
 /// Seals step one's `handle`.
 const HANDLE_CONTEXT: &[u8] = b"authd/private-sign-in/v1 step one handle";

@@ -4,11 +4,10 @@ use chrono::{DateTime, Utc};
 use domain::session::{SessionCommand, SessionError, SessionEvent};
 use domain::user::UserCommand;
 use domain::{Session, User};
-
 use jsonwebtoken::{Algorithm, Header};
 use uuid::Uuid;
-use crate::store::{CommandError, Metadata};
 
+use crate::store::{CommandError, Metadata};
 use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
 
 impl App {

@@ -1,21 +1,20 @@
 //! Sign-in: OPAQUE login (KE1 → KE2, KE3), then the second factor when MFA is on.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use domain::mfa::MfaCommand;
 use domain::mfa_challenge::MfaChallengeCommand;
 use domain::sign_in::{SignInCommand, SignInEvent};
 use domain::throttle::{address_key, ThrottleCommand, ThrottleEvent};
-use domain::username::{self as usernames};
+use domain::username as usernames;
 use domain::{Mfa, MfaChallenge, SignIn, Throttle, User, Username};
-use serde::{Deserialize, Serialize};
-
-use uuid::Uuid;
-use crate::crypto::opaque::{self};
-use crate::store::Metadata;
-
 use protocol::message;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crypto::opaque;
+use crate::store::Metadata;
 use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult, Tokens};
 
 /// Wrong codes an `mfa_ticket` survives.

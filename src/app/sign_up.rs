@@ -1,18 +1,18 @@
 //! Sign-up: OPAQUE registration in two rounds, gated by an invitation unless
 //! sign-up is open.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use domain::invite_token::{InviteTokenCommand, InviteTokenError};
 use domain::user::UserCommand;
 use domain::username::{self as usernames, UsernameCommand, UsernameError};
 use domain::{Bucket, InviteToken, User, Username};
-use uuid::Uuid;
-use crate::crypto::opaque::{self};
-use crate::store::Metadata;
-
 use protocol::message;
+use uuid::Uuid;
+
+use crate::crypto::opaque;
+use crate::store::Metadata;
 use super::{rejected, App, AppError, Conflict, Fields};
 
 impl App {
