@@ -43,6 +43,8 @@ use log::Log;
 const MAX_ATTEMPTS: u32 = 12;
 /// Locks that serialise this process's commands per aggregate (by hash).
 const STRIPES: usize = 1024;
+/// How long a command waits for its aggregate's turn in this process.
+const TURN_WAIT: Duration = Duration::from_secs(5);
 /// Aggregates kept in memory (src/store/cache.rs).
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -211,11 +213,14 @@ impl Stripes {
         Self((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect())
     }
 
-    async fn lock(&self, aggregate_type: &str, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    /// The aggregate's turn; waiting longer than [`TURN_WAIT`] (a flood on one
+    /// aggregate) gives up rather than queue without bound.
+    async fn lock(&self, aggregate_type: &str, id: &str) -> Result<tokio::sync::MutexGuard<'_, ()>, StoreError> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (aggregate_type, id).hash(&mut hasher);
-        self.0[(hasher.finish() % STRIPES as u64) as usize].lock().await
+        let stripe = &self.0[(hasher.finish() % STRIPES as u64) as usize];
+        tokio::time::timeout(TURN_WAIT, stripe.lock()).await.map_err(|_| StoreError::Contended)
     }
 }
 
@@ -390,7 +395,7 @@ impl Store {
         A::Command: Clone,
     {
         let store = self.events::<A>();
-        let _turn = self.stripes.lock(A::TYPE, id).await;
+        let _turn = self.stripes.lock(A::TYPE, id).await?;
         for attempt in 0..MAX_ATTEMPTS {
             let trusted = unverified.is_none();
             let mut context = match unverified.take() {
