@@ -13,6 +13,7 @@
 //! the migrations), so emptying these tables refolds them from the log.
 //! [`ReadModels::rebuild`] replays from zero.
 
+use std::collections::HashMap;
 use cqrs_es::Aggregate;
 use domain::invite_token::InviteTokenEvent;
 use domain::mfa::MfaEvent;
@@ -354,9 +355,16 @@ impl ReadModels {
         loop {
             let from = self.checkpoint().await?;
             let (events, next) = log.read_after(from, BATCH).await?;
+            // The page's versions in one query: most events are folded already (by
+            // the transaction that appended them), and are skipped without a query.
+            let mut versions = self.versions(events.iter().map(|e| e.aggregate_id())).await?;
             for event in &events {
-                if self.fold_logged(log, event).await? {
+                let key = (event.aggregate_type().to_string(), event.aggregate_id().to_string());
+                let version = versions.get(&key).copied().unwrap_or(0);
+                if self.fold_logged(log, event, version).await? {
                     folded += 1;
+                    let now = self.version(event.aggregate_type(), event.aggregate_id()).await?;
+                    versions.insert(key, now);
                 }
             }
             if next > from {
@@ -370,12 +378,12 @@ impl ReadModels {
         }
     }
 
-    /// Folds one event read from the log, unless its aggregate is already past it.
-    async fn fold_logged<L: EventLog>(&self, log: &L, event: &L::Event) -> Result<bool, Error> {
+    /// Folds one event read from the log, unless its aggregate (at `version`) is
+    /// already past it.
+    async fn fold_logged<L: EventLog>(&self, log: &L, event: &L::Event, version: i64) -> Result<bool, Error> {
         if !PROJECTED.contains(&event.aggregate_type()) {
             return Ok(false);
         }
-        let version = self.version(event.aggregate_type(), event.aggregate_id()).await?;
         if event.sequence() <= version {
             Ok(false)
         } else if event.sequence() == version + 1 {
@@ -385,6 +393,24 @@ impl ReadModels {
             // aggregate's missing events straight from its stream.
             Ok(self.catch_up_aggregate(log, event.aggregate_type(), event.aggregate_id()).await? > 0)
         }
+    }
+
+    /// The recorded versions of the aggregates with these ids, by (type, id).
+    async fn versions<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<(String, String), i64>, Error> {
+        let ids: Vec<&str> = ids.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT aggregate_type, aggregate_id, version FROM projection_versions WHERE aggregate_id IN ({list})");
+        let rows: Vec<(String, String, i64)> = with_pool!(&self.db, pool => {
+            let mut query = sqlx::query_as(&sql);
+            for id in &ids {
+                query = query.bind(*id);
+            }
+            query.fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(t, i, v)| ((t, i), v)).collect())
     }
 
     async fn version(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, Error> {
