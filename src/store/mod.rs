@@ -151,18 +151,14 @@ macro_rules! delegate {
 }
 
 impl Repo {
-    fn db(&self) -> Db {
-        self.db.clone()
-    }
-
     /// Aggregates see personal fields in clear (or erased), see src/store/shred.rs. Only
     /// payloads: `apply` never reads metadata, and leaving it sealed spares the key
     /// look-up on hot loads such as a session's at every token check.
     async fn reveal(&self, mut events: Vec<SerializedEvent>) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let mut values: Vec<&mut Value> = events.iter_mut().map(|event| &mut event.payload).collect();
-        crate::store::shred::reveal_all(&self.db(), &mut values)
+        let ring = shred::KeyRing::load_remembering(&self.db, Some(&self.memory), events.iter().map(|event| &event.payload))
             .await
             .map_err(|error| PersistenceError::ConnectionError(Box::new(error)))?;
+        events.iter_mut().for_each(|event| ring.reveal(&mut event.payload));
         Ok(events)
     }
 }

@@ -239,10 +239,31 @@ impl KeyRing {
 
     /// The keys the encrypted values in `values` need.
     pub async fn load_for<'v>(db: &Db, values: impl IntoIterator<Item = &'v Value>) -> Result<Self, sqlx::Error> {
+        Self::load_remembering(db, None, values).await
+    }
+
+    /// [`KeyRing::load_for`], taking the keys the write path remembers (src/store/append.rs)
+    /// from memory and reading only the others: an aggregate load on the hot path
+    /// (an account at every sign-in) then costs no key query.
+    pub async fn load_remembering<'v>(
+        db: &Db,
+        memory: Option<&Memory>,
+        values: impl IntoIterator<Item = &'v Value>,
+    ) -> Result<Self, sqlx::Error> {
         let mut needed = HashSet::new();
         values.into_iter().for_each(|value| subjects(value, &mut needed));
+        let mut remembered = HashMap::new();
+        if let Some(memory) = memory {
+            needed.retain(|subject| match memory.key(subject) {
+                Some(key) => {
+                    remembered.insert(subject.clone(), Some(key));
+                    false
+                }
+                None => true,
+            });
+        }
         if needed.is_empty() {
-            return Ok(KeyRing::default());
+            return Ok(KeyRing { keys: remembered });
         }
         // One query for every account the values name.
         let placeholders: Vec<String> = (1..=needed.len()).map(|n| format!("${n}")).collect();
@@ -255,10 +276,14 @@ impl KeyRing {
             query.fetch_all(pool).await?
         });
         let mut ring = rows_to_ring(rows);
+        if let Some(memory) = memory {
+            ring.keys.iter().for_each(|(subject, key)| key.iter().for_each(|key| memory.remember_key(subject, *key)));
+        }
         // A subject without a row has no key: its values read as erased.
         for subject in needed {
             ring.keys.entry(subject).or_insert(None);
         }
+        ring.keys.extend(remembered);
         Ok(ring)
     }
 
