@@ -7,14 +7,30 @@ use domain::{Session, User};
 use jsonwebtoken::{Algorithm, Header};
 use uuid::Uuid;
 
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, Metadata, Unit};
 use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
 
 impl App {
     pub(super) async fn open_session(&self, profile_id: Uuid, amr: Vec<String>, meta: &Metadata) -> Result<Tokens, AppError> {
+        let mut unit = self.store.unit(&[], meta).await?;
+        loop {
+            let tokens = self.open_session_in(&mut unit, profile_id, amr.clone(), Utc::now()).await?;
+            if unit.commit().await? {
+                return Ok(tokens);
+            }
+        }
+    }
+
+    /// Decides a new session in `unit` (committed with it) and signs its tokens.
+    pub(super) async fn open_session_in(
+        &self,
+        unit: &mut Unit<'_>,
+        profile_id: Uuid,
+        amr: Vec<String>,
+        at: DateTime<Utc>,
+    ) -> Result<Tokens, AppError> {
         let session_id = Uuid::new_v4();
         let refresh_token = format!("{session_id}.{}", random_token());
-        let at = Utc::now();
         let command = SessionCommand::Open {
             profile_id,
             refresh_hash: self.keys.refresh_hash(&refresh_token),
@@ -22,8 +38,7 @@ impl App {
             amr: amr.clone(),
             at,
         };
-        self.store
-            .execute_new::<Session>(&session_id.to_string(), command, &(), meta)
+        unit.decide_new::<Session>(&session_id.to_string(), command, &())
             .await
             .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
         self.tokens(profile_id, session_id, amr, refresh_token, at)

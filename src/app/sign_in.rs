@@ -3,6 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use domain::mfa::MfaCommand;
 use domain::mfa_challenge::MfaChallengeCommand;
 use domain::sign_in::{SignInCommand, SignInEvent};
@@ -49,6 +50,9 @@ impl App {
 
         let at = Utc::now();
         let owner = self.store.load::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner();
+        // The same reads for a known and an unknown name (a user that does not exist
+        // loads as empty), so the time taken does not tell them apart.
+        let user = self.store.load::<User>(&owner.unwrap_or(Uuid::nil()).to_string()).await?;
         let throttle_id = self.throttle_id(&username, at);
         let address = self.address_of(meta);
         let attempt = ThrottleCommand::Attempt {
@@ -57,27 +61,30 @@ impl App {
             at,
             policy: self.policy.throttle,
         };
-        let allowed = match self.store.execute::<Throttle>(&throttle_id, attempt, &(), meta).await {
-            Ok(events) => matches!(events.first(), Some(ThrottleEvent::ProofAttempted { allowed: true, .. })),
-            Err(error) => return Err(rejected(error, |_| AppError::InvalidCredentials)),
-        };
-        // The same reads for a known and an unknown name (a user that does not exist
-        // loads as empty), so the time taken does not tell them apart.
-        let user = self.store.load::<User>(&owner.unwrap_or(Uuid::nil()).to_string()).await?;
-        let record = user.registration_record().filter(|_| allowed && owner.is_some());
-        let start = opaque::login_start(&self.keys.setup, record, &ke1, username.as_bytes())
-            .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
         let sign_in = Uuid::new_v4();
-        let command = SignInCommand::Start {
-            profile_id: owner,
-            locked: !allowed,
-            at,
-            expires_at: at + self.policy.sign_in_ttl,
+        // Counted, decided and started in one commit: no answer before the count.
+        let mut unit = self.store.unit(&[(Throttle::TYPE, &throttle_id)], meta).await?;
+        let start = loop {
+            let (events, _) =
+                unit.decide::<Throttle>(&throttle_id, attempt.clone(), &()).await.map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+            let allowed = matches!(events.first(), Some(ThrottleEvent::ProofAttempted { allowed: true, .. }));
+            let record = user.registration_record().filter(|_| allowed && owner.is_some());
+            let start = opaque::login_start(&self.keys.setup, record, &ke1, username.as_bytes())
+                .map_err(|e| AppError::Invalid(vec![("credential_request".into(), e.to_string())]))?;
+            let command = SignInCommand::Start {
+                profile_id: owner,
+                locked: !allowed,
+                at,
+                expires_at: at + self.policy.sign_in_ttl,
+            };
+            unit.decide_new::<SignIn>(&sign_in.to_string(), command, &self.verifier)
+                .await
+                .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+            if unit.commit().await? {
+                break start;
+            }
         };
-        self.store
-            .execute_new::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+        drop(unit);
         let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address };
         let sealed = serde_json::to_vec(&pending).map_err(|e| AppError::Internal(e.to_string()))?;
         let sealed = self.keys.encrypt(sign_in.as_bytes(), &sealed);
@@ -101,42 +108,52 @@ impl App {
 
         let at = Utc::now();
         let login_state = protocol::unb64(&pending.login_state).map_err(|_| AppError::InvalidCredentials)?;
-        let command = SignInCommand::Finish { login_state, ke3, at };
-        let events = self
-            .store
-            .execute::<SignIn>(&sign_in.to_string(), command, &self.verifier, meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        // A failure was counted when the attempt began.
-        let Some(SignInEvent::SignInSucceeded { profile_id, .. }) = events.first() else {
-            return Err(AppError::InvalidCredentials);
-        };
-        let profile_id = *profile_id;
-        let succeed = ThrottleCommand::Succeed { address: pending.address, profile_id: Some(profile_id), at };
-        self.store
-            .execute::<Throttle>(&pending.throttle_id, succeed, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        if self.policy.require_verified_email
-            && !self.store.load::<User>(&profile_id.to_string()).await?.email_verified()
-        {
-            return Err(AppError::Forbidden(Denied::EmailNotVerified));
-        }
-        if self.store.load::<Mfa>(&profile_id.to_string()).await?.is_enabled() {
-            let mfa_ticket = random_token();
-            let command = MfaChallengeCommand::Issue {
-                profile_id,
-                max_failures: MFA_TICKET_MAX_FAILURES,
-                at,
-                expires_at: at + self.policy.mfa_ticket_ttl,
-            };
-            self.store
-                .execute::<MfaChallenge>(&self.keys.aggregate_id("mfa_ticket", &mfa_ticket), command, &(), meta)
+        let finish = SignInCommand::Finish { login_state, ke3, at };
+        let sign_in = sign_in.to_string();
+        // The sign-in's end, the address's clean slate and the session (or MFA
+        // ticket): one commit.
+        let mut unit = self.store.unit(&[(SignIn::TYPE, &sign_in), (Throttle::TYPE, &pending.throttle_id)], meta).await?;
+        let result = loop {
+            let (events, _) = unit
+                .decide::<SignIn>(&sign_in, finish.clone(), &self.verifier)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-            return Ok(SignInResult::MfaRequired { mfa_ticket });
-        }
-        Ok(SignInResult::Session(self.open_session(profile_id, vec!["pwd".into()], meta).await?))
+            // A failure was counted when the attempt began.
+            let Some(SignInEvent::SignInSucceeded { profile_id, .. }) = events.first() else {
+                if unit.commit().await? {
+                    return Err(AppError::InvalidCredentials);
+                }
+                continue;
+            };
+            let profile_id = *profile_id;
+            let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
+            unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+            let result = if self.policy.require_verified_email
+                && !self.store.load::<User>(&profile_id.to_string()).await?.email_verified()
+            {
+                Err(AppError::Forbidden(Denied::EmailNotVerified))
+            } else if self.store.load::<Mfa>(&profile_id.to_string()).await?.is_enabled() {
+                let mfa_ticket = random_token();
+                let command = MfaChallengeCommand::Issue {
+                    profile_id,
+                    max_failures: MFA_TICKET_MAX_FAILURES,
+                    at,
+                    expires_at: at + self.policy.mfa_ticket_ttl,
+                };
+                unit.decide_new::<MfaChallenge>(&self.keys.aggregate_id("mfa_ticket", &mfa_ticket), command, &())
+                    .await
+                    .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+                Ok(SignInResult::MfaRequired { mfa_ticket })
+            } else {
+                self.open_session_in(&mut unit, profile_id, vec!["pwd".into()], at).await.map(SignInResult::Session)
+            };
+            if unit.commit().await? {
+                break result;
+            }
+        };
+        result
     }
 
     /// The second factor of a sign-in: a valid, unused TOTP code and the ticket.

@@ -96,46 +96,41 @@ fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
     }
 }
 
-/// Appends `events` (all of one aggregate, in sequence order) with their hash links,
-/// in one transaction: the same rows and columns postgres-es / sqlite-es write, plus
-/// `prev_hash` and `hash`. A second writer at the same sequence fails on the primary
-/// key, which surfaces as [`PersistenceError::OptimisticLockError`].
-pub async fn persist(
-    db: &Db,
-    memory: &Memory,
-    aggregate_type: &str,
-    events: &[SerializedEvent],
-    snapshot_update: Option<(String, Value, usize)>,
-) -> Result<(), PersistenceError> {
-    if snapshot_update.is_some() {
-        // Store uses the plain event store (src/store/mod.rs, `Store::events`); a snapshot here
-        // would mean someone wired a snapshot store without its table.
-        return Err(PersistenceError::UnknownError("snapshots are not supported by authd's event store".into()));
-    }
-    let Some(first) = events.first() else {
+/// Appends each batch (`events` of one aggregate, in sequence order) with their hash
+/// links, all in one transaction: the same rows and columns postgres-es / sqlite-es
+/// write, plus `prev_hash` and `hash`. A second writer at the same sequence fails on
+/// the primary key, which surfaces as [`PersistenceError::OptimisticLockError`].
+pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEvent])]) -> Result<(), PersistenceError> {
+    let batches: Vec<_> = batches.iter().filter_map(|(t, events)| Some((*t, events.first()?, *events))).collect();
+    if batches.is_empty() {
         return Ok(());
-    };
+    }
     let backend = Backend::of(db);
     let error = persistence_error(backend);
+    let mut heads = Vec::with_capacity(batches.len());
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(&error)?;
-            let head = append(&mut Conn::Postgres(&mut tx), backend, memory, aggregate_type, first, events).await?;
+            for (aggregate_type, first, events) in &batches {
+                heads.push(append(&mut Conn::Postgres(&mut tx), backend, memory, aggregate_type, first, events).await?);
+            }
             tx.commit().await.map_err(&error)?;
-            memory.remember_head(aggregate_type, &first.aggregate_id, head.0, head.1);
-            Ok(())
         }
         Db::Sqlite(pool) => {
             // IMMEDIATE: take the write lock before reading the previous hash. A
             // deferred transaction that reads and then writes fails with
             // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
-            let head = append(&mut Conn::Sqlite(&mut tx), backend, memory, aggregate_type, first, events).await?;
+            for (aggregate_type, first, events) in &batches {
+                heads.push(append(&mut Conn::Sqlite(&mut tx), backend, memory, aggregate_type, first, events).await?);
+            }
             tx.commit().await.map_err(&error)?;
-            memory.remember_head(aggregate_type, &first.aggregate_id, head.0, head.1);
-            Ok(())
         }
     }
+    for ((aggregate_type, first, _), (sequence, hash)) in batches.iter().zip(heads) {
+        memory.remember_head(aggregate_type, &first.aggregate_id, sequence, hash);
+    }
+    Ok(())
 }
 
 /// Inserts the events; returns the new head (last sequence, its hash).
@@ -278,24 +273,38 @@ mod tests {
     #[tokio::test]
     async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), "sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))], None).await.expect("append");
-        persist(&db, &Memory::default(), "sign_in", &[serialized(3, json!({"a": 3}))], None).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": 3}))])]).await.expect("append");
         let rows = stored(&db).await;
         assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
         assert_eq!(rows[1].1, rows[0].2);
         assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, &Memory::default(), "sign_in", &[serialized(3, json!({"a": "late"}))], None).await;
+        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": "late"}))])]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn batches_commit_together_or_not_at_all() {
+        let (db, dir) = sqlite_store().await;
+        let other = |sequence: usize| SerializedEvent { aggregate_id: "s2".into(), ..serialized(sequence, json!({"b": sequence})) };
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])]).await.expect("append");
+        // The second batch conflicts at sequence 1: the first batch is not written either.
+        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[other(1)]), ("sign_in", &[serialized(1, json!({"a": "late"}))])]).await;
+        assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
+        assert_eq!(stored(&db).await.len(), 1);
+        persist(&db, &Memory::default(), &[("sign_in", &[other(1), other(2)]), ("sign_in", &[serialized(2, json!({"a": 2}))])]).await.expect("append");
+        assert_eq!(stored(&db).await.len(), 4);
         std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]
     async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), "sign_in", &[serialized(1, json!({"a": 1}))], None).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])]).await.expect("append");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, &Memory::default(), "sign_in", &[serialized(2, json!({"a": 2}))], None).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(2, json!({"a": 2}))])]).await.expect("append");
         let first = serialized(1, json!({"a": 1}));
         let head = event_hash(
             &Linked {

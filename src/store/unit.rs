@@ -1,0 +1,243 @@
+//! A unit of work: commands on one or more aggregates, decided in turn and committed
+//! in one transaction — all of their events or none. A sign-in step is one unit:
+//! KE1 counts the attempt on the throttle and starts the sign-in; KE3 finishes the
+//! sign-in, clears the address's failures and opens the session.
+//!
+//! The aggregates a unit changes are taken in this process first (their stripes,
+//! in one fixed order, so two units never wait on each other), so concurrent
+//! requests queue here instead of losing optimistic-concurrency races. Another
+//! replica's commit in between makes [`Unit::commit`] answer `false`: the caller
+//! decides again, this time on the store's state, after a jittered back-off.
+//!
+//! ```ignore
+//! let mut unit = store.unit(&[(Throttle::TYPE, &throttle_id)], meta).await?;
+//! let outcome = loop {
+//!     let (events, _) = unit.decide::<Throttle>(&throttle_id, command.clone(), &()).await?;
+//!     unit.decide_new::<SignIn>(&sign_in_id, start.clone(), &verifier).await?;
+//!     if unit.commit().await? { break events; }
+//! };
+//! ```
+
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, EventEnvelope};
+use tokio::sync::MutexGuard;
+
+use super::cache::Cache;
+use super::{append, CommandError, Metadata, Store, StoreError};
+
+/// How often a unit is decided again when another writer (another replica: this
+/// one serialises its own) committed to one of its aggregates first.
+const MAX_ATTEMPTS: u32 = 12;
+/// Locks that serialise this process's commands per aggregate (by hash).
+pub(super) const STRIPES: usize = 1024;
+/// How long a unit waits for its aggregates' turn in this process.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+
+/// Serialises units on one aggregate within this process. Striped: bounded memory,
+/// and two aggregates rarely share a lock.
+pub(super) struct Stripes(Vec<tokio::sync::Mutex<()>>);
+
+impl Stripes {
+    pub fn new() -> Self {
+        Self((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+
+    /// The turn of every aggregate named, taken in stripe order (no two units wait on
+    /// each other); waiting longer than [`TURN_WAIT`] (a flood on one aggregate)
+    /// gives up rather than queue without bound.
+    async fn lock(&self, aggregates: &[(&str, &str)]) -> Result<Vec<MutexGuard<'_, ()>>, StoreError> {
+        use std::hash::{Hash, Hasher};
+        let mut stripes: Vec<usize> = aggregates
+            .iter()
+            .map(|aggregate| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                aggregate.hash(&mut hasher);
+                (hasher.finish() % STRIPES as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let turns = async {
+            let mut turns = Vec::with_capacity(stripes.len());
+            for stripe in stripes {
+                turns.push(self.0[stripe].lock().await);
+            }
+            turns
+        };
+        tokio::time::timeout(TURN_WAIT, turns).await.map_err(|_| StoreError::Contended)
+    }
+}
+
+/// A conflict with another replica: wait a random while, longer each time.
+async fn back_off(attempt: u32) {
+    use rand::Rng;
+    let ceiling = 2u64.pow(attempt.min(6));
+    let wait = rand::thread_rng().gen_range(1..=ceiling);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// One aggregate's decided events, and how to remember its state once committed.
+struct Decided {
+    aggregate_type: &'static str,
+    events: Vec<SerializedEvent>,
+    remember: Box<dyn FnOnce(&Cache) + Send + Sync>,
+}
+
+/// Commands decided and not yet committed; see the module's documentation.
+pub struct Unit<'s> {
+    store: &'s Store,
+    _turns: Vec<MutexGuard<'s, ()>>,
+    metadata: Metadata,
+    /// 0 until a commit conflicts: the first decisions are taken on this process's
+    /// memory, later ones on the store's state.
+    attempt: u32,
+    decided: Vec<Decided>,
+}
+
+impl Store {
+    /// A unit of work on the aggregates `locked` names (not those with ids just drawn
+    /// at random, which nobody else can name), its events recorded with `metadata`.
+    pub async fn unit<'s>(&'s self, locked: &[(&str, &str)], metadata: &Metadata) -> Result<Unit<'s>, StoreError> {
+        let turns = self.stripes.lock(locked).await?;
+        Ok(Unit { store: self, _turns: turns, metadata: metadata.clone(), attempt: 0, decided: Vec::new() })
+    }
+}
+
+impl Unit<'_> {
+    /// Decides `command` on the aggregate `id` (one of those the unit was opened on),
+    /// returning its events and the state after them. Each aggregate once per attempt.
+    pub async fn decide<A>(
+        &mut self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        // This process's own last write is usually the aggregate's last one.
+        let cached = if self.attempt == 0 { self.store.cache.get::<A>(id) } else { None };
+        self.decide_on(id, command, services, cached).await
+    }
+
+    /// [`Unit::decide`] for an aggregate whose id was just drawn at random (a sign-in,
+    /// a session): it is decided as new without asking the store; were the id taken,
+    /// the commit would conflict and the unit be decided again.
+    pub async fn decide_new<A>(
+        &mut self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        let assumed = (self.attempt == 0).then(|| (A::default(), 0));
+        self.decide_on(id, command, services, assumed).await
+    }
+
+    /// Decides on `unverified` state when given — a refusal or a no-op there is
+    /// decided again on the store's state — and keeps the events for the commit.
+    async fn decide_on<A>(
+        &mut self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        unverified: Option<(A, usize)>,
+    ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Command: Clone,
+    {
+        let mut unverified = unverified;
+        loop {
+            let trusted = unverified.is_none();
+            let (mut aggregate, sequence) = match unverified.take() {
+                Some(state) => state,
+                None => self.store.state::<A>(id).await?,
+            };
+            let sink = EventSink::default();
+            // `handle` applies what it decides: `aggregate` is the state after it.
+            let decided = aggregate.handle(command.clone(), services, &sink).await;
+            let events = sink.collect().await;
+            match decided {
+                Err(_) | Ok(()) if !trusted && events.is_empty() => continue,
+                Err(rejection) => return Err(CommandError::Rejected(rejection)),
+                Ok(()) => {}
+            }
+            if !events.is_empty() {
+                self.keep(id, sequence, &events, aggregate.clone())?;
+            }
+            return Ok((events, aggregate));
+        }
+    }
+
+    fn keep<A: Aggregate + Clone + 'static>(
+        &mut self,
+        id: &str,
+        sequence: usize,
+        events: &[A::Event],
+        after: A,
+    ) -> Result<(), StoreError> {
+        let serialized = events
+            .iter()
+            .zip(sequence + 1..)
+            .map(|(event, sequence)| {
+                let envelope = EventEnvelope::<A> {
+                    aggregate_id: id.to_string(),
+                    sequence,
+                    payload: event.clone(),
+                    metadata: self.metadata.clone(),
+                };
+                SerializedEvent::try_from(&envelope)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let last = sequence + events.len();
+        let id = id.to_string();
+        self.decided.push(Decided {
+            aggregate_type: A::TYPE,
+            events: serialized,
+            remember: Box::new(move |cache| cache.put(&id, after, last)),
+        });
+        Ok(())
+    }
+
+    /// Commits every event decided since the last attempt in one transaction: `true`
+    /// when they are stored (or there were none), `false` when another writer came
+    /// first and the unit must be decided again.
+    pub async fn commit(&mut self) -> Result<bool, StoreError> {
+        let decided = std::mem::take(&mut self.decided);
+        if decided.is_empty() {
+            return Ok(true);
+        }
+        let batches: Vec<(&str, &[SerializedEvent])> =
+            decided.iter().map(|d| (d.aggregate_type, d.events.as_slice())).collect();
+        match append::persist(&self.store.db, &self.store.memory, &batches).await {
+            Ok(()) => {
+                for d in decided {
+                    (d.remember)(&self.store.cache);
+                }
+                self.store.committed.notify_one();
+                Ok(true)
+            }
+            Err(PersistenceError::OptimisticLockError) => {
+                self.attempt += 1;
+                if self.attempt >= MAX_ATTEMPTS {
+                    return Err(StoreError::Contended);
+                }
+                // The first conflict is usually this process's stale memory, not a race.
+                if self.attempt > 1 {
+                    back_off(self.attempt).await;
+                }
+                Ok(false)
+            }
+            Err(error) => Err(StoreError::Unavailable(error.to_string())),
+        }
+    }
+}
