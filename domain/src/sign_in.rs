@@ -27,7 +27,10 @@ pub enum SignInCommand {
     /// account also runs the whole protocol, and fails at the end like a wrong
     /// password would.
     Start { profile_id: Option<Uuid>, locked: bool, at: DateTime<Utc>, expires_at: DateTime<Utc> },
-    Finish { login_state: Vec<u8>, ke3: Vec<u8>, at: DateTime<Utc> },
+    /// `credentials_current`: the account's registration record is still the one the
+    /// attempt started with; a password reset (or removal) in between fails it, even
+    /// with the old password's KE3.
+    Finish { login_state: Vec<u8>, ke3: Vec<u8>, credentials_current: bool, at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +40,7 @@ pub enum FailureReason {
     UnknownUser,
     Expired,
     AccountLocked,
+    CredentialsChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,7 +93,7 @@ impl Aggregate for SignIn {
                 }
                 SignInEvent::SignInStarted { profile_id, locked, started_at: at, expires_at }
             }
-            SignInCommand::Finish { login_state, ke3, at } => {
+            SignInCommand::Finish { login_state, ke3, credentials_current, at } => {
                 if !self.started {
                     return Err(SignInError::Unknown);
                 }
@@ -106,6 +110,7 @@ impl Aggregate for SignIn {
                     }
                     None => failed(FailureReason::UnknownUser),
                     Some(_) if self.locked => failed(FailureReason::AccountLocked),
+                    Some(_) if !credentials_current => failed(FailureReason::CredentialsChanged),
                     Some(profile_id) if proven => {
                         SignInEvent::SignInSucceeded { profile_id, at }
                     }
@@ -161,7 +166,7 @@ mod tests {
     }
 
     fn finish(ke3: &[u8], after: Duration) -> SignInCommand {
-        Finish { login_state: b"state".to_vec(), ke3: ke3.to_vec(), at: t0() + after }
+        Finish { login_state: b"state".to_vec(), ke3: ke3.to_vec(), credentials_current: true, at: t0() + after }
     }
 
     #[tokio::test]
@@ -251,6 +256,17 @@ mod tests {
                 reason: FailureReason::AccountLocked,
                 at: t0() + Duration::seconds(5),
             }]);
+    }
+
+    #[tokio::test]
+    async fn a_password_reset_since_the_start_fails_even_the_old_proof() {
+        let profile_id = Some(Uuid::new_v4());
+        let at = t0() + Duration::seconds(5);
+        framework()
+            .given(vec![started(profile_id)])
+            .when_async(Finish { login_state: b"state".to_vec(), ke3: b"proof".to_vec(), credentials_current: false, at })
+            .await
+            .then_expect_events(vec![SignInFailed { profile_id, reason: FailureReason::CredentialsChanged, at }]);
     }
 
     #[tokio::test]

@@ -470,8 +470,13 @@ impl ReadModels {
     /// Folds one event on `conn`, outside any transaction of its own, if it is the next
     /// in line for its aggregate (the same fold and version guard as the live path).
     /// `authd replay rebuild` runs it with temporary tables shadowing the live ones.
+    /// Whether any read model folds events of `aggregate_type`.
+    pub fn projects(aggregate_type: &str) -> bool {
+        PROJECTED.contains(&aggregate_type)
+    }
+
     pub async fn fold_on(conn: &mut Conn<'_>, event: &impl Folded) -> Result<bool, Error> {
-        if !PROJECTED.contains(&event.aggregate_type()) {
+        if !Self::projects(event.aggregate_type()) {
             return Ok(false);
         }
         let statements = fold(event)?;

@@ -3,6 +3,9 @@
 //! the first and answers in plain text). Malformed JSON is a 400; a well-formed body
 //! that breaks the schema is a 422 with `details`.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef, Registry};
@@ -55,10 +58,9 @@ impl<T: ParseFromJSON> ParsePayload for JsonBody<T> {
             serde_json::from_slice(&data)
                 .map_err(|e| ApiError::new(400, "malformed_json", format!("the body is not valid JSON: {e}")))?
         };
-        let mut registry = Registry::new();
-        T::register(&mut registry);
+        let (registry, schema) = schema_of::<T>();
         let mut details = Vec::new();
-        check(&registry, &T::schema_ref(), &value, "", &mut details);
+        check(registry, schema, &value, "", &mut details);
         if !details.is_empty() {
             return Err(ApiError::invalid(details).into());
         }
@@ -92,6 +94,27 @@ impl<'a, T: ParseFromJSON> ApiExtractor<'a> for JsonBody<T> {
     ) -> poem::Result<Self> {
         <Self as ParsePayload>::from_request(request, body).await
     }
+}
+
+/// `T`'s schema and the registry it refers to, built once per body type (building
+/// them is most of a small request's cost otherwise).
+fn schema_of<T: Type>() -> &'static (Registry, MetaSchemaRef) {
+    static SCHEMAS: OnceLock<Mutex<HashMap<&'static str, &'static (Registry, MetaSchemaRef)>>> = OnceLock::new();
+    let mut schemas = SCHEMAS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    schemas.entry(std::any::type_name::<T>()).or_insert_with(|| {
+        let mut registry = Registry::new();
+        T::register(&mut registry);
+        // One per body type, for the life of the process.
+        Box::leak(Box::new((registry, T::schema_ref())))
+    })
+}
+
+/// Whether `text` matches the schema's `pattern`; each pattern is compiled once.
+fn matches(pattern: &str, text: &str) -> bool {
+    static PATTERNS: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let mut patterns = PATTERNS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    let compiled = patterns.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).ok());
+    compiled.as_ref().is_some_and(|re| re.is_match(text))
 }
 
 fn join(path: &str, field: &str) -> String {
@@ -145,7 +168,7 @@ fn check(registry: &Registry, schema: &MetaSchemaRef, value: &Value, path: &str,
             } else if let Some(max) = schema.max_length.filter(|max| chars > *max) {
                 bad!(format!("must be at most {max} characters"));
             } else if let Some(pattern) = &schema.pattern {
-                if !regex::Regex::new(pattern).is_ok_and(|re| re.is_match(text)) {
+                if !matches(pattern, text) {
                     bad!(format!("must match {pattern}"));
                 }
             }

@@ -12,6 +12,7 @@ use domain::username as usernames;
 use domain::{Mfa, MfaChallenge, SignIn, Throttle, User, Username};
 use protocol::message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::crypto::opaque;
@@ -30,6 +31,16 @@ pub(crate) struct PendingSignIn {
     /// The throttle aggregate that counted the attempt, and the address it counted.
     pub throttle_id: String,
     pub address: String,
+    /// The account the username named (nil: none), and a digest of the registration
+    /// record KE2 was made with: KE3 fails if the account's record changed since.
+    /// Both of one length whatever the account, so the id's length tells nothing.
+    pub profile_id: Uuid,
+    pub record: String,
+}
+
+/// What a sign-in remembers of the registration record it started with.
+fn record_digest(record: Option<&[u8]>) -> String {
+    protocol::b64(&Sha256::digest(record.unwrap_or_default()))
 }
 
 impl App {
@@ -49,10 +60,11 @@ impl App {
         let (Some(username), Some(ke1)) = (username, ke1) else { return Err(fields.error()) };
 
         let at = Utc::now();
-        let owner = self.store.load::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner();
-        // The same reads for a known and an unknown name (a user that does not exist
-        // loads as empty), so the time taken does not tell them apart.
-        let user = self.store.load::<User>(&owner.unwrap_or(Uuid::nil()).to_string()).await?;
+        // From memory when it is there (KE3 checks the record is still current), and
+        // the same reads for a known and an unknown name (a user that does not exist
+        // loads as empty, and is remembered so), so the time taken does not tell them apart.
+        let owner = self.store.load_current::<Username>(&self.keys.aggregate_id("username", &username)).await?.owner();
+        let user = self.store.load_current::<User>(&owner.unwrap_or(Uuid::nil()).to_string()).await?;
         let throttle_id = self.throttle_id(&username, at);
         let address = self.address_of(meta);
         let attempt = ThrottleCommand::Attempt {
@@ -85,7 +97,8 @@ impl App {
             }
         };
         drop(unit);
-        let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address };
+        let record = record_digest(user.registration_record());
+        let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address, profile_id: owner.unwrap_or(Uuid::nil()), record };
         let sealed = serde_json::to_vec(&pending).map_err(|e| AppError::Internal(e.to_string()))?;
         let sealed = self.keys.encrypt(sign_in.as_bytes(), &sealed);
         Ok((format!("{sign_in}.{}", URL_SAFE_NO_PAD.encode(sealed)), URL_SAFE_NO_PAD.encode(start.ke2)))
@@ -108,7 +121,10 @@ impl App {
 
         let at = Utc::now();
         let login_state = protocol::unb64(&pending.login_state).map_err(|_| AppError::InvalidCredentials)?;
-        let finish = SignInCommand::Finish { login_state, ke3, at };
+        // Read from the store, not memory: a reset on another replica counts at once.
+        let user = self.store.load::<User>(&pending.profile_id.to_string()).await?;
+        let credentials_current = record_digest(user.registration_record()) == pending.record;
+        let finish = SignInCommand::Finish { login_state, ke3, credentials_current, at };
         let sign_in = sign_in.to_string();
         // The sign-in's end, the address's clean slate and the session (or MFA
         // ticket): one commit.
@@ -130,9 +146,7 @@ impl App {
             unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-            let result = if self.policy.require_verified_email
-                && !self.store.load::<User>(&profile_id.to_string()).await?.email_verified()
-            {
+            let result = if self.policy.require_verified_email && !user.email_verified() {
                 Err(AppError::Forbidden(Denied::EmailNotVerified))
             } else if self.store.load::<Mfa>(&profile_id.to_string()).await?.is_enabled() {
                 let mfa_ticket = random_token();

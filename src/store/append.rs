@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use projections::{with_conn, Conn, Db};
+use projections::{with_conn, Conn, Db, ReadModels};
 use serde_json::Value;
 
 use super::chain::{event_hash, hash_at, hex, Linked, GENESIS};
@@ -100,6 +100,8 @@ fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
 /// links, all in one transaction: the same rows and columns postgres-es / sqlite-es
 /// write, plus `prev_hash` and `hash`. A second writer at the same sequence fails on
 /// the primary key, which surfaces as [`PersistenceError::OptimisticLockError`].
+/// On PostgreSQL, events no read model folds (a sign-in's first step) go in one
+/// INSERT — atomic by itself — without the round trips of BEGIN and COMMIT.
 pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEvent])]) -> Result<(), PersistenceError> {
     let batches: Vec<_> = batches.iter().filter_map(|(t, events)| Some((*t, events.first()?, *events))).collect();
     if batches.is_empty() {
@@ -107,13 +109,15 @@ pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEve
     }
     let backend = Backend::of(db);
     let error = persistence_error(backend);
-    let mut heads = Vec::with_capacity(batches.len());
+    let heads;
     match db {
+        Db::Postgres(pool) if !batches.iter().any(|(aggregate_type, ..)| ReadModels::projects(aggregate_type)) => {
+            let mut conn = pool.acquire().await.map_err(&error)?;
+            heads = append(&mut Conn::Postgres(&mut conn), backend, memory, &batches).await?;
+        }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await.map_err(&error)?;
-            for (aggregate_type, first, events) in &batches {
-                heads.push(append(&mut Conn::Postgres(&mut tx), backend, memory, aggregate_type, first, events).await?);
-            }
+            heads = append(&mut Conn::Postgres(&mut tx), backend, memory, &batches).await?;
             tx.commit().await.map_err(&error)?;
         }
         Db::Sqlite(pool) => {
@@ -121,9 +125,7 @@ pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEve
             // deferred transaction that reads and then writes fails with
             // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
-            for (aggregate_type, first, events) in &batches {
-                heads.push(append(&mut Conn::Sqlite(&mut tx), backend, memory, aggregate_type, first, events).await?);
-            }
+            heads = append(&mut Conn::Sqlite(&mut tx), backend, memory, &batches).await?;
             tx.commit().await.map_err(&error)?;
         }
     }
@@ -133,87 +135,122 @@ pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEve
     Ok(())
 }
 
-/// Inserts the events; returns the new head (last sequence, its hash).
+/// One row of `events` as it is stored.
+struct Row<'a> {
+    aggregate_type: &'a str,
+    event: &'a SerializedEvent,
+    sequence: i64,
+    payload: Value,
+    metadata: Value,
+    /// Whether the subject's personal data may still be seen in clear.
+    visible: bool,
+    prev: [u8; 32],
+    hash: [u8; 32],
+}
+
+/// Inserts every batch's events in one statement, then folds them into the read
+/// models; returns each batch's new head (last sequence, its hash).
 async fn append(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    memory: &Memory,
+    batches: &[(&str, &SerializedEvent, &[SerializedEvent])],
+) -> Result<Vec<(i64, [u8; 32])>, PersistenceError> {
+    let error = persistence_error(backend);
+    let mut rows = Vec::new();
+    let mut heads = Vec::with_capacity(batches.len());
+    for (aggregate_type, first, events) in batches {
+        let mut prev = previous_hash(conn, backend, memory, aggregate_type, first).await?;
+        let mut last = 0;
+        for event in *events {
+            let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+            // Personal data is encrypted before the hash is taken, so the chain covers
+            // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
+            let (payload, metadata, visible) =
+                shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+                    .await
+                    .map_err(&error)?;
+            let hash = event_hash(
+                &Linked {
+                    aggregate_type,
+                    aggregate_id: &event.aggregate_id,
+                    sequence,
+                    event_type: &event.event_type,
+                    event_version: &event.event_version,
+                    payload: &payload,
+                    metadata: &metadata,
+                },
+                &prev,
+            );
+            rows.push(Row { aggregate_type, event, sequence, payload, metadata, visible, prev, hash });
+            prev = hash;
+            last = sequence;
+        }
+        heads.push((last, prev));
+    }
+    let values = (0..rows.len())
+        .map(|row| format!("({})", (1..=9).map(|column| format!("${}", row * 9 + column)).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
+         VALUES {values}"
+    );
+    with_conn!(conn, c => {
+        let mut query = sqlx::query(&sql);
+        for row in &rows {
+            query = query
+                .bind(row.aggregate_type)
+                .bind(row.event.aggregate_id.as_str())
+                .bind(row.sequence)
+                .bind(row.event.event_type.as_str())
+                .bind(row.event.event_version.as_str())
+                .bind(&row.payload)
+                .bind(&row.metadata)
+                .bind(hex(&row.prev))
+                .bind(hex(&row.hash));
+        }
+        query.execute(&mut **c).await.map(|_| ()).map_err(&error)?
+    });
+    for row in &rows {
+        // Out of line (an earlier fold was lost) it folds nothing and catch-up
+        // repairs the aggregate from the log.
+        let payload = if row.visible { &row.event.payload } else { &row.payload };
+        let folded = Folding { aggregate_type: row.aggregate_type, event: row.event, sequence: row.sequence, payload };
+        ReadModels::fold_on(conn, &folded).await.map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    }
+    Ok(heads)
+}
+
+/// The hash of the event before `first` in its aggregate: remembered from this
+/// process's last append, else read (or recomputed) from the log.
+async fn previous_hash(
     conn: &mut Conn<'_>,
     backend: Backend,
     memory: &Memory,
     aggregate_type: &str,
     first: &SerializedEvent,
-    events: &[SerializedEvent],
-) -> Result<(i64, [u8; 32]), PersistenceError> {
-    let error = persistence_error(backend);
+) -> Result<[u8; 32], PersistenceError> {
     let first_sequence = i64::try_from(first.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-    let remembered = memory.head(aggregate_type, &first.aggregate_id, first_sequence - 1);
-    let mut prev = if first_sequence <= 1 {
-        GENESIS
-    } else if let Some(hash) = remembered {
-        hash
-    } else {
-        match hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
-            .await
-            .map_err(log_error(backend))?
-        {
-            Some(hash) => hash,
-            None => {
-                return Err(PersistenceError::UnknownError(
-                    format!(
-                        "cannot append {aggregate_type}/{}#{first_sequence}: event {} is missing from the log",
-                        first.aggregate_id,
-                        first_sequence - 1
-                    )
-                    .into(),
-                ))
-            }
-        }
-    };
-    let mut last = first_sequence - 1;
-    let sql = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-    for event in events {
-        let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
-        // Personal data is encrypted before the hash is taken, so the chain covers
-        // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
-        let (payload, metadata, visible) =
-            shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
-                .await
-                .map_err(&error)?;
-        let hash = event_hash(
-            &Linked {
-                aggregate_type,
-                aggregate_id: &event.aggregate_id,
-                sequence,
-                event_type: &event.event_type,
-                event_version: &event.event_version,
-                payload: &payload,
-                metadata: &metadata,
-            },
-            &prev,
-        );
-        with_conn!(conn, c => {
-            sqlx::query(sql)
-                .bind(aggregate_type)
-                .bind(event.aggregate_id.as_str())
-                .bind(sequence)
-                .bind(event.event_type.as_str())
-                .bind(event.event_version.as_str())
-                .bind(&payload)
-                .bind(&metadata)
-                .bind(hex(&prev))
-                .bind(hex(&hash))
-                .execute(&mut **c)
-                .await
-                .map(|_| ())
-                .map_err(&error)?
-        });
-        prev = hash;
-        last = sequence;
-        // Out of line (an earlier fold was lost) it folds
-        // nothing and catch-up repairs the aggregate from the log.
-        let folded = Folding { aggregate_type, event, sequence, payload: if visible { &event.payload } else { &payload } };
-        projections::ReadModels::fold_on(conn, &folded).await.map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    if first_sequence <= 1 {
+        return Ok(GENESIS);
     }
-    Ok((last, prev))
+    if let Some(hash) = memory.head(aggregate_type, &first.aggregate_id, first_sequence - 1) {
+        return Ok(hash);
+    }
+    hash_at(conn, backend, aggregate_type, &first.aggregate_id, first_sequence - 1)
+        .await
+        .map_err(log_error(backend))?
+        .ok_or_else(|| {
+            PersistenceError::UnknownError(
+                format!(
+                    "cannot append {aggregate_type}/{}#{first_sequence}: event {} is missing from the log",
+                    first.aggregate_id,
+                    first_sequence - 1
+                )
+                .into(),
+            )
+        })
 }
 
 /// An event being appended, as the read models fold it: in clear, or erased once its

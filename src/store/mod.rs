@@ -202,9 +202,13 @@ impl Store {
     /// The aggregate as of its last event: the cached state (src/store/cache.rs)
     /// plus the events committed after it, usually none.
     async fn state<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<(A, usize), StoreError> {
-        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        let cached = self.cache.get::<A>(id);
+        let remembered = cached.is_some();
+        let (mut aggregate, mut sequence) = cached.unwrap_or_default();
         let tail = self.events_after::<A>(id, sequence).await?;
-        let grew = !tail.is_empty();
+        // An aggregate with no events is remembered too: an unknown username then
+        // reads like a known one (from memory), and does not ask the store each time.
+        let grew = !tail.is_empty() || !remembered;
         for event in tail {
             let payload = serde_json::from_value::<A::Event>(event.payload).map_err(|error| {
                 StoreError::Unavailable(format!("{}/{id}#{}: unreadable event: {error}", A::TYPE, event.sequence))

@@ -181,8 +181,15 @@ async fn forgot_and_reset(backend: Backend) {
     let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(wrong.into()))).await;
     assert_eq!(status, 422, "a wrong code changes nothing");
     assert!(server.api().sign_in(&username, PASSWORD).await.is_ok(), "the old password works until the reset");
+    // A sign-in started with the old password before the reset...
+    let (sign_in_id, old_ke3) = crate::helpers::ke3(&server, &username).await;
     let (status, _) = server.call("POST", "/v1/account/reset/finish", None, Some(finish(code.clone()))).await;
     assert_eq!(status, 204);
+    // ...cannot finish after it.
+    let finished = server.api().sign_in_finish(&sign_in_id, &old_ke3).await;
+    assert!(matches!(finished, Err(Error::Http { status: 401, .. })), "a sign-in begun before the reset ends with it: {finished:?}");
+    let failures: Vec<Value> = server.stored_events().await.into_iter().map(|(_, _, payload)| payload).collect();
+    assert!(failures.iter().any(|p| p["SignInFailed"]["reason"] == "credentials_changed"), "{failures:?}");
 
     let api = server.api();
     assert!(matches!(api.jwt_verify(&before.access_token).await, Err(Error::Http { status: 401, .. })), "sessions end");

@@ -156,6 +156,7 @@ fn reason(reason: FailureReason) -> &'static str {
         FailureReason::UnknownUser => "unknown user",
         FailureReason::Expired => "expired",
         FailureReason::AccountLocked => "throttled",
+        FailureReason::CredentialsChanged => "password changed since it started",
     }
 }
 
