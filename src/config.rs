@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Event store: postgres://… or sqlite://… (default: sqlite file in the data directory).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Most connections to PostgreSQL this process keeps open.
+    #[arg(long, env = "AUTHD_DB_POOL", default_value_t = crate::store::DEFAULT_POOL)]
+    pub db_pool: u32,
     /// Secret that admin routes require as a Bearer token (unset: admin routes answer 403).
     #[arg(long, env = "AUTHD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

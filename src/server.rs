@@ -20,7 +20,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     }
-    let db = store::connect(&url).await?;
+    let db = store::connect_with(&url, config.db_pool).await?;
     let configured_setup = config.server_setup.as_deref().filter(|setup| !setup.trim().is_empty());
     let keys = Keys::load(configured_setup, &config.data_dir)?;
     let store = Store::new(db.clone());
