@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// `off` for load tests and benchmarks.
     #[arg(long, env = "AUTHD_RATE_LIMIT", default_value = "on")]
     pub rate_limit: crate::api::RateLimitSetting,
+    /// The largest request body accepted, in bytes; larger ones are refused (413)
+    /// before they are read.
+    #[arg(long, env = "AUTHD_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
     /// The OPAQUE server setup as base64url (128 bytes). Unset: kept in the data directory.
     #[arg(long, env = "AUTHD_SERVER_SETUP", hide_env_values = true)]
     pub server_setup: Option<String>,

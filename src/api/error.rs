@@ -48,6 +48,9 @@ pub enum ApiError {
     /// Taken or already used.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is larger than `AUTHD_MAX_BODY_BYTES`.
+    #[oai(status = 413)]
+    TooLarge(Json<ErrorBody>),
     /// Well-formed but breaks a rule; `details` names every bad field.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -72,6 +75,7 @@ impl ApiError {
             403 => Self::Forbidden(body),
             404 => Self::NotFound(body),
             409 => Self::Conflict(body),
+            413 => Self::TooLarge(body),
             422 => Self::Unprocessable(body),
             429 => Self::TooMany(body, None),
             _ => Self::Unavailable(body),

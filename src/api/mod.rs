@@ -4,6 +4,7 @@
 
 mod account;
 mod body;
+mod body_limit;
 mod buckets;
 mod client_address;
 mod error;
@@ -24,6 +25,7 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
 pub use body::JsonBody;
+pub use body_limit::BodyLimit;
 pub use client_address::{parse_proxy, ClientAddress, TrustedProxies};
 pub use error::ApiError;
 pub use rate_limit::{RateLimitSetting, RateLimits};
@@ -112,7 +114,7 @@ pub fn spec_yaml() -> String {
 }
 
 /// Every route: the API, its spec and the interactive UI at `/docs`.
-pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies) -> impl Endpoint {
+pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit) -> impl Endpoint {
     let api = service();
     let ui = api.swagger_ui();
     let yaml = api.spec_endpoint_yaml();
@@ -131,5 +133,6 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies) -> imp
             let proxies = proxies.clone();
             async move { proxies.call(endpoint, request).await }
         })
+        .around(move |endpoint, request| async move { body_limit.call(endpoint, request).await })
         .after(error::json_errors)
 }

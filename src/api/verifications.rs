@@ -203,6 +203,9 @@ pub enum VerificationError {
     /// Initiate: `policy.forcedVerificationId` is already in use.
     #[oai(status = 409)]
     Conflict(Json<VerificationErrorBody>),
+    /// The request body is larger than `AUTHD_MAX_BODY_BYTES`.
+    #[oai(status = 413)]
+    TooLarge(Json<VerificationErrorBody>),
     /// Validate: `Invalid code`, with the verifier and the attempt counted. Any route:
     /// bad fields, each in `details`.
     #[oai(status = 422)]
@@ -246,6 +249,7 @@ impl From<ApiError> for VerificationError {
             ApiError::Forbidden(b) => Self::Forbidden(body(b)),
             ApiError::NotFound(b) => Self::NotFound(body(b)),
             ApiError::Conflict(b) => Self::Conflict(body(b)),
+            ApiError::TooLarge(b) => Self::TooLarge(body(b)),
             ApiError::Unprocessable(b) => Self::Unprocessable(body(b)),
             ApiError::TooMany(b, retry_after) => Self::TooMany(body(b), retry_after),
             ApiError::Unavailable(b) => Self::Unavailable(body(b)),

@@ -132,6 +132,14 @@ impl Server {
         }
     }
 
+    /// The server's resident memory, in KiB (Linux: /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         let mut all = String::new();

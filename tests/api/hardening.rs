@@ -1,0 +1,71 @@
+//! Hardening (issue 9): bounded request bodies, an absolute session lifetime, the
+//! admin token's rules and the security headers, black-box on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Backend, Server};
+
+both_stores!(bodies_over_the_limit_are_refused_before_they_are_read);
+
+/// Sends a chunked POST of `total` bytes (a JSON string that never ends) and returns
+/// the status line of the answer, which may come before the body is all sent.
+async fn chunked_post(server: &Server, path: &str, total: usize) -> String {
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b'a'; 16 * 1024];
+    let mut sent = 0;
+    let mut first = true;
+    while sent < total {
+        let mut frame = format!("{:x}\r\n", chunk.len() + usize::from(first)).into_bytes();
+        if first {
+            frame.push(b'"');
+            first = false;
+        }
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if stream.write_all(&frame).await.is_err() {
+            break; // the server answered and closed: no need to send the rest
+        }
+        sent += chunk.len();
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string()
+}
+
+async fn bodies_over_the_limit_are_refused_before_they_are_read(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_MAX_BODY_BYTES", "4096")]).await;
+    let http = reqwest::Client::new();
+    let post = |body: String| http.post(format!("{}/v1/token/refresh", server.base)).header("content-type", "application/json").body(body).send();
+
+    // Declared too large: refused in the error shape.
+    let big = format!("{{\"refresh_token\": \"{}\"}}", "a".repeat(5000));
+    let response = post(big).await.expect("send");
+    assert_eq!(response.status().as_u16(), 413);
+    let body: Value = response.json().await.expect("json error");
+    assert_eq!((body["status"].as_u64(), body["error"].as_str()), (Some(413), Some("payload_too_large")), "{body}");
+
+    // Under the limit: read and judged as usual.
+    let response = post(json!({"refresh_token": "x"}).to_string()).await.expect("send");
+    assert_eq!(response.status().as_u16(), 401, "a small body still reaches the route");
+
+    // Chunked, with no length to judge by: refused once the limit is passed.
+    assert!(chunked_post(&server, "/v1/token/refresh", 64 * 1024).await.contains(" 413 "), "chunked bodies are bounded too");
+
+    // A flood of oversized chunked bodies leaves the server's memory flat.
+    let before = server.rss_kib();
+    let flood: Vec<_> = (0..16).map(|_| chunked_post(&server, "/v1/sign/up", 4 * 1024 * 1024)).collect();
+    for status in futures::future::join_all(flood).await {
+        assert!(status.contains(" 413 "), "{status}");
+    }
+    let after = server.rss_kib();
+    assert!(after < before + 16 * 1024, "16 × 4 MiB bodies grew the server from {before} KiB to {after} KiB");
+}
