@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// Refresh token lifetime in seconds.
     #[arg(long, env = "AUTHD_REFRESH_TTL", default_value_t = 30 * 24 * 3600)]
     pub refresh_ttl: u32,
+    /// A session's absolute lifetime in seconds: refreshing never extends it.
+    #[arg(long, env = "AUTHD_SESSION_MAX_AGE", default_value_t = 30 * 24 * 3600)]
+    pub session_max_age: u32,
     /// Seconds a sign-in may take between KE1 and KE3.
     #[arg(long, env = "AUTHD_SIGN_IN_TTL", default_value_t = 120)]
     pub sign_in_ttl: u32,

@@ -21,6 +21,8 @@ pub struct Session {
     refresh_hash: String,
     rotated_hashes: Vec<String>,
     refresh_expires_at: Option<DateTime<Utc>>,
+    /// The absolute end (`AUTHD_SESSION_MAX_AGE` after opening), which no refresh moves.
+    ends_at: Option<DateTime<Utc>>,
     amr: Vec<String>,
 }
 
@@ -30,6 +32,7 @@ pub enum SessionCommand {
         profile_id: Uuid,
         refresh_hash: String,
         refresh_expires_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
         amr: Vec<String>,
         at: DateTime<Utc>,
     },
@@ -51,6 +54,9 @@ pub enum SessionEvent {
         /// Authentication methods used (RFC 8176 names), carried into access tokens.
         amr: Vec<String>,
         opened_at: DateTime<Utc>,
+        /// Absent in sessions opened before sessions had a maximum age.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ends_at: Option<DateTime<Utc>>,
     },
     SessionRefreshed { refresh_hash: String, refresh_expires_at: DateTime<Utc>, at: DateTime<Utc> },
     /// A rotated refresh token came back: the session is revoked.
@@ -76,6 +82,8 @@ pub enum SessionError {
     InvalidRefreshToken,
     #[error("refresh token expired")]
     RefreshTokenExpired,
+    #[error("the session reached its maximum age")]
+    MaxAgeReached,
 }
 
 impl Session {
@@ -92,10 +100,17 @@ impl Session {
     pub fn opened_at(&self) -> Option<DateTime<Utc>> {
         self.opened_at
     }
-    /// Whether the session still counts: open, and admitted by its account (which
-    /// ends every session opened before a revocation, see `User::admits_session`).
-    pub fn admitted_by(&self, user: &crate::User) -> bool {
-        self.is_active() && self.opened_at.is_some_and(|opened_at| user.admits_session(opened_at))
+    /// The session's absolute end, if it has one: no token of it outlives this.
+    pub fn ends_at(&self) -> Option<DateTime<Utc>> {
+        self.ends_at
+    }
+    /// Whether the session still counts `at`: open, not past its maximum age, and
+    /// admitted by its account (which ends every session opened before a
+    /// revocation, see `User::admits_session`).
+    pub fn admitted_by(&self, user: &crate::User, at: DateTime<Utc>) -> bool {
+        self.is_active()
+            && self.ends_at.is_none_or(|ends_at| at < ends_at)
+            && self.opened_at.is_some_and(|opened_at| user.admits_session(opened_at))
     }
 
     fn check_live(&self) -> Result<(), SessionError> {
@@ -121,11 +136,12 @@ impl Aggregate for Session {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, amr, at } => {
+            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, ends_at, amr, at } => {
                 if self.profile_id.is_some() {
                     return Err(SessionError::AlreadyOpened);
                 }
-                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at }
+                let refresh_expires_at = refresh_expires_at.min(ends_at);
+                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at, ends_at: Some(ends_at) }
             }
             SessionCommand::Refresh { presented_hash, new_hash, refresh_expires_at, at } => {
                 self.check_live()?;
@@ -133,9 +149,13 @@ impl Aggregate for Session {
                     SessionEvent::RefreshTokenReuseDetected { at }
                 } else if presented_hash != self.refresh_hash {
                     return Err(SessionError::InvalidRefreshToken);
+                } else if self.ends_at.is_some_and(|ends_at| at >= ends_at) {
+                    return Err(SessionError::MaxAgeReached);
                 } else if self.refresh_expires_at.is_some_and(|expires| at >= expires) {
                     return Err(SessionError::RefreshTokenExpired);
                 } else {
+                    // A refresh never carries the session past its absolute end.
+                    let refresh_expires_at = self.ends_at.map_or(refresh_expires_at, |end| refresh_expires_at.min(end));
                     SessionEvent::SessionRefreshed { refresh_hash: new_hash, refresh_expires_at, at }
                 }
             }
@@ -150,9 +170,10 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at } => {
+            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at, ends_at } => {
                 self.profile_id = Some(profile_id);
                 self.opened_at = Some(opened_at);
+                self.ends_at = ends_at;
                 self.refresh_hash = refresh_hash;
                 self.refresh_expires_at = Some(refresh_expires_at);
                 self.amr = amr;
@@ -204,6 +225,7 @@ mod tests {
             refresh_expires_at: t0() + Duration::days(30),
             amr: vec!["pwd".into()],
             opened_at: t0(),
+            ends_at: Some(t0() + Duration::days(90)),
         }
     }
 
@@ -229,11 +251,35 @@ mod tests {
                 profile_id,
                 refresh_hash: "h1".into(),
                 refresh_expires_at: t0() + Duration::days(30),
+                ends_at: t0() + Duration::days(90),
                 amr: vec!["pwd".into()],
                 at: t0(),
             })
             .await
             .then_expect_events(vec![opened(profile_id)]);
+    }
+
+    #[tokio::test]
+    async fn no_refresh_outlives_the_maximum_age() {
+        let ends_at = t0() + Duration::days(90);
+        // A refresh near the end gets a token that expires at the end, not later...
+        let late = SessionRefreshed { refresh_hash: "h2".into(), refresh_expires_at: ends_at + Duration::days(30), at: t0() };
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), late.clone()])
+            .when_async(Refresh {
+                presented_hash: "h2".into(),
+                new_hash: "h3".into(),
+                refresh_expires_at: ends_at + Duration::days(30),
+                at: ends_at - Duration::days(1),
+            })
+            .await
+            .then_expect_events(vec![SessionRefreshed { refresh_hash: "h3".into(), refresh_expires_at: ends_at, at: ends_at - Duration::days(1) }]);
+        // ...and none is granted at or after it, whatever the token's own expiry.
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), late])
+            .when_async(refresh("h2", ends_at))
+            .await
+            .then_expect_error(SessionError::MaxAgeReached);
     }
 
     #[tokio::test]
@@ -244,6 +290,7 @@ mod tests {
                 profile_id: Uuid::new_v4(),
                 refresh_hash: "x".into(),
                 refresh_expires_at: t0(),
+                ends_at: t0(),
                 amr: vec![],
                 at: t0(),
             })

@@ -98,6 +98,8 @@ pub struct Policy {
     pub audience: String,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// A session's absolute lifetime, which refreshing cannot extend.
+    pub session_max_age: Duration,
     pub sign_in_ttl: Duration,
     /// How failed proofs are throttled (per account and client address).
     pub throttle: ThrottlePolicy,

@@ -31,17 +31,19 @@ impl App {
     ) -> Result<Tokens, AppError> {
         let session_id = Uuid::new_v4();
         let refresh_token = format!("{session_id}.{}", random_token());
+        let ends_at = at + self.policy.session_max_age;
         let command = SessionCommand::Open {
             profile_id,
             refresh_hash: self.keys.refresh_hash(&refresh_token),
             refresh_expires_at: at + self.policy.refresh_ttl,
+            ends_at,
             amr: amr.clone(),
             at,
         };
         unit.decide_new::<Session>(&session_id.to_string(), command, &())
             .await
             .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
-        self.tokens(profile_id, session_id, amr, refresh_token, at)
+        self.tokens(profile_id, session_id, amr, refresh_token, at, Some(ends_at))
     }
 
     fn tokens(
@@ -51,12 +53,16 @@ impl App {
         amr: Vec<String>,
         refresh_token: String,
         at: DateTime<Utc>,
+        ends_at: Option<DateTime<Utc>>,
     ) -> Result<Tokens, AppError> {
+        // No token outlives its session's absolute end.
+        let until = |ttl: chrono::Duration| ends_at.map_or(at + ttl, |end| (at + ttl).min(end));
+        let (access_expires_at, refresh_expires_at) = (until(self.policy.access_ttl), until(self.policy.refresh_ttl));
         let claims = Claims {
             sub: profile_id.to_string(),
             sid: session_id.to_string(),
             iat: at.timestamp(),
-            exp: (at + self.policy.access_ttl).timestamp(),
+            exp: access_expires_at.timestamp(),
             iss: self.policy.issuer.clone(),
             aud: self.policy.audience.clone(),
             amr,
@@ -68,9 +74,9 @@ impl App {
         Ok(Tokens {
             profile_id,
             access_token,
-            expires_in: self.policy.access_ttl.num_seconds(),
+            expires_in: (access_expires_at - at).num_seconds(),
             refresh_token,
-            refresh_expires_in: self.policy.refresh_ttl.num_seconds(),
+            refresh_expires_in: (refresh_expires_at - at).num_seconds(),
         })
     }
 
@@ -101,7 +107,7 @@ impl App {
         match events.first() {
             Some(SessionEvent::SessionRefreshed { .. }) => {
                 let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
-                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at)
+                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at, session.ends_at())
             }
             Some(SessionEvent::RefreshTokenReuseDetected { .. }) => Err(AppError::RefreshTokenReused),
             _ => Err(AppError::InvalidToken),
@@ -131,7 +137,7 @@ impl App {
     async fn admitted(&self, session: &Session) -> Result<(), AppError> {
         let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        if session.admitted_by(&user) {
+        if session.admitted_by(&user, Utc::now()) {
             Ok(())
         } else {
             Err(AppError::InvalidToken)

@@ -529,6 +529,7 @@ mod tests {
             audience: "authd".into(),
             access_ttl: Duration::minutes(15),
             refresh_ttl: Duration::days(30),
+            session_max_age: Duration::days(30),
             sign_in_ttl: Duration::minutes(2),
             throttle: domain::throttle::ThrottlePolicy {
                 threshold: 10,

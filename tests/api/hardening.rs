@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Backend, Server};
+use crate::helpers::{unique, Backend, Server};
 
-both_stores!(bodies_over_the_limit_are_refused_before_they_are_read);
+both_stores!(bodies_over_the_limit_are_refused_before_they_are_read, refreshing_never_extends_a_session_past_its_maximum_age);
 
 /// Sends a chunked POST of `total` bytes (a JSON string that never ends) and returns
 /// the status line of the answer, which may come before the body is all sent.
@@ -68,4 +68,20 @@ async fn bodies_over_the_limit_are_refused_before_they_are_read(backend: Backend
     }
     let after = server.rss_kib();
     assert!(after < before + 16 * 1024, "16 × 4 MiB bodies grew the server from {before} KiB to {after} KiB");
+}
+
+async fn refreshing_never_extends_a_session_past_its_maximum_age(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_SESSION_MAX_AGE", "3"), ("AUTHD_ACCESS_TTL", "900")]).await;
+    let username = unique("short-lived");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+    assert!(session.expires_in <= 3 && session.refresh_expires_in <= 3, "no token outlives the session: {session:?}");
+    let api = server.api();
+    let refreshed = api.refresh(&session.refresh_token).await.expect("a young session refreshes");
+    assert!(refreshed.expires_in <= 3 && refreshed.refresh_expires_in <= 3, "{refreshed:?}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let late = api.refresh(&refreshed.refresh_token).await;
+    assert!(matches!(late, Err(client::Error::Http { status: 401, .. })), "past its maximum age: {late:?}");
+    let check = api.jwt_verify(&refreshed.access_token).await;
+    assert!(matches!(check, Err(client::Error::Http { status: 401, .. })), "its access token too: {check:?}");
 }
