@@ -50,7 +50,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     };
     let policy = Policy {
         open_signup: config.open_signup,
-        admin_token: config.admin_token.clone().filter(|token| !token.is_empty()),
+        admin_token: admin_token(config.admin_token.as_deref())?,
         issuer: config.jwt_issuer.clone(),
         audience: config.jwt_audience.clone(),
         access_ttl: chrono::Duration::seconds(config.access_ttl.into()),
@@ -149,4 +149,16 @@ async fn shutdown() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The admin token, refused when it is too short to resist guessing.
+fn admin_token(configured: Option<&str>) -> anyhow::Result<Option<String>> {
+    match configured.filter(|token| !token.is_empty()) {
+        Some(token) if token.chars().count() < crate::app::MIN_ADMIN_TOKEN_LEN => anyhow::bail!(
+            "AUTHD_ADMIN_TOKEN is {} characters; it must be at least {} (for example: openssl rand -hex 32)",
+            token.chars().count(),
+            crate::app::MIN_ADMIN_TOKEN_LEN
+        ),
+        token => Ok(token.map(str::to_string)),
+    }
 }

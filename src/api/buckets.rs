@@ -87,7 +87,7 @@ impl BucketApi {
         auth: AdminToken,
         body: JsonBody<FillRequest>,
     ) -> Result<Json<FillResponse>, ApiError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let body = body.0;
         let bucket = domain::Bucket::from(body.bucket);
         let meta = metadata(request);
@@ -129,7 +129,7 @@ impl BucketApi {
         auth: AdminToken,
         body: JsonBody<TopUpRequest>,
     ) -> Result<Json<FillResponse>, ApiError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let tokens = app.top_up(u64::from(body.0.bucket_size), &metadata(request)).await?;
         let (available, _) = Self::status(&app, domain::Bucket::Signup).await?;
         Ok(Json(FillResponse { bucket: "signup".into(), added: tokens.len() as u64, available, tokens }))
@@ -140,11 +140,12 @@ impl BucketApi {
     async fn status_of(
         &self,
         app: Data<&Arc<App>>,
+        request: &Request,
         auth: AdminToken,
         /// `signup` or `profile`.
         bucket: Path<String>,
     ) -> Result<Json<BucketStatus>, ApiError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let Some(bucket) = domain::Bucket::parse(&bucket.0) else {
             return Err(ApiError::new(404, "unknown_bucket", "buckets are `signup` and `profile`"));
         };

@@ -133,6 +133,9 @@ impl From<AdminDenied> for ApiError {
                 ApiError::new(403, "admin_disabled", "admin routes are disabled: no AUTHD_ADMIN_TOKEN configured")
             }
             AdminDenied::Wrong => ApiError::new(401, "invalid_admin_token", "wrong admin token"),
+            AdminDenied::Throttled { retry_after_secs } => {
+                ApiError::too_many("too_many_attempts", "too many wrong admin tokens from this address", retry_after_secs)
+            }
         }
     }
 }

@@ -6,13 +6,14 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use poem::web::Data;
+use poem::Request;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseFromParameter, ParseResult, Type};
 use poem_openapi::{Object, OpenApi};
 
-use super::{AdminToken, ApiError, Tag};
+use super::{metadata, AdminToken, ApiError, Tag};
 use crate::app::{App, Fields};
 use crate::app::AuditEnvelope as Envelope;
 use crate::app::EventFilter as Filter;
@@ -42,6 +43,7 @@ impl EventsApi {
     async fn list(
         &self,
         app: Data<&Arc<App>>,
+        request: &Request,
         auth: AdminToken,
         /// Position to read after (integer ≥ 0; default 0: from the start).
         after: Query<Option<Lenient<i64>>>,
@@ -54,7 +56,7 @@ impl EventsApi {
         /// Only events of this type (`UserRegistered`, …).
         event_type: Query<Option<String>>,
     ) -> Result<Json<EventPage>, ApiError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let mut fields = Fields::default();
         let after = match after.0 {
             None => Some(0),

@@ -2,10 +2,11 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use poem::web::Data;
+use poem::Request;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{Object, OpenApi};
 
-use super::{AdminToken, ApiError, Tag};
+use super::{metadata, AdminToken, ApiError, Tag};
 use crate::app::App;
 use crate::app::{RelayState, RelayStatus};
 
@@ -80,10 +81,11 @@ impl HealthApi {
     async fn metrics(
         &self,
         app: Data<&Arc<App>>,
+        request: &Request,
         relay: Data<&RelayStatus>,
         auth: AdminToken,
     ) -> Result<PlainText<String>, ApiError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");

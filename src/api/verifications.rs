@@ -293,7 +293,7 @@ impl VerificationApi {
         method: Path<String>,
         body: JsonBody<InitiateRequest>,
     ) -> Result<Json<InitiatedBody>, VerificationError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let method = self::method(&method.0)?;
         let body = body.0;
         let policy = body.policy;
@@ -341,7 +341,7 @@ impl VerificationApi {
         id: Path<String>,
         body: JsonBody<ValidateRequest>,
     ) -> Result<Json<VerifierAnswer>, VerificationError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let method = self::method(&method.0)?;
         let outcome =
             app.validate_verification(method, &id.0, &body.0.code, body.0.remove_secret, &metadata(request)).await?;
@@ -356,13 +356,14 @@ impl VerificationApi {
     async fn get(
         &self,
         app: Data<&Arc<App>>,
+        request: &Request,
         auth: AdminToken,
         /// `email`, `google_auth` or `phone`.
         method: Path<String>,
         /// The verification id.
         id: Path<String>,
     ) -> Result<Json<VerifierAnswer>, VerificationError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let method = self::method(&method.0)?;
         let data = app.verifier(method, &id.0).await?;
         Ok(Json(VerifierAnswer { status: 200, data: data.into() }))
@@ -380,7 +381,7 @@ impl VerificationApi {
         /// The verification id.
         id: Path<String>,
     ) -> Result<Json<StatusAnswer>, VerificationError> {
-        app.admin(&auth.0.token)?;
+        app.admin(&auth.0.token, &metadata(request))?;
         let method = self::method(&method.0)?;
         app.delete_verification(method, &id.0, &metadata(request)).await?;
         Ok(Json(StatusAnswer { status: 200 }))

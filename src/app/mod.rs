@@ -20,6 +20,7 @@ use crate::crypto::opaque::OpaqueVerifier;
 use crate::store::Store;
 
 mod account;
+mod admin;
 mod audit;
 mod error;
 mod buckets;
@@ -36,6 +37,7 @@ pub use crate::relay::envelope::Envelope as AuditEnvelope;
 pub use crate::relay::{State as RelayState, Status as RelayStatus};
 pub use crate::store::log::Filter as EventFilter;
 pub use crate::store::Metadata;
+pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
 
@@ -116,6 +118,7 @@ pub struct App {
     totp: Arc<dyn TotpCheck>,
     validation: Validation,
     verifications: verifications::Verifications,
+    admin_failures: admin::Failures,
 }
 
 fn random_token() -> String {
@@ -134,22 +137,6 @@ impl App {
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
         let verifications = verifications::Verifications::new(&keys);
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications }
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default() }
     }
-
-    /// Admin routes: the configured secret, compared in constant time.
-    pub fn admin(&self, presented: &str) -> Result<(), AdminDenied> {
-        use subtle::ConstantTimeEq;
-        match &self.policy.admin_token {
-            None => Err(AdminDenied::NotConfigured),
-            Some(token) if bool::from(token.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
-            Some(_) => Err(AdminDenied::Wrong),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminDenied {
-    NotConfigured,
-    Wrong,
 }

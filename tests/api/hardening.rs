@@ -8,7 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{unique, Backend, Server};
 
-both_stores!(bodies_over_the_limit_are_refused_before_they_are_read, refreshing_never_extends_a_session_past_its_maximum_age);
+both_stores!(
+    bodies_over_the_limit_are_refused_before_they_are_read,
+    refreshing_never_extends_a_session_past_its_maximum_age,
+    the_admin_token_is_long_and_guessing_it_is_throttled,
+);
 
 /// Sends a chunked POST of `total` bytes (a JSON string that never ends) and returns
 /// the status line of the answer, which may come before the body is all sent.
@@ -84,4 +88,35 @@ async fn refreshing_never_extends_a_session_past_its_maximum_age(backend: Backen
     assert!(matches!(late, Err(client::Error::Http { status: 401, .. })), "past its maximum age: {late:?}");
     let check = api.jwt_verify(&refreshed.access_token).await;
     assert!(matches!(check, Err(client::Error::Http { status: 401, .. })), "its access token too: {check:?}");
+}
+
+async fn the_admin_token_is_long_and_guessing_it_is_throttled(backend: Backend) {
+    // Too short: the server refuses to start, saying why in one line.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .env_clear()
+        .env("AUTHD_ADMIN_TOKEN", "short-token")
+        .env("AUTHD_DATA_DIR", std::env::temp_dir().join(format!("authd-short-{}", unique("t"))))
+        .env("AUTHD_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run authd");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTHD_ADMIN_TOKEN is 11 characters; it must be at least 32"), "{stderr}");
+
+    let server = Server::start(backend).await;
+    let http = reqwest::Client::new();
+    let events = |token: &str| http.get(format!("{}/v1/admin/events", server.base)).bearer_auth(token).send();
+    assert_eq!(events(crate::helpers::ADMIN).await.expect("send").status().as_u16(), 200);
+    for guess in 0..10 {
+        let response = events(&format!("guess-{guess}")).await.expect("send");
+        assert_eq!(response.status().as_u16(), 401, "wrong token {guess}");
+    }
+    // Past ten wrong tokens a minute: this address gets 429, even with the right token.
+    for token in ["guess-11", crate::helpers::ADMIN] {
+        let response = events(token).await.expect("send");
+        assert_eq!(response.status().as_u16(), 429);
+        assert!(response.headers().get("retry-after").is_some());
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "too_many_attempts");
+    }
 }

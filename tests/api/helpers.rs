@@ -11,7 +11,7 @@ use client::{b64, Api, Login, Registration, Session, SignInOutcome};
 use serde_json::Value;
 use sqlx::Connection;
 
-pub const ADMIN: &str = "test-admin-token";
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
