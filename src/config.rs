@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// before they are read.
     #[arg(long, env = "AUTHD_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `https://app.example.com`. Unset: none (no CORS headers).
+    #[arg(long, env = "AUTHD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// The OPAQUE server setup as base64url (128 bytes). Unset: kept in the data directory.
     #[arg(long, env = "AUTHD_SERVER_SETUP", hide_env_values = true)]
     pub server_setup: Option<String>,

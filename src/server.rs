@@ -80,7 +80,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
-        .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone()), crate::api::BodyLimit(config.max_body_bytes)).data(relay), shutdown(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone()), crate::api::BodyLimit(config.max_body_bytes), &config.cors_origins).data(relay), shutdown(), Some(Duration::from_secs(10)))
         .await
         .with_context(|| format!("cannot serve on {}", config.listen))
 }

@@ -9,6 +9,7 @@ mod buckets;
 mod client_address;
 mod error;
 mod events;
+mod headers;
 mod health;
 mod mfa;
 mod private_sign_in;
@@ -114,11 +115,12 @@ pub fn spec_yaml() -> String {
 }
 
 /// Every route: the API, its spec and the interactive UI at `/docs`.
-pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit) -> impl Endpoint {
+pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit, cors_origins: &[String]) -> impl Endpoint {
     let api = service();
     let ui = api.swagger_ui();
     let yaml = api.spec_endpoint_yaml();
     let json = api.spec_endpoint();
+    let cors = headers::cors(cors_origins);
     Route::new()
         .nest("/", api)
         .nest("/docs", ui)
@@ -135,4 +137,6 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_l
         })
         .around(move |endpoint, request| async move { body_limit.call(endpoint, request).await })
         .after(error::json_errors)
+        .with_if(cors.is_some(), cors.unwrap_or_else(poem::middleware::Cors::new))
+        .around(headers::secure)
 }

@@ -12,6 +12,7 @@ both_stores!(
     bodies_over_the_limit_are_refused_before_they_are_read,
     refreshing_never_extends_a_session_past_its_maximum_age,
     the_admin_token_is_long_and_guessing_it_is_throttled,
+    every_answer_carries_security_headers_and_cors_is_opt_in,
 );
 
 /// Sends a chunked POST of `total` bytes (a JSON string that never ends) and returns
@@ -119,4 +120,55 @@ async fn the_admin_token_is_long_and_guessing_it_is_throttled(backend: Backend) 
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["error"], "too_many_attempts");
     }
+}
+
+async fn every_answer_carries_security_headers_and_cors_is_opt_in(backend: Backend) {
+    let allowed = "https://app.example.com";
+    let server = Server::start_with(backend, &[("AUTHD_CORS_ORIGINS", allowed)]).await;
+    let http = reqwest::Client::new();
+    let username = unique("headers");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+
+    let refresh = http
+        .post(format!("{}/v1/token/refresh", server.base))
+        .json(&json!({"refresh_token": session.refresh_token}))
+        .send()
+        .await
+        .expect("refresh");
+    let errors = http.get(format!("{}/v1/no-such-route", server.base)).send().await.expect("404");
+    for (what, response) in [("a token answer", &refresh), ("an error", &errors)] {
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        assert_eq!(header("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{what}");
+        assert!(header("content-security-policy").contains("frame-ancestors 'none'"), "{what}");
+    }
+    assert_eq!(refresh.headers().get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"), "tokens are never cached");
+    let docs = http.get(format!("{}/docs/", server.base)).send().await.expect("docs");
+    let policy = docs.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src"), "{policy}");
+
+    // CORS: the configured origin may call; another origin gets no permission.
+    let preflight = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{}/v1/token/refresh", server.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight(allowed).await.expect("preflight");
+    assert_eq!(ok.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some(allowed));
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "an unlisted origin is not allowed");
+
+    // Without AUTHD_CORS_ORIGINS no origin is allowed.
+    let plain = Server::start(backend).await;
+    let answer = http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/token/refresh", plain.base))
+        .header("origin", allowed)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(answer.headers().get("access-control-allow-origin").is_none());
 }
