@@ -11,6 +11,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MfaChallenge {
     profile_id: Option<Uuid>,
+    issued_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
     failures: u32,
     max_failures: u32,
@@ -44,6 +45,11 @@ pub enum MfaChallengeError {
 
 impl MfaChallenge {
     /// The account, while the ticket can still be used at `at`.
+    /// When the ticket was issued (the password step it continues).
+    pub fn issued_at(&self) -> Option<DateTime<Utc>> {
+        self.issued_at
+    }
+
     pub fn usable_for(&self, at: DateTime<Utc>) -> Option<Uuid> {
         let live = !self.completed
             && self.failures < self.max_failures
@@ -87,8 +93,9 @@ impl Aggregate for MfaChallenge {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            MfaChallengeEvent::MfaChallengeIssued { profile_id, max_failures, expires_at, .. } => {
+            MfaChallengeEvent::MfaChallengeIssued { profile_id, max_failures, issued_at, expires_at } => {
                 self.profile_id = Some(profile_id);
+                self.issued_at = Some(issued_at);
                 self.max_failures = max_failures;
                 self.expires_at = Some(expires_at);
             }

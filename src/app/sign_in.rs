@@ -176,6 +176,12 @@ impl App {
         let ticket_id = self.keys.aggregate_id("mfa_ticket", mfa_ticket);
         let challenge = self.store.load::<MfaChallenge>(&ticket_id).await?;
         let profile_id = challenge.usable_for(at).ok_or(AppError::InvalidCredentials)?;
+        // A removal, reset or sign-out everywhere since the password step ends the
+        // ticket too: the account decides, read from the store.
+        let user = self.store.load::<User>(&profile_id.to_string()).await?;
+        if !challenge.issued_at().is_some_and(|issued_at| user.admits_session(issued_at)) {
+            return Err(AppError::InvalidCredentials);
+        }
         let use_code = MfaCommand::UseCode { code: code.to_string(), at };
         if let Err(error) = self.store.execute::<Mfa>(&profile_id.to_string(), use_code, &self.totp, meta).await {
             let error = rejected(error, |_| AppError::InvalidCredentials);

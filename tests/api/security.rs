@@ -12,6 +12,7 @@ both_stores!(
     mfa_enable_sign_in_and_disable,
     mfa_rejections,
     mfa_wrong_codes_exhaust_the_ticket,
+    removing_the_account_ends_its_pending_mfa_tickets,
     rate_limits_answer_429,
     private_sign_in_obeys_mfa_and_lockout,
 );
@@ -201,4 +202,28 @@ async fn private_sign_in_obeys_mfa_and_lockout(backend: Backend) {
         assert_eq!(finish_with(&server, &username, Some(bogus_ke3())).await.0, 401);
     }
     assert_eq!(api.sign_in_private(&username, PASSWORD).await.unwrap_err(), client::Error::InvalidLogin);
+}
+
+async fn removing_the_account_ends_its_pending_mfa_tickets(backend: Backend) {
+    let server = Server::start(backend).await;
+    let username = unique("removed-mid-mfa");
+    let totp = account_with_mfa(&server, &username).await;
+    start_of_step().await;
+    let first = mfa_ticket(&server, &username).await;
+    let pending = mfa_ticket(&server, &username).await;
+    let (status, session) = server
+        .call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": first, "code": crate::helpers::totp_code(&totp, 0)})))
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let token = session["access_token"].as_str().expect("access token").to_string();
+    let (status, _) = server.call("POST", "/v1/account/remove", Some(&token), None).await;
+    assert_eq!(status, 204);
+    // The ticket issued before the removal opens nothing, even with a fresh, valid code.
+    let (status, body) = server
+        .call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": pending, "code": crate::helpers::totp_code(&totp, 1)})))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    // The removed account's own token: 401, never 503.
+    let (status, body) = server.call("GET", "/v1/user", Some(&token), None).await;
+    assert_eq!(status, 401, "{body}");
 }
