@@ -16,11 +16,6 @@ use clap::Parser;
 
 use config::{Cli, Command, LogFormat};
 
-/// glibc's allocator spent about a fifth of the sign-in path's CPU (many small,
-/// short-lived allocations across worker threads); mimalloc is several times cheaper.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
