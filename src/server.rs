@@ -85,14 +85,20 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve on {}", config.listen))
 }
 
-/// Keeps the read models up with writes this process did not fold itself.
+/// Folds the log into the read models off the request path: shortly after this
+/// process's commits (waiting [`FOLD_DELAY`] gathers a burst into one pass), and every
+/// `every` for other replicas'. Answers read from a read model catch up themselves.
 fn spawn_catch_up(store: Store, every: Duration) {
+    const FOLD_DELAY: Duration = Duration::from_millis(100);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
+        let mut commits = store.commits();
         loop {
-            ticker.tick().await;
+            if tokio::time::timeout(every, commits.changed()).await.is_ok() {
+                tokio::time::sleep(FOLD_DELAY).await;
+            }
             if let Err(error) = store.catch_up().await {
                 tracing::warn!(%error, "read model catch-up failed; retrying");
+                tokio::time::sleep(every).await;
             }
         }
     });

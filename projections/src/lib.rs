@@ -3,12 +3,12 @@
 //! Every fold is idempotent and ordered per aggregate: a row in
 //! `projection_versions` records the last sequence folded for each aggregate, and an
 //! event is folded only in the transaction that moves that version from `n - 1` to
-//! `n`. The server folds events right after it commits them; anything missed (a
-//! crash between commit and fold, another replica's write) is picked up by
-//! [`ReadModels::catch_up`], which tails the global log (an [`EventLog`]) from the
-//! read models' checkpoint (`checkpoints`, name [`CHECKPOINT`]): each pass reads only
-//! what is new. It runs at start-up and periodically, so a read model can lag but
-//! never permanently miss an event. The checkpoint promises that everything at or
+//! `n`. Events are folded off the request path by [`ReadModels::catch_up`], which
+//! tails the global log (an [`EventLog`]) from the read models' checkpoint
+//! (`checkpoints`, name [`CHECKPOINT`]): each pass reads only what is new, this
+//! replica's writes and every other's alike. The server runs it at start-up, after
+//! its commits, periodically, and before each answer read from a read model, so a
+//! read model can lag but never permanently miss an event. The checkpoint promises that everything at or
 //! below it is folded; forgetting an aggregate's version rewinds it (a trigger, see
 //! the migrations), so emptying these tables refolds them from the log.
 //! [`ReadModels::rebuild`] replays from zero.
@@ -48,6 +48,18 @@ macro_rules! with_pool {
 pub enum Conn<'a> {
     Postgres(&'a mut sqlx::PgConnection),
     Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+impl<'a> From<&'a mut sqlx::PgConnection> for Conn<'a> {
+    fn from(conn: &'a mut sqlx::PgConnection) -> Self {
+        Conn::Postgres(conn)
+    }
+}
+
+impl<'a> From<&'a mut sqlx::SqliteConnection> for Conn<'a> {
+    fn from(conn: &'a mut sqlx::SqliteConnection) -> Self {
+        Conn::Sqlite(conn)
+    }
 }
 
 /// Runs the same code on either connection of a [`Conn`] (`$conn: &mut Conn`).
@@ -330,68 +342,59 @@ impl ReadModels {
     /// Folds one event if it is the next in line for its aggregate. Returns false
     /// when it was not (already folded, or an earlier one is missing).
     async fn fold_one(&self, event: &impl Folded) -> Result<bool, Error> {
-        let statements = fold(event)?;
-        let guard = version_guard(event);
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let moved = bind_all!(sqlx::query(guard.sql), guard.args).execute(&mut *tx).await?;
-            if moved.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            for s in statements {
-                bind_all!(sqlx::query(s.sql), s.args).execute(&mut *tx).await?;
-            }
+            let folded = Self::fold_on(&mut Conn::from(&mut *tx), event).await?;
             tx.commit().await?;
-            Ok(true)
+            Ok(folded)
         })
     }
 
     /// Folds every event of the log past the read models' checkpoint, and moves the
-    /// checkpoint. Returns how many events it folded (events the live path already
-    /// folded are skipped by their version).
+    /// checkpoint. Returns how many events it folded (events already folded are
+    /// skipped by their version). Each page of the log is folded, and the checkpoint
+    /// moved past it, in one transaction: a burst of commits costs one transaction
+    /// here, not one each.
     pub async fn catch_up<L: EventLog>(&self, log: &L) -> Result<u64, Error> {
         let mut folded = 0;
         loop {
             let from = self.checkpoint().await?;
             let (events, next) = log.read_after(from, BATCH).await?;
-            // The page's versions in one query: most events are folded already (by
-            // the transaction that appended them), and are skipped without a query.
-            let mut versions = self.versions(events.iter().map(|e| e.aggregate_id())).await?;
-            for event in &events {
-                let key = (event.aggregate_type().to_string(), event.aggregate_id().to_string());
-                let version = versions.get(&key).copied().unwrap_or(0);
-                if self.fold_logged(log, event, version).await? {
-                    folded += 1;
-                    let now = self.version(event.aggregate_type(), event.aggregate_id()).await?;
-                    versions.insert(key, now);
+            let projected: Vec<&L::Event> = events.iter().filter(|e| Self::projects(e.aggregate_type())).collect();
+            // The page's versions in one query.
+            let mut versions = self.versions(projected.iter().map(|e| e.aggregate_id())).await?;
+            // Aggregates with an earlier event never folded: repaired from their own
+            // streams after the page.
+            let mut behind = std::collections::BTreeSet::new();
+            with_pool!(&self.db, pool => {
+                let mut tx = pool.begin().await?;
+                let mut conn = Conn::from(&mut *tx);
+                for event in projected {
+                    let key = (event.aggregate_type().to_string(), event.aggregate_id().to_string());
+                    let version = versions.get(&key).copied().unwrap_or(0);
+                    if event.sequence() <= version {
+                        continue;
+                    }
+                    if event.sequence() == version + 1 && Self::fold_on(&mut conn, event).await? {
+                        folded += 1;
+                        versions.insert(key, event.sequence());
+                    } else {
+                        behind.insert(key);
+                    }
                 }
-            }
-            if next > from {
-                // Compare-and-set: if the checkpoint was rewound meanwhile (a version
-                // forgotten) or another replica moved it, the next round reads it again.
-                self.move_checkpoint(from, next).await?;
+                if next > from {
+                    // Compare-and-set: if the checkpoint was rewound meanwhile (a version
+                    // forgotten) or another replica moved it, the next round reads it again.
+                    Self::move_checkpoint(&mut conn, from, next).await?;
+                }
+                tx.commit().await?;
+            });
+            for (aggregate_type, aggregate_id) in behind {
+                folded += self.catch_up_aggregate(log, &aggregate_type, &aggregate_id).await?;
             }
             if events.len() < BATCH {
                 return Ok(folded);
             }
-        }
-    }
-
-    /// Folds one event read from the log, unless its aggregate (at `version`) is
-    /// already past it.
-    async fn fold_logged<L: EventLog>(&self, log: &L, event: &L::Event, version: i64) -> Result<bool, Error> {
-        if !PROJECTED.contains(&event.aggregate_type()) {
-            return Ok(false);
-        }
-        if event.sequence() <= version {
-            Ok(false)
-        } else if event.sequence() == version + 1 {
-            self.fold_one(event).await
-        } else {
-            // An earlier event of this aggregate was never folded: fold the
-            // aggregate's missing events straight from its stream.
-            Ok(self.catch_up_aggregate(log, event.aggregate_type(), event.aggregate_id()).await? > 0)
         }
     }
 
@@ -430,15 +433,16 @@ impl ReadModels {
         .unwrap_or(0))
     }
 
-    async fn move_checkpoint(&self, from: i64, to: i64) -> Result<(), Error> {
+    async fn move_checkpoint(conn: &mut Conn<'_>, from: i64, to: i64) -> Result<(), Error> {
         let sql = "INSERT INTO checkpoints (name, position) VALUES ($1, $3)
                    ON CONFLICT (name) DO UPDATE SET position = excluded.position
                    WHERE checkpoints.position = $2";
-        with_pool!(&self.db, pool => {
-            sqlx::query(sql).bind(CHECKPOINT).bind(from).bind(to).execute(pool).await?;
+        with_conn!(conn, c => {
+            sqlx::query(sql).bind(CHECKPOINT).bind(from).bind(to).execute(&mut **c).await?;
         });
         Ok(())
     }
+
 
     /// Folds the events of one aggregate past its recorded version, read from its
     /// own stream (the primary key), not from the global log.
@@ -467,13 +471,14 @@ impl ReadModels {
         }
     }
 
-    /// Folds one event on `conn`, outside any transaction of its own, if it is the next
-    /// in line for its aggregate (the same fold and version guard as the live path).
-    /// `authd replay rebuild` runs it with temporary tables shadowing the live ones.
     /// Whether any read model folds events of `aggregate_type`.
     pub fn projects(aggregate_type: &str) -> bool {
         PROJECTED.contains(&aggregate_type)
     }
+
+    /// Folds one event on `conn`, outside any transaction of its own, if it is the next
+    /// in line for its aggregate (the same fold and version guard as catch-up's).
+    /// `authd replay rebuild` runs it with temporary tables shadowing the live ones.
 
     pub async fn fold_on(conn: &mut Conn<'_>, event: &impl Folded) -> Result<bool, Error> {
         if !Self::projects(event.aggregate_type()) {

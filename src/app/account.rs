@@ -40,7 +40,7 @@ impl App {
 
 
     pub async fn user(&self, profile_id: Uuid) -> Result<Option<UserView>, AppError> {
-        Ok(self.store.read_models().user(&profile_id.to_string()).await?)
+        Ok(self.store.read_models().await?.user(&profile_id.to_string()).await?)
     }
 
 

@@ -81,7 +81,7 @@ impl App {
     }
 
     pub async fn bucket(&self, bucket: Bucket) -> Result<BucketView, AppError> {
-        Ok(self.store.read_models().bucket(bucket.as_str()).await?)
+        Ok(self.store.read_models().await?.bucket(bucket.as_str()).await?)
     }
 
     pub(crate) fn token_id(&self, bucket: Bucket, token: &str) -> String {

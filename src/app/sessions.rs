@@ -157,7 +157,7 @@ impl App {
                 .execute::<User>(&who.profile_id.to_string(), UserCommand::RevokeSessions { at: Utc::now() }, &(), meta)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidToken))?;
-            let others = self.store.read_models().active_sessions(&who.profile_id.to_string()).await?;
+            let others = self.store.read_models().await?.active_sessions(&who.profile_id.to_string()).await?;
             sessions.extend(others.into_iter().filter(|id| *id != this));
         }
         self.end_sessions(sessions, meta).await
@@ -165,7 +165,7 @@ impl App {
 
     /// Ends every open session of an account (after a password change or removal).
     pub async fn end_all_sessions(&self, profile_id: Uuid, meta: &Metadata) -> Result<u64, AppError> {
-        let sessions = self.store.read_models().active_sessions(&profile_id.to_string()).await?;
+        let sessions = self.store.read_models().await?.active_sessions(&profile_id.to_string()).await?;
         self.end_sessions(sessions, meta).await
     }
 

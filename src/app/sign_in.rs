@@ -121,17 +121,21 @@ impl App {
 
         let at = Utc::now();
         let login_state = protocol::unb64(&pending.login_state).map_err(|_| AppError::InvalidCredentials)?;
-        // Read from the store, not memory: a reset on another replica counts at once.
-        let user = self.store.load::<User>(&pending.profile_id.to_string()).await?;
-        let credentials_current = record_digest(user.registration_record()) == pending.record;
-        let finish = SignInCommand::Finish { login_state, ke3, credentials_current, at };
         let sign_in = sign_in.to_string();
+        let profile = pending.profile_id.to_string();
         // The sign-in's end, the address's clean slate and the session (or MFA
         // ticket): one commit.
         let mut unit = self.store.unit(&[(SignIn::TYPE, &sign_in), (Throttle::TYPE, &pending.throttle_id)], meta).await?;
         let result = loop {
+            // The account and its second factor as they stand: read from memory, and
+            // the commit goes in only if the store has nothing newer (a reset or MFA
+            // change on another replica counts at once).
+            let user = unit.read::<User>(&profile).await?;
+            let mfa = unit.read::<Mfa>(&profile).await?;
+            let credentials_current = record_digest(user.registration_record()) == pending.record;
+            let finish = SignInCommand::Finish { login_state: login_state.clone(), ke3: ke3.clone(), credentials_current, at };
             let (events, _) = unit
-                .decide::<SignIn>(&sign_in, finish.clone(), &self.verifier)
+                .decide::<SignIn>(&sign_in, finish, &self.verifier)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             // A failure was counted when the attempt began.
@@ -148,7 +152,7 @@ impl App {
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             let result = if self.policy.require_verified_email && !user.email_verified() {
                 Err(AppError::Forbidden(Denied::EmailNotVerified))
-            } else if self.store.load::<Mfa>(&profile_id.to_string()).await?.is_enabled() {
+            } else if mfa.is_enabled() {
                 let mfa_ticket = random_token();
                 let command = MfaChallengeCommand::Issue {
                     profile_id,

@@ -228,6 +228,7 @@ impl App {
         let view = self
             .store
             .read_models()
+            .await?
             .verifier(method.as_str(), verification_id)
             .await?
             .filter(|view| view.is_live(Utc::now().timestamp()))

@@ -252,14 +252,14 @@ impl Relay {
         self.ensure_stream(&jetstream).await?;
         self.status.set(State::Publishing);
         let log = self.store.log();
-        let commits = self.store.commits();
+        let mut commits = self.store.commits();
         loop {
             lease.check().await?;
             let from = log.checkpoint(CHECKPOINT).await?;
             let page = log.read(from, PAGE, &Filter::default()).await?;
             if page.events.is_empty() {
                 tokio::select! {
-                    _ = commits.notified() => {}
+                    _ = commits.changed() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
                 continue;

@@ -1,15 +1,14 @@
 //! The write path of the event store: appends a command's events, in one
 //! transaction, with what cqrs-es would write plus each event's hash link
 //! (src/store/chain.rs), personal fields encrypted under their subject's key first
-//! (src/store/shred.rs), so the chain covers what is stored — and folds them into
-//! the read models in the same transaction, so a read model is never behind or
-//! ahead of the log this process wrote (catch-up repairs what others left behind).
+//! (src/store/shred.rs), so the chain covers what is stored. One statement per
+//! commit; the read models are folded from the log afterwards.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use projections::{with_conn, Conn, Db, ReadModels};
+use projections::{with_conn, with_pool, Conn, Db};
 use serde_json::Value;
 
 use super::chain::{event_hash, hash_at, hex, Linked, GENESIS};
@@ -96,39 +95,37 @@ fn log_error(backend: Backend) -> impl Fn(LogError) -> PersistenceError {
     }
 }
 
+/// An aggregate a unit read without changing it (src/store/unit.rs): the unit's
+/// events go in only if it has nothing past `sequence` by then.
+pub struct Unchanged<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+}
+
 /// Appends each batch (`events` of one aggregate, in sequence order) with their hash
-/// links, all in one transaction: the same rows and columns postgres-es / sqlite-es
-/// write, plus `prev_hash` and `hash`. A second writer at the same sequence fails on
-/// the primary key, which surfaces as [`PersistenceError::OptimisticLockError`].
-/// On PostgreSQL, events no read model folds (a sign-in's first step) go in one
-/// INSERT — atomic by itself — without the round trips of BEGIN and COMMIT.
-pub async fn persist(db: &Db, memory: &Memory, batches: &[(&str, &[SerializedEvent])]) -> Result<(), PersistenceError> {
+/// links, in ONE statement — atomic by itself, no BEGIN or COMMIT round trips: the
+/// same rows and columns postgres-es / sqlite-es write, plus `prev_hash` and `hash`.
+/// A second writer at the same sequence fails on the primary key, and an aggregate
+/// of `unchanged` that gained an event makes the statement insert nothing; both
+/// surface as [`PersistenceError::OptimisticLockError`]. Read models are folded
+/// afterwards, off the request path (src/store/mod.rs).
+pub async fn persist(
+    db: &Db,
+    memory: &Memory,
+    batches: &[(&str, &[SerializedEvent])],
+    unchanged: &[Unchanged<'_>],
+) -> Result<(), PersistenceError> {
     let batches: Vec<_> = batches.iter().filter_map(|(t, events)| Some((*t, events.first()?, *events))).collect();
     if batches.is_empty() {
         return Ok(());
     }
     let backend = Backend::of(db);
     let error = persistence_error(backend);
-    let heads;
-    match db {
-        Db::Postgres(pool) if !batches.iter().any(|(aggregate_type, ..)| ReadModels::projects(aggregate_type)) => {
-            let mut conn = pool.acquire().await.map_err(&error)?;
-            heads = append(&mut Conn::Postgres(&mut conn), backend, memory, &batches).await?;
-        }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(&error)?;
-            heads = append(&mut Conn::Postgres(&mut tx), backend, memory, &batches).await?;
-            tx.commit().await.map_err(&error)?;
-        }
-        Db::Sqlite(pool) => {
-            // IMMEDIATE: take the write lock before reading the previous hash. A
-            // deferred transaction that reads and then writes fails with
-            // SQLITE_BUSY_SNAPSHOT when another writer committed in between.
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(&error)?;
-            heads = append(&mut Conn::Sqlite(&mut tx), backend, memory, &batches).await?;
-            tx.commit().await.map_err(&error)?;
-        }
-    }
+    let heads = with_pool!(db, pool => {
+        let mut conn = pool.acquire().await.map_err(&error)?;
+        append(&mut Conn::from(&mut *conn), backend, memory, &batches, unchanged).await?
+    });
     for ((aggregate_type, first, _), (sequence, hash)) in batches.iter().zip(heads) {
         memory.remember_head(aggregate_type, &first.aggregate_id, sequence, hash);
     }
@@ -142,19 +139,18 @@ struct Row<'a> {
     sequence: i64,
     payload: Value,
     metadata: Value,
-    /// Whether the subject's personal data may still be seen in clear.
-    visible: bool,
     prev: [u8; 32],
     hash: [u8; 32],
 }
 
-/// Inserts every batch's events in one statement, then folds them into the read
-/// models; returns each batch's new head (last sequence, its hash).
+/// Inserts every batch's events in one statement (on the condition that `unchanged`
+/// holds); returns each batch's new head (last sequence, its hash).
 async fn append(
     conn: &mut Conn<'_>,
     backend: Backend,
     memory: &Memory,
     batches: &[(&str, &SerializedEvent, &[SerializedEvent])],
+    unchanged: &[Unchanged<'_>],
 ) -> Result<Vec<(i64, [u8; 32])>, PersistenceError> {
     let error = persistence_error(backend);
     let mut rows = Vec::new();
@@ -166,7 +162,7 @@ async fn append(
             let sequence = i64::try_from(event.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
             // Personal data is encrypted before the hash is taken, so the chain covers
             // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
-            let (payload, metadata, visible) =
+            let (payload, metadata) =
                 shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
                     .await
                     .map_err(&error)?;
@@ -182,21 +178,34 @@ async fn append(
                 },
                 &prev,
             );
-            rows.push(Row { aggregate_type, event, sequence, payload, metadata, visible, prev, hash });
+            rows.push(Row { aggregate_type, event, sequence, payload, metadata, prev, hash });
             prev = hash;
             last = sequence;
         }
         heads.push((last, prev));
     }
+    let columns = "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash";
     let values = (0..rows.len())
         .map(|row| format!("({})", (1..=9).map(|column| format!("${}", row * 9 + column)).collect::<Vec<_>>().join(", ")))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, prev_hash, hash)
-         VALUES {values}"
-    );
-    with_conn!(conn, c => {
+    let sql = if unchanged.is_empty() {
+        format!("INSERT INTO events ({columns}) VALUES {values}")
+    } else {
+        let first = rows.len() * 9;
+        let newer = (0..unchanged.len())
+            .map(|n| {
+                let p = first + n * 3;
+                format!("(aggregate_type = ${} AND aggregate_id = ${} AND sequence > ${})", p + 1, p + 2, p + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        format!(
+            "INSERT INTO events ({columns}) SELECT * FROM (VALUES {values}) AS decided
+             WHERE NOT EXISTS (SELECT 1 FROM events WHERE {newer})"
+        )
+    };
+    let inserted = with_conn!(conn, c => {
         let mut query = sqlx::query(&sql);
         for row in &rows {
             query = query
@@ -210,14 +219,13 @@ async fn append(
                 .bind(hex(&row.prev))
                 .bind(hex(&row.hash));
         }
-        query.execute(&mut **c).await.map(|_| ()).map_err(&error)?
+        for read in unchanged {
+            query = query.bind(read.aggregate_type).bind(read.aggregate_id).bind(read.sequence);
+        }
+        query.execute(&mut **c).await.map_err(&error)?.rows_affected()
     });
-    for row in &rows {
-        // Out of line (an earlier fold was lost) it folds nothing and catch-up
-        // repairs the aggregate from the log.
-        let payload = if row.visible { &row.event.payload } else { &row.payload };
-        let folded = Folding { aggregate_type: row.aggregate_type, event: row.event, sequence: row.sequence, payload };
-        ReadModels::fold_on(conn, &folded).await.map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+    if inserted != rows.len() as u64 {
+        return Err(PersistenceError::OptimisticLockError);
     }
     Ok(heads)
 }
@@ -253,30 +261,6 @@ async fn previous_hash(
         })
 }
 
-/// An event being appended, as the read models fold it: in clear, or erased once its
-/// subject's key is destroyed.
-struct Folding<'a> {
-    aggregate_type: &'a str,
-    event: &'a SerializedEvent,
-    sequence: i64,
-    payload: &'a Value,
-}
-
-impl projections::Folded for Folding<'_> {
-    fn aggregate_type(&self) -> &str {
-        self.aggregate_type
-    }
-    fn aggregate_id(&self) -> &str {
-        &self.event.aggregate_id
-    }
-    fn sequence(&self) -> i64 {
-        self.sequence
-    }
-    fn payload(&self) -> &Value {
-        self.payload
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,13 +294,13 @@ mod tests {
     #[tokio::test]
     async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))])]).await.expect("append");
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": 3}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": 3}))])], &[]).await.expect("append");
         let rows = stored(&db).await;
         assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
         assert_eq!(rows[1].1, rows[0].2);
         assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": "late"}))])]).await;
+        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": "late"}))])], &[]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -325,23 +309,38 @@ mod tests {
     async fn batches_commit_together_or_not_at_all() {
         let (db, dir) = sqlite_store().await;
         let other = |sequence: usize| SerializedEvent { aggregate_id: "s2".into(), ..serialized(sequence, json!({"b": sequence})) };
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
         // The second batch conflicts at sequence 1: the first batch is not written either.
-        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[other(1)]), ("sign_in", &[serialized(1, json!({"a": "late"}))])]).await;
+        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[other(1)]), ("sign_in", &[serialized(1, json!({"a": "late"}))])], &[]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         assert_eq!(stored(&db).await.len(), 1);
-        persist(&db, &Memory::default(), &[("sign_in", &[other(1), other(2)]), ("sign_in", &[serialized(2, json!({"a": 2}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[other(1), other(2)]), ("sign_in", &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
         assert_eq!(stored(&db).await.len(), 4);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_read_unchanged_that_gained_an_event_refuses_the_append() {
+        let (db, dir) = sqlite_store().await;
+        let read = |sequence| Unchanged { aggregate_type: "user", aggregate_id: "u1", sequence };
+        let user = |sequence: usize| SerializedEvent { aggregate_id: "u1".into(), aggregate_type: "user".into(), ..serialized(sequence, json!({})) };
+        persist(&db, &Memory::default(), &[("user", &[user(1)])], &[]).await.expect("append");
+        // Decided on the user at sequence 0: it has moved on, nothing is written.
+        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[read(0)]).await;
+        assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
+        assert_eq!(stored(&db).await.len(), 1);
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[read(1)]).await.expect("append");
+        assert_eq!(stored(&db).await.len(), 2);
         std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]
     async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(2, json!({"a": 2}))])]).await.expect("append");
+        persist(&db, &Memory::default(), &[("sign_in", &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
         let first = serialized(1, json!({"a": 1}));
         let head = event_hash(
             &Linked {

@@ -5,13 +5,15 @@
 //! one command): the aggregate's state comes from this process's memory
 //! (src/store/cache.rs) or its events, the aggregate decides, and the events are
 //! committed with optimistic concurrency (decided again on conflict, bounded)
-//! through the write path (src/store/append.rs), which folds them into the read
-//! models in the same transaction. A log follower (src/store/follower.rs)
-//! keeps the memory current with other replicas' writes.
+//! through the write path (src/store/append.rs), one statement per commit. The read
+//! models are folded from the log off the request path ([`Store::catch_up`], after
+//! commits and before any answer read from them). A log follower
+//! (src/store/follower.rs) keeps the memory current with other replicas' writes.
 
 mod append;
 mod cache;
 mod follower;
+mod snapshot;
 mod unit;
 pub mod chain;
 pub mod log;
@@ -31,7 +33,7 @@ use projections::{Db, ReadModels};
 use sqlite_es::SqliteEventRepository;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use cache::Cache;
 use log::Log;
@@ -154,24 +156,30 @@ pub struct Store {
     memory: Arc<append::Memory>,
     read_models: ReadModels,
     log: Log,
-    /// Signalled after every commit, so log consumers (the audit relay) need not
-    /// wait for their next poll.
-    committed: Arc<Notify>,
+    /// Signalled after every commit, so log consumers (the audit relay, the read
+    /// models' catch-up) need not wait for their next poll.
+    committed: Arc<watch::Sender<()>>,
     stripes: Arc<unit::Stripes>,
     cache: Arc<Cache>,
     /// When the log follower last caught up (src/store/follower.rs).
     fresh: Arc<follower::Freshness>,
+    /// One read-model catch-up at a time in this process.
+    folding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
     pub fn new(db: Db) -> Self {
         let read_models = ReadModels::new(db.clone());
         let log = Log::new(db.clone());
-        Self { db, memory: Arc::default(), read_models, log, committed: Arc::new(Notify::new()), stripes: Arc::new(unit::Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)), fresh: Arc::default() }
+        Self { db, memory: Arc::default(), read_models, log, committed: Arc::new(watch::Sender::new(())), stripes: Arc::new(unit::Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)), fresh: Arc::default(), folding: Arc::default() }
     }
 
-    pub fn read_models(&self) -> &ReadModels {
-        &self.read_models
+    /// The read models, caught up first: they show at least every commit this
+    /// process answered before the call (and every other replica's that the log
+    /// shows by then).
+    pub async fn read_models(&self) -> Result<&ReadModels, projections::Error> {
+        self.catch_up().await?;
+        Ok(&self.read_models)
     }
 
     /// The whole log in its global order.
@@ -187,13 +195,16 @@ impl Store {
             .map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
-    /// Notified after each commit of this process.
-    pub fn commits(&self) -> Arc<Notify> {
-        self.committed.clone()
+    /// Changes after each commit of this process.
+    pub fn commits(&self) -> watch::Receiver<()> {
+        self.committed.subscribe()
     }
 
-    /// Folds whatever the read models have not seen, from their checkpoint on.
+    /// Folds whatever the read models have not seen, from their checkpoint on. One
+    /// pass at a time: a caller that waited for another pass runs its own, which
+    /// starts after its own commits.
     pub async fn catch_up(&self) -> Result<u64, projections::Error> {
+        let _turn = self.folding.lock().await;
         self.read_models.catch_up(&self.log).await
     }
 
@@ -211,12 +222,19 @@ impl Store {
         Ok(events)
     }
 
-    /// The aggregate as of its last event: the cached state (src/store/cache.rs)
-    /// plus the events committed after it, usually none.
+    /// The aggregate as of its last event: the cached state (src/store/cache.rs), or
+    /// else its snapshot (src/store/snapshot.rs), plus the events committed after it.
     async fn state<A: Aggregate + Clone + 'static>(&self, id: &str) -> Result<(A, usize), StoreError> {
         let cached = self.cache.get::<A>(id);
         let remembered = cached.is_some();
-        let (mut aggregate, mut sequence) = cached.unwrap_or_default();
+        let (mut aggregate, mut sequence) = match cached {
+            Some(state) => state,
+            None if snapshot::kept(A::TYPE) => snapshot::load::<A>(&self.db, id)
+                .await
+                .map_err(|error| StoreError::Unavailable(error.to_string()))?
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
         let tail = self.events_after::<A>(id, sequence).await?;
         // An aggregate with no events is remembered too: an unknown username then
         // reads like a known one (from memory), and does not ask the store each time.
@@ -289,6 +307,7 @@ impl Store {
     /// Destroys the account's personal-data key (see src/store/shred.rs).
     pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
         shred::destroy(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        snapshot::forget(&self.db, subject).await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
         self.memory.forget_subject(subject);
         self.cache.forget(subject);
         Ok(())

@@ -158,9 +158,8 @@ async fn key_for(conn: &mut Conn<'_>, memory: &Memory, subject: &str) -> Result<
 }
 
 /// The payload and metadata of an event as they are stored: personal fields
-/// encrypted for the event's subject (see the module documentation); and whether
-/// the subject's personal data may still be seen in clear (false once its key is
-/// destroyed: the fields are stored erased, and read models must fold them so).
+/// encrypted for the event's subject (see the module documentation), or erased once
+/// its key is destroyed.
 pub async fn encrypt_personal(
     conn: &mut Conn<'_>,
     memory: &Memory,
@@ -168,15 +167,13 @@ pub async fn encrypt_personal(
     aggregate_id: &str,
     payload: &Value,
     metadata: &Value,
-) -> Result<(Value, Value, bool), sqlx::Error> {
+) -> Result<(Value, Value), sqlx::Error> {
     let (mut payload, mut metadata) = (payload.clone(), metadata.clone());
-    let mut visible = true;
     if let Some(subject) = subject_of(aggregate_type, aggregate_id, &payload) {
         let key = key_for(conn, memory, &subject).await?;
-        visible = key.is_some();
         protect(&subject, key.as_ref(), &mut payload, &mut metadata);
     }
-    Ok((payload, metadata, visible))
+    Ok((payload, metadata))
 }
 
 /// Destroys the subject's key (keeping a tombstone, so later events of the subject

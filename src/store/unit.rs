@@ -26,7 +26,7 @@ use cqrs_es::{Aggregate, EventEnvelope};
 use tokio::sync::MutexGuard;
 
 use super::cache::Cache;
-use super::{append, CommandError, Metadata, Store, StoreError};
+use super::{append, snapshot, CommandError, Metadata, Store, StoreError};
 
 /// How often a unit is decided again when another writer (another replica: this
 /// one serialises its own) committed to one of its aggregates first.
@@ -84,6 +84,8 @@ struct Decided {
     aggregate_type: &'static str,
     events: Vec<SerializedEvent>,
     remember: Box<dyn FnOnce(&Cache) + Send + Sync>,
+    /// The state after the events, when it is due for a snapshot (src/store/snapshot.rs).
+    snapshot: Option<(usize, serde_json::Value)>,
 }
 
 /// Commands decided and not yet committed; see the module's documentation.
@@ -95,6 +97,9 @@ pub struct Unit<'s> {
     /// memory, later ones on the store's state.
     attempt: u32,
     decided: Vec<Decided>,
+    /// Aggregates read and not changed, at the sequence read: the commit requires them
+    /// still there.
+    unchanged: Vec<(&'static str, String, i64)>,
 }
 
 impl Store {
@@ -102,11 +107,26 @@ impl Store {
     /// at random, which nobody else can name), its events recorded with `metadata`.
     pub async fn unit<'s>(&'s self, locked: &[(&str, &str)], metadata: &Metadata) -> Result<Unit<'s>, StoreError> {
         let turns = self.stripes.lock(locked).await?;
-        Ok(Unit { store: self, _turns: turns, metadata: metadata.clone(), attempt: 0, decided: Vec::new() })
+        Ok(Unit { store: self, _turns: turns, metadata: metadata.clone(), attempt: 0, decided: Vec::new(), unchanged: Vec::new() })
     }
 }
 
 impl Unit<'_> {
+    /// The state of an aggregate the unit depends on without changing it (a sign-in's
+    /// account): from this process's memory on the first attempt, from the store after
+    /// a conflict. The unit commits only if the aggregate has gained no event since —
+    /// checked by the commit's one statement, so it costs no query of its own.
+    pub async fn read<A: Aggregate + Clone + 'static>(&mut self, id: &str) -> Result<A, StoreError> {
+        let remembered = if self.attempt == 0 { self.store.cache.get::<A>(id) } else { None };
+        let (aggregate, sequence) = match remembered {
+            Some(state) => state,
+            None => self.store.state::<A>(id).await?,
+        };
+        let sequence = i64::try_from(sequence).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        self.unchanged.push((A::TYPE, id.to_string(), sequence));
+        Ok(aggregate)
+    }
+
     /// Decides `command` on the aggregate `id` (one of those the unit was opened on),
     /// returning its events and the state after them. Each aggregate once per attempt.
     pub async fn decide<A>(
@@ -199,31 +219,46 @@ impl Unit<'_> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let last = sequence + events.len();
+        let snapshot = snapshot::due(A::TYPE, sequence, last)
+            .then(|| serde_json::to_value(&after).ok().map(|state| (last, state)))
+            .flatten();
         let id = id.to_string();
         self.decided.push(Decided {
             aggregate_type: A::TYPE,
             events: serialized,
             remember: Box::new(move |cache| cache.put(&id, after, last)),
+            snapshot,
         });
         Ok(())
     }
 
-    /// Commits every event decided since the last attempt in one transaction: `true`
+    /// Commits every event decided since the last attempt in one statement: `true`
     /// when they are stored (or there were none), `false` when another writer came
-    /// first and the unit must be decided again.
+    /// first (or an aggregate [`Unit::read`] changed) and the unit must be decided again.
     pub async fn commit(&mut self) -> Result<bool, StoreError> {
         let decided = std::mem::take(&mut self.decided);
+        let unchanged = std::mem::take(&mut self.unchanged);
         if decided.is_empty() {
             return Ok(true);
         }
         let batches: Vec<(&str, &[SerializedEvent])> =
             decided.iter().map(|d| (d.aggregate_type, d.events.as_slice())).collect();
-        match append::persist(&self.store.db, &self.store.memory, &batches).await {
+        let unchanged: Vec<_> = unchanged
+            .iter()
+            .map(|(aggregate_type, aggregate_id, sequence)| append::Unchanged { aggregate_type, aggregate_id, sequence: *sequence })
+            .collect();
+        match append::persist(&self.store.db, &self.store.memory, &batches, &unchanged).await {
             Ok(()) => {
                 for d in decided {
+                    if let (Some((sequence, state)), Some(first)) = (&d.snapshot, d.events.first()) {
+                        // Only an optimisation: a failure costs a longer load later.
+                        if let Err(error) = snapshot::save(&self.store.db, d.aggregate_type, &first.aggregate_id, *sequence, state).await {
+                            tracing::warn!(%error, "cannot keep a snapshot");
+                        }
+                    }
                     (d.remember)(&self.store.cache);
                 }
-                self.store.committed.notify_one();
+                self.store.committed.send_replace(());
                 Ok(true)
             }
             Err(PersistenceError::OptimisticLockError) => {

@@ -222,6 +222,31 @@ impl Server {
         rows.into_iter().map(|(kind, event, payload)| (kind, event, serde_json::from_str(&payload).expect("json"))).collect()
     }
 
+    /// Waits until the read models, which fold off the request path, have folded
+    /// every stored event.
+    pub async fn read_models_caught_up(&self) {
+        use sqlx::Connection;
+        let sql = "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_positions
+                   WHERE global_position <= COALESCE((SELECT position FROM checkpoints WHERE name = 'read_models'), 0))";
+        for _ in 0..100 {
+            let (stored, folded): (i64, i64) = match self.backend {
+                Backend::Sqlite => {
+                    let mut conn = sqlx::SqliteConnection::connect(&self.database_url).await.expect("sqlite");
+                    sqlx::query_as(sql).fetch_one(&mut conn).await.expect(sql)
+                }
+                Backend::Postgres => {
+                    let mut conn = sqlx::PgConnection::connect(&self.database_url).await.expect("postgres");
+                    sqlx::query_as(sql).fetch_one(&mut conn).await.expect(sql)
+                }
+            };
+            if stored == folded {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the read models did not catch up within 10 s");
+    }
+
     /// Every audit envelope of the log, paged through `GET /v1/admin/events`.
     pub async fn events(&self) -> Vec<Value> {
         let mut all = Vec::new();

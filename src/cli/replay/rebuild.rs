@@ -5,8 +5,9 @@
 //! one connection: both stores look a table name up in the temporary schema first,
 //! so the projections' own fold (`ReadModels::fold_on`) writes into them unchanged.
 //! On PostgreSQL the fold and the comparison read one snapshot (repeatable read); on
-//! SQLite one read transaction. A live read model that lags the log (an event not
-//! folded yet) shows as a difference. `--swap` replaces the live rows in one
+//! SQLite one read transaction. The live read models first fold what the log holds
+//! (the server folds off the request path, so they may lag by a moment); a live read
+//! model still behind the log then shows as a difference. `--swap` replaces the live rows in one
 //! transaction, together with `projection_versions`, then catches up on events
 //! committed since the snapshot.
 
@@ -45,6 +46,7 @@ enum Difference {
 }
 
 pub async fn run(db: &Db, args: &RebuildArgs) -> anyhow::Result<ExitCode> {
+    crate::store::Store::new(db.clone()).catch_up().await.context("catch-up of the live read models failed")?;
     let bar = super::progress(db, "", &[], "rebuilding").await?;
     // A connection of its own, closed at the end: its temporary tables shadow the
     // live ones and must never go back to a pool.
