@@ -213,6 +213,12 @@ pub struct BenchArgs {
     /// the bench runs against a populated store.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub seed_accounts: usize,
+    /// Instead of the phases: a steady mixed load for this many seconds (each client
+    /// signs in, refreshes 4 times and checks its token 20 times, over and over),
+    /// printing each minute's rates (thirds of the run when shorter than 3 minutes)
+    /// and the last against the first.
+    #[arg(long, value_name = "SECS")]
+    pub mixed: Option<f64>,
     /// Iterations of the in-process measure of the server's OPAQUE steps alone
     /// (KE1 → KE2, KE3 check) on one core; 0 skips it.
     #[arg(long, default_value_t = 500, value_name = "N")]

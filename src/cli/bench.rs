@@ -200,6 +200,66 @@ async fn healthz_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>
     (client, result.map(|_| None).context("GET /healthz"))
 }
 
+/// The operations of the mixed load, as counted per window.
+const MIXED: [&str; 3] = ["sign-in", "refresh", "verify"];
+
+/// `--mixed`: every client signs in, refreshes 4 times and checks its token 20 times,
+/// over and over, for `total`; prints the rates of each window and the last window
+/// against the first (a server whose cost grows with history or memory shows here).
+async fn mixed(clients: Vec<Client>, total: Duration) {
+    let window = if total >= Duration::from_secs(180) { Duration::from_secs(60) } else { total / 3 };
+    let windows = (total.as_secs_f64() / window.as_secs_f64()).ceil() as usize;
+    let started = Instant::now();
+    // Per window: successes of each operation, then errors.
+    type Counts = Vec<[usize; 4]>;
+    let count = move |counts: &mut Counts, kind: usize, ok: bool| {
+        let w = ((started.elapsed().as_secs_f64() / window.as_secs_f64()) as usize).min(windows - 1);
+        counts[w][if ok { kind } else { 3 }] += 1;
+    };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut counts: Counts = vec![[0; 4]; windows];
+                while started.elapsed() < total {
+                    let (next, result) = sign_in_op(client).await;
+                    client = next;
+                    count(&mut counts, 0, result.is_ok());
+                    for _ in 0..4 {
+                        let (next, result) = refresh_op(client).await;
+                        client = next;
+                        count(&mut counts, 1, result.is_ok());
+                    }
+                    for _ in 0..20 {
+                        let (next, result) = verify_op(client).await;
+                        client = next;
+                        count(&mut counts, 2, result.is_ok());
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut counts: Counts = vec![[0; 4]; windows];
+    for task in tasks {
+        for (w, part) in task.await.expect("a bench loop panicked").into_iter().enumerate() {
+            (0..4).for_each(|k| counts[w][k] += part[k]);
+        }
+    }
+    let secs = window.as_secs_f64();
+    for (w, c) in counts.iter().enumerate() {
+        let rates: Vec<String> = MIXED.iter().zip(c).map(|(name, n)| format!("{name} {:>8.1}/s", *n as f64 / secs)).collect();
+        println!("mixed {:>4.0}-{:<4.0} s   {}   errors {}", w as f64 * secs, (w + 1) as f64 * secs, rates.join("   "), c[3]);
+    }
+    let (first, last) = (counts[0], counts[windows - 1]);
+    let change: Vec<String> = MIXED
+        .iter()
+        .enumerate()
+        .map(|(k, name)| format!("{name} {:+.1}%", (last[k] as f64 / first[k].max(1) as f64 - 1.0) * 100.0))
+        .collect();
+    println!("mixed: last window against the first: {}", change.join(", "));
+}
+
 /// Signs up `n` accounts with `api`'s KSF, `concurrency` at a time, invitations
 /// issued in batches of [`FILL_BATCH`]; prints progress every 10% and the rate.
 async fn seed(api: &Api, admin_token: &str, prefix: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
@@ -296,9 +356,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.concurrency,
         if args.hot_account { " on ONE account" } else { ", one account each" },
         if args.capacity { "cheap Argon2id (m=8 KiB, t=1) -- server capacity" } else { "Argon2id (m=64 MiB, t=3)" },
-        match args.duration {
-            Some(secs) => format!("{secs} s per phase"),
-            None => format!(
+        match (args.mixed, args.duration) {
+            (Some(secs), _) => format!("a mixed load for {secs} s"),
+            (None, Some(secs)) => format!("{secs} s per phase"),
+            (None, None) => format!(
                 "{} sign-ins, {} refreshes, {} verifications and /healthz calls per client",
                 args.sign_ins, args.refreshes, args.verifications
             ),
@@ -337,6 +398,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         clients
     };
+    if let Some(secs) = args.mixed {
+        anyhow::ensure!(secs.is_finite() && secs >= 3.0, "--mixed must be at least 3 seconds");
+        let clients = timed("first sign-in", clients, Budget::Count(1), sign_in_op).await;
+        mixed(clients, Duration::from_secs_f64(secs)).await;
+        return Ok(());
+    }
     let clients = timed("sign-in (complete)", clients, budget(args.sign_ins), sign_in_op).await;
     let clients = if args.history > 0 {
         timed("history: refresh", clients, history, refresh_op).await
