@@ -44,12 +44,12 @@ pub enum MfaChallengeError {
 }
 
 impl MfaChallenge {
-    /// The account, while the ticket can still be used at `at`.
     /// When the ticket was issued (the password step it continues).
     pub fn issued_at(&self) -> Option<DateTime<Utc>> {
         self.issued_at
     }
 
+    /// The account, while the ticket can still be used at `at`.
     pub fn usable_for(&self, at: DateTime<Utc>) -> Option<Uuid> {
         let live = !self.completed
             && self.failures < self.max_failures

@@ -90,6 +90,10 @@ pub enum ThrottleCommand {
     Attempt { address: String, profile_id: Option<Uuid>, at: DateTime<Utc>, policy: ThrottlePolicy },
     /// The proof begun from `address` succeeded: it was no failure.
     Succeed { address: String, profile_id: Option<Uuid>, at: DateTime<Utc> },
+    /// A proof checked at once (a TOTP code): counted like an [`ThrottleCommand::Attempt`]
+    /// and, when it was allowed and `valid`, a success instead. A blocked address is
+    /// refused even the right code.
+    Prove { address: String, profile_id: Option<Uuid>, valid: bool, at: DateTime<Utc>, policy: ThrottlePolicy },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +119,17 @@ crate::domain_event!(ThrottleEvent { ProofAttempted, ProofSucceeded });
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ThrottleError {}
 
+impl Throttle {
+    /// A proof beginning from `address`, counted as a failure until it succeeds.
+    fn attempt(&self, address: String, profile_id: Option<Uuid>, at: DateTime<Utc>, policy: ThrottlePolicy) -> ThrottleEvent {
+        let known = self.addresses.get(&address).cloned().unwrap_or_default();
+        let blocked = known.blocked_until.is_some_and(|until| at < until) || self.failures >= policy.ceiling;
+        let failures = known.failures + 1;
+        let blocked_until = policy.block_after(failures, at).or(known.blocked_until);
+        ThrottleEvent::ProofAttempted { address, profile_id, allowed: !blocked, failures, blocked_until, at }
+    }
+}
+
 impl Aggregate for Throttle {
     const TYPE: &'static str = "throttle";
     type Command = ThrottleCommand;
@@ -124,13 +139,13 @@ impl Aggregate for Throttle {
 
     async fn handle(&mut self, command: Self::Command, _: &(), sink: &EventSink<Self>) -> Result<(), Self::Error> {
         let event = match command {
-            ThrottleCommand::Attempt { address, profile_id, at, policy } => {
-                let known = self.addresses.get(&address).cloned().unwrap_or_default();
-                let blocked = known.blocked_until.is_some_and(|until| at < until) || self.failures >= policy.ceiling;
-                let failures = known.failures + 1;
-                let blocked_until = policy.block_after(failures, at).or(known.blocked_until);
-                ThrottleEvent::ProofAttempted { address, profile_id, allowed: !blocked, failures, blocked_until, at }
-            }
+            ThrottleCommand::Attempt { address, profile_id, at, policy } => self.attempt(address, profile_id, at, policy),
+            ThrottleCommand::Prove { address, profile_id, valid, at, policy } => match self.attempt(address, profile_id, at, policy) {
+                ThrottleEvent::ProofAttempted { address, allowed: true, .. } if valid => {
+                    ThrottleEvent::ProofSucceeded { address, profile_id, at }
+                }
+                counted => counted,
+            },
             // Several attempts from one address may be in flight (workers sharing an
             // account): the first success starts the count again, the others find
             // it started.
@@ -187,6 +202,33 @@ mod tests {
             blocked_until: blocked.map(|s| t0() + Duration::seconds(s)),
             at: t0() + Duration::seconds(after),
         }
+    }
+
+    fn prove(address: &str, valid: bool, after: i64) -> ThrottleCommand {
+        Prove { address: address.into(), profile_id: None, valid, at: t0() + Duration::seconds(after), policy: policy() }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_code_counts_and_a_right_one_starts_the_count_again() {
+        TestFramework::<Throttle>::with(())
+            .given(vec![attempted("a", true, 1, None, 0)])
+            .when_async(prove("a", false, 1))
+            .await
+            .then_expect_events(vec![attempted("a", true, 2, None, 1)]);
+        TestFramework::<Throttle>::with(())
+            .given(vec![attempted("a", true, 1, None, 0), attempted("a", true, 2, None, 1)])
+            .when_async(prove("a", true, 2))
+            .await
+            .then_expect_events(vec![ProofSucceeded { address: "a".into(), profile_id: None, at: t0() + Duration::seconds(2) }]);
+    }
+
+    #[tokio::test]
+    async fn a_blocked_address_is_refused_even_the_right_code() {
+        TestFramework::<Throttle>::with(())
+            .given(vec![attempted("a", true, 1, None, 0), attempted("a", true, 2, None, 1), attempted("a", true, 3, Some(62), 2)])
+            .when_async(prove("a", true, 3))
+            .await
+            .then_expect_events(vec![attempted("a", false, 4, Some(123), 3)]);
     }
 
     #[tokio::test]

@@ -11,16 +11,6 @@ use crate::store::{CommandError, Metadata, Unit};
 use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
 
 impl App {
-    pub(super) async fn open_session(&self, profile_id: Uuid, amr: Vec<String>, meta: &Metadata) -> Result<Tokens, AppError> {
-        let mut unit = self.store.unit(&[], meta).await?;
-        loop {
-            let tokens = self.open_session_in(&mut unit, profile_id, amr.clone(), Utc::now()).await?;
-            if unit.commit().await? {
-                return Ok(tokens);
-            }
-        }
-    }
-
     /// Decides a new session in `unit` (committed with it) and signs its tokens.
     pub(super) async fn open_session_in(
         &self,

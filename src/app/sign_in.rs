@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::Metadata;
+use super::mfa::Proof;
 use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult, Tokens};
 
 /// Wrong codes an `mfa_ticket` survives.
@@ -146,10 +147,14 @@ impl App {
                 continue;
             };
             let profile_id = *profile_id;
-            let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
-            unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
-                .await
-                .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+            // The address's count starts again once the proof is complete: with TOTP
+            // on, at the second factor (a password alone buys no fresh guesses).
+            if !mfa.is_enabled() {
+                let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
+                unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
+                    .await
+                    .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+            }
             let result = if self.policy.require_verified_email && !user.email_verified() {
                 Err(AppError::Forbidden(Denied::EmailNotVerified))
             } else if mfa.is_enabled() {
@@ -174,7 +179,10 @@ impl App {
         result
     }
 
-    /// The second factor of a sign-in: a valid, unused TOTP code and the ticket.
+    /// The second factor of a sign-in: a valid, unused TOTP code and the ticket. The
+    /// code is proved on the account's throttle (a wrong one counts like a wrong
+    /// password; a blocked address is refused even the right one), and the ticket
+    /// spent or its failure counted, in one unit: concurrent guesses count each.
     pub async fn sign_in_mfa(&self, mfa_ticket: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
         let at = Utc::now();
         let ticket_id = self.keys.aggregate_id("mfa_ticket", mfa_ticket);
@@ -186,20 +194,34 @@ impl App {
         if !challenge.issued_at().is_some_and(|issued_at| user.admits_session(issued_at)) {
             return Err(AppError::InvalidCredentials);
         }
-        let use_code = MfaCommand::UseCode { code: code.to_string(), at };
-        if let Err(error) = self.store.execute::<Mfa>(&profile_id.to_string(), use_code, &self.totp, meta).await {
-            let error = rejected(error, |_| AppError::InvalidCredentials);
-            if matches!(error, AppError::InvalidCredentials) {
-                // Count the wrong code; an already dead ticket changes nothing.
-                let _ = self.store.execute::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Fail { at }, &(), meta).await;
+        let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));
+        let profile = profile_id.to_string();
+        let locked = [(MfaChallenge::TYPE, ticket_id.as_str()), (Mfa::TYPE, profile.as_str()), (Throttle::TYPE, throttle_id.as_str())];
+        let mut unit = self.store.unit(&locked, meta).await?;
+        let outcome = loop {
+            let use_code = MfaCommand::UseCode { code: code.to_string(), at };
+            let proof = self.prove_code(&mut unit, profile_id, &throttle_id, &address, use_code, at, |_| AppError::InvalidCredentials).await?;
+            let outcome = match proof {
+                Proof::Valid => {
+                    // A ticket that died meanwhile (another guess) spends nothing.
+                    unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Complete { at }, &())
+                        .await
+                        .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+                    self.open_session_in(&mut unit, profile_id, vec!["pwd".into(), "otp".into()], at).await
+                }
+                Proof::Wrong => {
+                    unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Fail { at }, &())
+                        .await
+                        .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+                    Err(AppError::InvalidCredentials)
+                }
+                blocked => Err(blocked.refusal(AppError::InvalidCredentials)),
+            };
+            if unit.commit().await? {
+                break outcome;
             }
-            return Err(error);
-        }
-        self.store
-            .execute::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Complete { at }, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-        self.open_session(profile_id, vec!["pwd".into(), "otp".into()], meta).await
+        };
+        outcome
     }
 
     pub(crate) fn open_sign_in_id(&self, sign_in_id: &str) -> Option<(Uuid, PendingSignIn)> {
@@ -207,6 +229,11 @@ impl App {
         let id = Uuid::parse_str(id).ok()?;
         let opened = self.keys.decrypt(id.as_bytes(), &URL_SAFE_NO_PAD.decode(sealed).ok()?)?;
         Some((id, serde_json::from_slice(&opened).ok()?))
+    }
+
+    /// The throttle of an account's proofs (its username's, as at KE1).
+    pub(crate) fn account_throttle_id(&self, user: &User, at: DateTime<Utc>) -> String {
+        self.throttle_id(user.username(), at)
     }
 
     /// The throttle aggregate of `username` (normalised) for the window `at` is in:
@@ -217,7 +244,7 @@ impl App {
     }
 
     /// The client address a proof is throttled by ([`address_key`]), as a keyed hash.
-    fn address_of(&self, meta: &Metadata) -> String {
+    pub(crate) fn address_of(&self, meta: &Metadata) -> String {
         let key = meta
             .get("client_address")
             .and_then(|address| address.parse().ok())

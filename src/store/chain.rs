@@ -179,6 +179,9 @@ pub(super) async fn hash_at(
 // ---------------------------------------------------------------------------------
 // Seals.
 
+/// Heads written, or read back, per statement when sealing.
+const SEAL_CHUNK: usize = 1000;
+
 /// (aggregate type, aggregate id) → (last sequence, hash), in byte order.
 pub type Heads = BTreeMap<(String, String), (i64, [u8; 32])>;
 
@@ -346,26 +349,31 @@ async fn seal_on(
             return Err(SealError::Refused(problems));
         }
     }
-    with_conn!(conn, c => {
-        if accept_current {
+    if accept_current {
+        with_conn!(conn, c => {
             sqlx::query("DELETE FROM chain_heads").execute(&mut **c).await?;
-        }
-        for ((aggregate_type, aggregate_id), (sequence, hash)) in &current {
-            if !accept_current && sealed.get(&(aggregate_type.clone(), aggregate_id.clone())) == Some(&(*sequence, *hash)) {
-                continue;
+        });
+    }
+    let moved: Vec<_> = current
+        .iter()
+        .filter(|(stream, head)| accept_current || sealed.get(*stream) != Some(*head))
+        .collect();
+    // In chunks of many rows per statement: a minute of sign-ins moves tens of
+    // thousands of heads.
+    for chunk in moved.chunks(SEAL_CHUNK) {
+        let values = (0..chunk.len()).map(|n| format!("(${}, ${}, ${}, ${})", n * 4 + 1, n * 4 + 2, n * 4 + 3, n * 4 + 4)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "INSERT INTO chain_heads (aggregate_type, aggregate_id, sequence, hash) VALUES {values}
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash"
+        );
+        with_conn!(conn, c => {
+            let mut query = sqlx::query(&sql);
+            for ((aggregate_type, aggregate_id), (sequence, hash)) in chunk {
+                query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str()).bind(*sequence).bind(hex(hash));
             }
-            sqlx::query(
-                "INSERT INTO chain_heads (aggregate_type, aggregate_id, sequence, hash) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
-            )
-            .bind(aggregate_type.as_str())
-            .bind(aggregate_id.as_str())
-            .bind(*sequence)
-            .bind(hex(hash))
-            .execute(&mut **c)
-            .await?;
-        }
-    });
+            query.execute(&mut **c).await?;
+        });
+    }
     let sealed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let streams = i64::try_from(current.len()).unwrap_or(i64::MAX);
     let events: i64 = current.values().map(|(sequence, _)| *sequence).sum();
@@ -410,6 +418,8 @@ async fn extension_problems(
             }
         }
     }
+    // Streams that grew since the seal: their sealed event is read back, many per query.
+    let mut grown = Vec::new();
     for ((aggregate_type, aggregate_id), (sequence, hash)) in sealed {
         let stream = format!("{aggregate_type}/{aggregate_id}");
         match current.get(&(aggregate_type.clone(), aggregate_id.clone())) {
@@ -422,10 +432,33 @@ async fn extension_problems(
                     problems.push(format!("{stream}: event {sequence} changed since it was sealed"));
                 }
             }
-            Some(_) => {
-                if hash_at(conn, backend, aggregate_type, aggregate_id, *sequence).await?.as_ref() != Some(hash) {
-                    problems.push(format!("{stream}: event {sequence} changed since it was sealed"));
-                }
+            Some(_) => grown.push((aggregate_type, aggregate_id, *sequence, hash)),
+        }
+    }
+    for chunk in grown.chunks(SEAL_CHUNK) {
+        let keys = (0..chunk.len()).map(|n| format!("(${}, ${}, ${})", n * 3 + 1, n * 3 + 2, n * 3 + 3)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT aggregate_type, aggregate_id, sequence, hash FROM events
+             WHERE (aggregate_type, aggregate_id, sequence) IN ({keys})"
+        );
+        let rows: Vec<(String, String, i64, Option<String>)> = with_conn!(conn, c => {
+            let mut query = sqlx::query_as(&sql);
+            for (aggregate_type, aggregate_id, sequence, _) in chunk {
+                query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str()).bind(*sequence);
+            }
+            query.fetch_all(&mut **c).await?
+        });
+        let stored: std::collections::HashMap<(String, String, i64), Option<[u8; 32]>> =
+            rows.into_iter().map(|(t, i, n, hash)| ((t, i, n), hash.as_deref().and_then(unhex))).collect();
+        for (aggregate_type, aggregate_id, sequence, hash) in chunk {
+            let now = match stored.get(&((*aggregate_type).clone(), (*aggregate_id).clone(), *sequence)) {
+                None => None,
+                Some(Some(hash)) => Some(*hash),
+                // Written before the chain: recomputed.
+                Some(None) => hash_at(conn, backend, aggregate_type, aggregate_id, *sequence).await?,
+            };
+            if now.as_ref() != Some(*hash) {
+                problems.push(format!("{aggregate_type}/{aggregate_id}: event {sequence} changed since it was sealed"));
             }
         }
     }

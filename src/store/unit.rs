@@ -197,6 +197,12 @@ impl Unit<'_> {
         }
     }
 
+    /// Drops what this attempt decided on the aggregate `id` of type `A` (an outcome
+    /// decided later overrides it: a blocked proof spends no code).
+    pub fn undo<A: Aggregate>(&mut self, id: &str) {
+        self.decided.retain(|d| !(d.aggregate_type == A::TYPE && d.events.first().is_some_and(|e| e.aggregate_id == id)));
+    }
+
     fn keep<A: Aggregate + Clone + 'static>(
         &mut self,
         id: &str,

@@ -12,6 +12,9 @@ both_stores!(
     mfa_enable_sign_in_and_disable,
     mfa_rejections,
     mfa_wrong_codes_exhaust_the_ticket,
+    wrong_totp_codes_count_like_wrong_passwords,
+    concurrent_guesses_on_one_ticket_count_each,
+    wrong_codes_on_disable_are_throttled,
     removing_the_account_ends_its_pending_mfa_tickets,
     rate_limits_answer_429,
     private_sign_in_obeys_mfa_and_lockout,
@@ -137,6 +140,91 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
     server.api().sign_in_mfa(&ticket, &right).await.expect("fresh ticket");
     let (status, _) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": ticket, "code": crate::helpers::totp_code(&totp, 1)}))).await;
     assert_eq!(status, 401, "a ticket is single-use");
+}
+
+/// `POST path` with a JSON body: status, `Retry-After` (seconds) and body.
+async fn post(server: &Server, path: &str, bearer: Option<&str>, body: Value) -> (u16, Option<u64>, Value) {
+    let mut request = reqwest::Client::new().post(format!("{}{path}", server.base)).json(&body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().expect("ascii").parse().expect("seconds"));
+    (status, retry_after, response.json().await.unwrap_or(Value::Null))
+}
+
+fn wrong_code(totp: &totp_rs::TOTP) -> &'static str {
+    let valid: Vec<String> = (-1..=1).map(|offset| crate::helpers::totp_code(totp, offset)).collect();
+    ["000000", "111111", "222222", "333333"].into_iter().find(|wrong| !valid.iter().any(|v| v == wrong)).expect("a wrong code")
+}
+
+/// Wrong TOTP codes count on the account's throttle like wrong passwords, across
+/// tickets (a right password does not start the count again while the second factor
+/// is pending): past the threshold even the right code is refused with 429.
+async fn wrong_totp_codes_count_like_wrong_passwords(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "4"), ("AUTHD_LOCKOUT_DURATION", "600")]).await;
+    let username = unique("totp-guess");
+    let totp = account_with_mfa(&server, &username).await;
+    let wrong = wrong_code(&totp);
+    // Password step 1 counts 1 until the second factor is done; two wrong codes: 3.
+    let ticket = mfa_ticket(&server, &username).await;
+    for _ in 0..2 {
+        let (status, _, _) = post(&server, "/v1/sign/in/mfa", None, json!({"mfa_ticket": ticket, "code": wrong})).await;
+        assert_eq!(status, 401);
+    }
+    // A fresh ticket (the password again: 4, the threshold) buys no fresh guesses.
+    let ticket = mfa_ticket(&server, &username).await;
+    let (status, retry_after, body) =
+        post(&server, "/v1/sign/in/mfa", None, json!({"mfa_ticket": ticket, "code": crate::helpers::totp_code(&totp, 0)})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_attempts", "{body}");
+    assert!(retry_after.is_some_and(|secs| secs > 60), "{retry_after:?}");
+    // The refused code was not spent: the count, not the code, refused it.
+    let events = server.stored_events().await;
+    assert_eq!(events.iter().filter(|(_, event, _)| event == "TotpCodeUsed").count(), 0);
+    assert!(events.iter().any(|(_, event, payload)| event == "ProofAttempted" && payload["ProofAttempted"]["allowed"] == false));
+}
+
+/// Concurrent wrong codes on one ticket are decided and counted one by one: no more
+/// than the ticket's five get an answer other than "dead ticket", and the ticket is
+/// dead after them.
+async fn concurrent_guesses_on_one_ticket_count_each(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "1000")]).await;
+    let username = unique("totp-race");
+    let totp = account_with_mfa(&server, &username).await;
+    let ticket = mfa_ticket(&server, &username).await;
+    let wrong = wrong_code(&totp);
+    let guesses = (0..12).map(|_| post(&server, "/v1/sign/in/mfa", None, json!({"mfa_ticket": ticket, "code": wrong})));
+    let answers = futures::future::join_all(guesses).await;
+    assert!(answers.iter().all(|(status, _, _)| *status == 401), "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    let failed = server.stored_events().await.into_iter().filter(|(_, event, _)| event == "MfaChallengeFailed").count();
+    assert_eq!(failed, 5, "each guess counted on the ticket, none past its five");
+    let (status, _, _) = post(&server, "/v1/sign/in/mfa", None, json!({"mfa_ticket": ticket, "code": crate::helpers::totp_code(&totp, 0)})).await;
+    assert_eq!(status, 401, "the ticket is dead");
+}
+
+/// A stolen access token cannot guess its way to disabling TOTP: wrong codes count,
+/// and past the threshold the right code is refused too.
+async fn wrong_codes_on_disable_are_throttled(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "3"), ("AUTHD_LOCKOUT_DURATION", "600")]).await;
+    let username = unique("totp-disable");
+    let totp = account_with_mfa(&server, &username).await;
+    let ticket = mfa_ticket(&server, &username).await;
+    let session = server.api().sign_in_mfa(&ticket, &crate::helpers::totp_code(&totp, 0)).await.expect("second factor");
+    let bearer = Some(session.access_token.as_str());
+    let wrong = wrong_code(&totp);
+    for _ in 0..3 {
+        let (status, _, body) = post(&server, "/v1/mfa/totp/disable", bearer, json!({"code": wrong})).await;
+        assert_eq!(status, 422, "{body}");
+    }
+    let (status, retry_after, body) = post(&server, "/v1/mfa/totp/disable", bearer, json!({"code": crate::helpers::totp_code(&totp, 1)})).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("too_many_attempts")), "{body}");
+    assert!(retry_after.is_some());
+    assert!(server.api().user(&session.access_token).await.expect("user").mfa_enabled, "still on");
 }
 
 async fn finish_with(server: &Server, username: &str, proof: Option<String>) -> (u16, Value) {
