@@ -362,7 +362,7 @@ impl ReadModels {
             let (events, next) = log.read_after(from, BATCH).await?;
             let projected: Vec<&L::Event> = events.iter().filter(|e| Self::projects(e.aggregate_type())).collect();
             // The page's versions in one query.
-            let mut versions = self.versions(projected.iter().map(|e| e.aggregate_id())).await?;
+            let mut versions = self.versions(projected.iter().map(|e| (e.aggregate_type(), e.aggregate_id()))).await?;
             // Aggregates with an earlier event never folded: repaired from their own
             // streams after the page.
             let mut behind = std::collections::BTreeSet::new();
@@ -398,18 +398,21 @@ impl ReadModels {
         }
     }
 
-    /// The recorded versions of the aggregates with these ids, by (type, id).
-    async fn versions<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<(String, String), i64>, Error> {
-        let ids: Vec<&str> = ids.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        if ids.is_empty() {
+    /// The recorded versions of these aggregates, by (type, id): one query, on the
+    /// primary key.
+    async fn versions<'a>(&self, keys: impl Iterator<Item = (&'a str, &'a str)>) -> Result<HashMap<(String, String), i64>, Error> {
+        let keys: Vec<(&str, &str)> = keys.collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let list = (1..=ids.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
-        let sql = format!("SELECT aggregate_type, aggregate_id, version FROM projection_versions WHERE aggregate_id IN ({list})");
+        let list = (0..keys.len()).map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT aggregate_type, aggregate_id, version FROM projection_versions WHERE (aggregate_type, aggregate_id) IN ({list})"
+        );
         let rows: Vec<(String, String, i64)> = with_pool!(&self.db, pool => {
             let mut query = sqlx::query_as(&sql);
-            for id in &ids {
-                query = query.bind(*id);
+            for (aggregate_type, aggregate_id) in &keys {
+                query = query.bind(*aggregate_type).bind(*aggregate_id);
             }
             query.fetch_all(pool).await?
         });

@@ -207,8 +207,8 @@ const MIXED: [&str; 3] = ["sign-in", "refresh", "verify"];
 /// over and over, for `total`; prints the rates of each window and the last window
 /// against the first (a server whose cost grows with history or memory shows here).
 async fn mixed(clients: Vec<Client>, total: Duration) {
-    let window = if total >= Duration::from_secs(180) { Duration::from_secs(60) } else { total / 3 };
-    let windows = (total.as_secs_f64() / window.as_secs_f64()).ceil() as usize;
+    let windows = if total >= Duration::from_secs(180) { (total.as_secs_f64() / 60.0).round() as usize } else { 3 };
+    let window = total / windows as u32;
     let started = Instant::now();
     // Per window: successes of each operation, then errors.
     type Counts = Vec<[usize; 4]>;
