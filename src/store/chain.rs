@@ -187,15 +187,33 @@ pub type Heads = BTreeMap<(String, String), (i64, [u8; 32])>;
 
 /// The digest a seal authenticates: every head, in byte order of (type, id).
 pub fn heads_digest(heads: &Heads) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"authd/chain-heads/v1");
+    let mut digest = HeadsDigest::new();
     for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
-        length_prefixed(&mut hasher, aggregate_type.as_bytes());
-        length_prefixed(&mut hasher, aggregate_id.as_bytes());
-        hasher.update(sequence.to_be_bytes());
-        hasher.update(hash);
+        digest.add(aggregate_type, aggregate_id, *sequence, hash);
     }
-    hasher.finalize().into()
+    digest.finish()
+}
+
+/// [`heads_digest`] one head at a time, fed in byte order of (type, id).
+struct HeadsDigest(Sha256);
+
+impl HeadsDigest {
+    fn new() -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"authd/chain-heads/v1");
+        Self(hasher)
+    }
+
+    fn add(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]) {
+        length_prefixed(&mut self.0, aggregate_type.as_bytes());
+        length_prefixed(&mut self.0, aggregate_id.as_bytes());
+        self.0.update(sequence.to_be_bytes());
+        self.0.update(hash);
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
 }
 
 /// One row of `chain_seals`.
@@ -208,6 +226,10 @@ pub struct Seal {
     pub digest: String,
     pub key_id: String,
     pub mac: String,
+    /// How far in the global order the sealer looked (`None`: seals from before).
+    /// Not covered by the MAC: it only tells the next seal where to start, and a
+    /// full check every few seals (and `authd replay verify`) looks at every stream.
+    pub through: Option<i64>,
 }
 
 impl Seal {
@@ -229,7 +251,7 @@ impl Seal {
 
 /// The latest seal, if any.
 pub async fn latest_seal(conn: &mut Conn<'_>) -> Result<Option<Seal>, sqlx::Error> {
-    let sql = "SELECT id, sealed_at, streams, events, digest, key_id, mac FROM chain_seals ORDER BY id DESC LIMIT 1";
+    let sql = "SELECT id, sealed_at, streams, events, digest, key_id, mac, through_position FROM chain_seals ORDER BY id DESC LIMIT 1";
     with_conn!(conn, c => {
         match sqlx::query(sql).fetch_optional(&mut **c).await? {
             None => Ok(None),
@@ -241,6 +263,7 @@ pub async fn latest_seal(conn: &mut Conn<'_>) -> Result<Option<Seal>, sqlx::Erro
                 digest: row.try_get(4)?,
                 key_id: row.try_get(5)?,
                 mac: row.try_get(6)?,
+                through: row.try_get(7)?,
             })),
         }
     })
@@ -327,11 +350,162 @@ pub async fn seal(db: &Db, keys: &Keys, accept_current: bool) -> Result<SealOutc
     }
 }
 
+/// Seals taken incrementally between two that check every stream.
+const FULL_CHECK_EVERY: i64 = 10;
+
+/// Seals what moved since the latest seal (the streams numbered after its
+/// `through_position`), checking that those streams extend what it sealed; every
+/// [`FULL_CHECK_EVERY`]th seal — and any seal when the log changed yet nothing new was
+/// numbered (a deletion, say) — checks every stream instead (`seal_everything`).
 async fn seal_on(
     conn: &mut Conn<'_>,
     backend: Backend,
     keys: &Keys,
     accept_current: bool,
+) -> Result<SealOutcome, SealError> {
+    let through = numbered_through(conn).await?;
+    if !accept_current {
+        let latest = latest_seal(conn).await?;
+        if let Some((seal, after)) = latest.as_ref().and_then(|seal| Some((seal, seal.through?))) {
+            if seal.id % FULL_CHECK_EVERY != 0 && through > after {
+                return seal_moved(conn, backend, keys, seal, after, through).await;
+            }
+        }
+    }
+    seal_everything(conn, backend, keys, accept_current, through).await
+}
+
+/// The last global position numbered (0 when none).
+async fn numbered_through(conn: &mut Conn<'_>) -> Result<i64, sqlx::Error> {
+    with_conn!(conn, c => {
+        sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM event_positions").fetch_one(&mut **c).await
+    })
+}
+
+/// The incremental seal: the heads of the streams numbered in (`after`, `through`].
+async fn seal_moved(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    keys: &Keys,
+    latest: &Seal,
+    after: i64,
+    through: i64,
+) -> Result<SealOutcome, SealError> {
+    let mut problems = Vec::new();
+    if !latest.authentic(keys) {
+        problems.push(format!("seal #{} does not verify with this server's key", latest.id));
+    }
+    let sql = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash FROM events e
+               JOIN (SELECT aggregate_type, aggregate_id, MAX(sequence) AS last FROM event_positions
+                     WHERE global_position > $1 AND global_position <= $2
+                     GROUP BY aggregate_type, aggregate_id) m
+                 ON m.aggregate_type = e.aggregate_type AND m.aggregate_id = e.aggregate_id AND m.last = e.sequence";
+    let rows: Vec<(String, String, i64, Option<String>)> = with_conn!(conn, c => {
+        sqlx::query_as(sql).bind(after).bind(through).fetch_all(&mut **c).await?
+    });
+    let mut moved = Heads::new();
+    for (aggregate_type, aggregate_id, sequence, hash) in rows {
+        let hash = match hash.as_deref().and_then(unhex) {
+            Some(hash) => hash,
+            None => recompute_head(conn, backend, &aggregate_type, &aggregate_id, sequence).await?,
+        };
+        moved.insert((aggregate_type, aggregate_id), (sequence, hash));
+    }
+    let sealed = sealed_heads_of(conn, moved.keys()).await?;
+    problems.extend(extension_problems_of(conn, backend, &sealed, &moved).await?);
+    let changed: Heads = moved.into_iter().filter(|(stream, head)| sealed.get(stream) != Some(head)).collect();
+    let digests = sealed_digests(conn, backend, &changed).await?;
+    if hex(&digests.before) != latest.digest {
+        problems.push(format!("chain_heads no longer match seal #{}", latest.id));
+    }
+    if !problems.is_empty() {
+        return Err(SealError::Refused(problems));
+    }
+    let digest = hex(&digests.after);
+    if changed.is_empty() || digest == latest.digest {
+        return Ok(SealOutcome::Unchanged);
+    }
+    write_heads(conn, &changed.iter().collect::<Vec<_>>()).await?;
+    Ok(SealOutcome::Sealed(insert_seal(conn, keys, digests.streams, digests.events, digest, through).await?))
+}
+
+/// The rows of `chain_heads` for these streams.
+async fn sealed_heads_of<'a>(conn: &mut Conn<'_>, streams: impl Iterator<Item = &'a (String, String)>) -> Result<Heads, sqlx::Error> {
+    let streams: Vec<_> = streams.collect();
+    let mut heads = Heads::new();
+    for chunk in streams.chunks(SEAL_CHUNK) {
+        let keys = (0..chunk.len()).map(|n| format!("(${}, ${})", n * 2 + 1, n * 2 + 2)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads WHERE (aggregate_type, aggregate_id) IN ({keys})"
+        );
+        let rows: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
+            let mut query = sqlx::query_as(&sql);
+            for (aggregate_type, aggregate_id) in chunk {
+                query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str());
+            }
+            query.fetch_all(&mut **c).await?
+        });
+        heads.extend(rows.into_iter().map(|(t, i, n, hash)| ((t, i), (n, unhex(&hash).unwrap_or_default()))));
+    }
+    Ok(heads)
+}
+
+/// The digest of `chain_heads` as it is, and as it will be with `changes` applied.
+struct Digests {
+    before: [u8; 32],
+    after: [u8; 32],
+    /// Streams and events the heads cover after the changes.
+    streams: i64,
+    events: i64,
+}
+
+/// Reads `chain_heads` once, in byte order, one row at a time (the heads of a large
+/// log are never all in memory), digesting it as it is and with `changes` merged in.
+async fn sealed_digests(conn: &mut Conn<'_>, backend: Backend, changes: &Heads) -> Result<Digests, sqlx::Error> {
+    use futures::TryStreamExt;
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads
+             ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\""
+        }
+        Backend::Sqlite => "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads ORDER BY aggregate_type, aggregate_id",
+    };
+    let (mut before, mut after) = (HeadsDigest::new(), HeadsDigest::new());
+    let (mut streams, mut events) = (0i64, 0i64);
+    let mut pending = changes.iter().peekable();
+    let mut add = |digest: &mut HeadsDigest, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]| {
+        digest.add(aggregate_type, aggregate_id, sequence, hash);
+        streams += 1;
+        events += sequence;
+    };
+    with_conn!(conn, c => {
+        let mut rows = sqlx::query_as::<_, (String, String, i64, String)>(sql).fetch(&mut **c);
+        while let Some((aggregate_type, aggregate_id, sequence, hash)) = rows.try_next().await? {
+            let hash = unhex(&hash).unwrap_or_default();
+            before.add(&aggregate_type, &aggregate_id, sequence, &hash);
+            // New streams that sort before this row.
+            while let Some(((t, i), (n, h))) = pending.next_if(|((t, i), _)| (t.as_str(), i.as_str()) < (aggregate_type.as_str(), aggregate_id.as_str())) {
+                add(&mut after, t, i, *n, h);
+            }
+            match pending.next_if(|((t, i), _)| (t.as_str(), i.as_str()) == (aggregate_type.as_str(), aggregate_id.as_str())) {
+                Some((_, (n, h))) => add(&mut after, &aggregate_type, &aggregate_id, *n, h),
+                None => add(&mut after, &aggregate_type, &aggregate_id, sequence, &hash),
+            }
+        }
+    });
+    for ((t, i), (n, h)) in pending {
+        add(&mut after, t, i, *n, h);
+    }
+    Ok(Digests { before: before.finish(), after: after.finish(), streams, events })
+}
+
+/// Checks every stream against the latest seal and seals all of them.
+async fn seal_everything(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    keys: &Keys,
+    accept_current: bool,
+    through: i64,
 ) -> Result<SealOutcome, SealError> {
     let current = current_heads(conn, backend).await?;
     if current.is_empty() {
@@ -358,9 +532,16 @@ async fn seal_on(
         .iter()
         .filter(|(stream, head)| accept_current || sealed.get(*stream) != Some(*head))
         .collect();
-    // In chunks of many rows per statement: a minute of sign-ins moves tens of
-    // thousands of heads.
-    for chunk in moved.chunks(SEAL_CHUNK) {
+    write_heads(conn, &moved).await?;
+    let streams = i64::try_from(current.len()).unwrap_or(i64::MAX);
+    let events: i64 = current.values().map(|(sequence, _)| *sequence).sum();
+    Ok(SealOutcome::Sealed(insert_seal(conn, keys, streams, events, digest, through).await?))
+}
+
+/// Writes heads into `chain_heads`, many rows per statement (a minute of sign-ins
+/// moves tens of thousands of them).
+async fn write_heads(conn: &mut Conn<'_>, heads: &[(&(String, String), &(i64, [u8; 32]))]) -> Result<(), sqlx::Error> {
+    for chunk in heads.chunks(SEAL_CHUNK) {
         let values = (0..chunk.len()).map(|n| format!("(${}, ${}, ${}, ${})", n * 4 + 1, n * 4 + 2, n * 4 + 3, n * 4 + 4)).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "INSERT INTO chain_heads (aggregate_type, aggregate_id, sequence, hash) VALUES {values}
@@ -374,15 +555,19 @@ async fn seal_on(
             query.execute(&mut **c).await?;
         });
     }
+    Ok(())
+}
+
+/// Records a seal (authenticated by the server's key) of `streams` heads covering
+/// `events` events with `digest`, having looked through global position `through`.
+async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64, digest: String, through: i64) -> Result<Seal, sqlx::Error> {
     let sealed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let streams = i64::try_from(current.len()).unwrap_or(i64::MAX);
-    let events: i64 = current.values().map(|(sequence, _)| *sequence).sum();
     let mac = hex(&keys.chain_seal_mac(&Seal::message(&sealed_at, streams, events, &digest)));
     let key_id = keys.chain_seal_key_id();
     let id: i64 = with_conn!(conn, c => {
         sqlx::query_scalar(
-            "INSERT INTO chain_seals (sealed_at, streams, events, digest, key_id, mac) VALUES ($1, $2, $3, $4, $5, $6)
-             RETURNING id",
+            "INSERT INTO chain_seals (sealed_at, streams, events, digest, key_id, mac, through_position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(sealed_at.as_str())
         .bind(streams)
@@ -390,10 +575,11 @@ async fn seal_on(
         .bind(digest.as_str())
         .bind(key_id.as_str())
         .bind(mac.as_str())
+        .bind(through)
         .fetch_one(&mut **c)
         .await?
     });
-    Ok(SealOutcome::Sealed(Seal { id, sealed_at, streams, events, digest, key_id, mac }))
+    Ok(Seal { id, sealed_at, streams, events, digest, key_id, mac, through: Some(through) })
 }
 
 /// Why the current heads do not extend the latest seal (empty: they do).
@@ -418,6 +604,13 @@ async fn extension_problems(
             }
         }
     }
+    problems.extend(extension_problems_of(conn, backend, sealed, current).await?);
+    Ok(problems)
+}
+
+/// Whether each stream of `sealed` still extends its sealed head in `current`.
+async fn extension_problems_of(conn: &mut Conn<'_>, backend: Backend, sealed: &Heads, current: &Heads) -> Result<Vec<String>, SealError> {
+    let mut problems = Vec::new();
     // Streams that grew since the seal: their sealed event is read back, many per query.
     let mut grown = Vec::new();
     for ((aggregate_type, aggregate_id), (sequence, hash)) in sealed {
@@ -478,6 +671,60 @@ pub async fn log_changed_since_seal(db: &Db) -> Result<bool, LogError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn event(aggregate_id: &str, sequence: usize) -> cqrs_es::persist::SerializedEvent {
+        cqrs_es::persist::SerializedEvent {
+            aggregate_id: aggregate_id.into(),
+            sequence,
+            aggregate_type: "session".into(),
+            event_type: "SessionRefreshed".into(),
+            event_version: "1".into(),
+            payload: json!({"n": sequence}),
+            metadata: json!({}),
+        }
+    }
+
+    async fn append(db: &Db, events: &[(&str, usize)]) {
+        for (id, sequence) in events {
+            let batch = [event(id, *sequence)];
+            super::super::append::persist(db, &super::super::append::Memory::default(), &[("session", &batch)], &[]).await.expect("append");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incremental_seal_seals_what_a_full_one_would_and_refuses_edited_heads() {
+        use opaque_ke::ServerSetup;
+        let dir = std::env::temp_dir().join(format!("authd-seal-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
+        let keys = Keys::from_setup(ServerSetup::<protocol::Suite>::new(&mut rand::rngs::OsRng)).expect("keys");
+        let Db::Sqlite(pool) = &db else { panic!("sqlite") };
+        let full = |db: Db| async move {
+            let Db::Sqlite(pool) = &db else { panic!("sqlite") };
+            let mut conn = pool.acquire().await.expect("conn");
+            let heads = current_heads(&mut Conn::Sqlite(&mut conn), Backend::Sqlite).await.expect("heads");
+            (hex(&heads_digest(&heads)), heads.len() as i64, heads.values().map(|(n, _)| *n).sum::<i64>())
+        };
+
+        append(&db, &[("b", 1), ("b", 2), ("d", 1)]).await;
+        assert!(matches!(seal(&db, &keys, false).await, Ok(SealOutcome::Sealed(_))));
+        // Streams that grew, a new one before and one after the others in byte order.
+        append(&db, &[("b", 3), ("a", 1), ("e", 1)]).await;
+        let Ok(SealOutcome::Sealed(incremental)) = seal(&db, &keys, false).await else { panic!("sealed") };
+        assert_eq!(incremental.id % FULL_CHECK_EVERY, 2, "the second seal is incremental");
+        assert_eq!((incremental.digest.clone(), incremental.streams, incremental.events), full(db.clone()).await);
+        assert!(incremental.authentic(&keys));
+        assert!(matches!(seal(&db, &keys, false).await, Ok(SealOutcome::Unchanged)));
+
+        // chain_heads edited behind the seal's back: the next incremental seal refuses.
+        sqlx::query("UPDATE chain_heads SET sequence = 2 WHERE aggregate_id = 'b'").execute(pool).await.expect("edit");
+        append(&db, &[("a", 2)]).await;
+        match seal(&db, &keys, false).await {
+            Err(SealError::Refused(problems)) => assert!(problems.iter().any(|p| p.contains("chain_heads no longer match")), "{problems:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
 
     fn linked<'a>(payload: &'a Value, metadata: &'a Value) -> Linked<'a> {
         Linked {
