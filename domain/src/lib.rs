@@ -7,6 +7,7 @@
 pub mod invite_token;
 pub mod mfa;
 pub mod mfa_challenge;
+pub mod reset_mail;
 pub mod services;
 pub mod session;
 pub mod sign_in;
@@ -20,6 +21,7 @@ pub mod verifier;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
 pub use mfa_challenge::MfaChallenge;
+pub use reset_mail::ResetMail;
 pub use session::Session;
 pub use sign_in::SignIn;
 pub use throttle::Throttle;

@@ -9,10 +9,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use domain::invite_token::InviteTokenCommand;
+use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
 use domain::verifier::{CodePurpose, Method, PurposeKind};
-use domain::{Bucket, InviteToken, User, Username};
+use domain::{Bucket, InviteToken, ResetMail, User, Username};
 use projections::UserView;
 use protocol::message;
 use uuid::Uuid;
@@ -70,7 +71,7 @@ impl App {
     }
 
     /// Forgotten password: when the account exists and has a verified email, a reset
-    /// code goes there (15 minutes valid). Answers at once either way, and sends in
+    /// code goes there (15 minutes valid), one mail a minute at most. Answers at once either way, and sends in
     /// the background, so neither the answer nor its timing reveals the account.
     pub fn forgot(self: &Arc<Self>, username: &str, meta: &Metadata) {
         let (app, username, meta) = (self.clone(), username.to_string(), meta.clone());
@@ -85,6 +86,13 @@ impl App {
         let Some(profile_id) = self.account_of(username).await? else { return Ok(()) };
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
         let (Some(email), true) = (user.email(), user.email_verified()) else { return Ok(()) };
+        // One mail a minute at most, decided on the account's own aggregate.
+        let send = ResetMailCommand::Send { profile_id, at: Utc::now() };
+        match self.store.execute::<ResetMail>(&profile_id.to_string(), send, &(), meta).await {
+            Ok(_) => {}
+            Err(CommandError::Rejected(ResetMailError::TooSoon)) => return Ok(()),
+            Err(CommandError::Store(error)) => return Err(error.into()),
+        }
         self.send_email_code(
             email,
             "Reset your password",

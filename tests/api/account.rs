@@ -11,6 +11,7 @@ both_stores!(
     removal_frees_the_username,
     activation_gates_sign_in,
     forgot_and_reset,
+    forgot_sends_one_mail_a_minute,
     account_routes_name_bad_fields,
 );
 
@@ -141,6 +142,29 @@ async fn activation_gates_sign_in(backend: Backend) {
     let plain = unique("no-email");
     server.sign_up(&plain).await;
     assert_eq!(finish_status(&server, &plain, PASSWORD).await.0, 403);
+}
+
+/// `forgot` cannot be turned into a mail bomb: concurrent requests for one account,
+/// each answered 204, send one mail between them (at most one a minute).
+async fn forgot_sends_one_mail_a_minute(backend: Backend) {
+    let server = Server::start(backend).await;
+    let username = unique("bombed");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = activation_code(&server, &email).await;
+    server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    let forgot = || server.call("POST", "/v1/account/forgot", None, Some(json!({"username": username})));
+    let answers = futures::future::join_all((0..6).map(|_| forgot())).await;
+    assert!(answers.iter().all(|(status, _)| *status == 204));
+    crate::helpers::outbox_mail(&server, &email, |subject| subject == "Reset your password").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(forgot().await.0, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mails = crate::helpers::outbox(&server).into_iter().filter(|(to, subject, _)| to == &email && subject == "Reset your password").count();
+    assert_eq!(mails, 1, "one reset mail a minute");
+    let sent = server.stored_events().await.into_iter().filter(|(_, event, _)| event == "ResetMailSent").count();
+    assert_eq!(sent, 1);
 }
 
 async fn forgot_and_reset(backend: Backend) {

@@ -195,7 +195,7 @@ pub fn describe(event: &Event) -> String {
             ThrottleEvent::ProofAttempted { failures, .. } => {
                 format!("sign-in attempt throttled ({failures} from this address)")
             }
-            ThrottleEvent::ProofSucceeded { .. } => "password proven: this address's count starts again".to_string(),
+            ThrottleEvent::ProofSucceeded { .. } => "proof succeeded (password or code): this address's count starts again".to_string(),
         }),
         SignIn::TYPE => serde_json::from_value(payload).ok().map(|e| match e {
             SignInEvent::SignInStarted { locked: true, .. } => "sign-in started (throttled)".to_string(),
