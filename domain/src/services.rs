@@ -24,7 +24,7 @@ pub trait CodeVerifier: Send + Sync {
 
 /// Checks a TOTP code (RFC 6238) against a consumer's secret.
 pub trait TotpVerifier: Send + Sync {
-    /// True when `code` is the code of `secret` for the time step of `at` or one
-    /// step either side.
-    fn matches(&self, secret: &[u8], code: &str, at: chrono::DateTime<chrono::Utc>) -> bool;
+    /// The time step `code` is the code of `secret` for: the step of `at` or one
+    /// step either side; `None` when it is none of them.
+    fn step(&self, secret: &[u8], code: &str, at: chrono::DateTime<chrono::Utc>) -> Option<u64>;
 }

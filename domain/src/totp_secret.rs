@@ -24,6 +24,9 @@ pub struct StoredSecret {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TotpSecret {
     current: Option<StoredSecret>,
+    /// The time step of the last code of the current secret accepted.
+    #[serde(default)]
+    last_step: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,9 @@ pub enum TotpSecretCommand {
     /// A code made from the secret `secret_id` validated.
     Confirm { secret_id: Uuid, at: DateTime<Utc> },
     Remove { at: DateTime<Utc> },
+    /// A code of time step `step` was accepted: no code of that step or an earlier
+    /// one is accepted again.
+    UseCode { step: u64, at: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,8 +46,9 @@ pub enum TotpSecretEvent {
     TotpSecretGenerated { secret_id: Uuid, sealed_secret: String, generated_at: DateTime<Utc> },
     TotpSecretConfirmed { secret_id: Uuid, at: DateTime<Utc> },
     TotpSecretRemoved { secret_id: Uuid, at: DateTime<Utc> },
+    TotpSecretCodeUsed { step: u64, at: DateTime<Utc> },
 }
-crate::domain_event!(TotpSecretEvent { TotpSecretGenerated, TotpSecretConfirmed, TotpSecretRemoved });
+crate::domain_event!(TotpSecretEvent { TotpSecretGenerated, TotpSecretConfirmed, TotpSecretRemoved, TotpSecretCodeUsed });
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TotpSecretError {
@@ -51,11 +58,18 @@ pub enum TotpSecretError {
     NoSecret,
     #[error("the TOTP secret was replaced by a newer one")]
     Replaced,
+    #[error("a code of this time step was already accepted")]
+    CodeReplayed,
 }
 
 impl TotpSecret {
     pub fn current(&self) -> Option<&StoredSecret> {
         self.current.as_ref()
+    }
+
+    /// The time step of the last code accepted from the consumer.
+    pub fn last_step(&self) -> Option<u64> {
+        self.last_step
     }
 }
 
@@ -89,6 +103,12 @@ impl Aggregate for TotpSecret {
                 None => return Err(TotpSecretError::NoSecret),
                 Some(secret) => TotpSecretEvent::TotpSecretRemoved { secret_id: secret.secret_id, at },
             },
+            TotpSecretCommand::UseCode { step, at } => {
+                if self.last_step.is_some_and(|last| step <= last) {
+                    return Err(TotpSecretError::CodeReplayed);
+                }
+                TotpSecretEvent::TotpSecretCodeUsed { step, at }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -97,14 +117,19 @@ impl Aggregate for TotpSecret {
     fn apply(&mut self, event: Self::Event) {
         match event {
             TotpSecretEvent::TotpSecretGenerated { secret_id, sealed_secret, .. } => {
-                self.current = Some(StoredSecret { secret_id, sealed_secret, confirmed: false })
+                self.current = Some(StoredSecret { secret_id, sealed_secret, confirmed: false });
+                self.last_step = None;
             }
             TotpSecretEvent::TotpSecretConfirmed { .. } => {
                 if let Some(secret) = self.current.as_mut() {
                     secret.confirmed = true
                 }
             }
-            TotpSecretEvent::TotpSecretRemoved { .. } => self.current = None,
+            TotpSecretEvent::TotpSecretRemoved { .. } => {
+                self.current = None;
+                self.last_step = None;
+            }
+            TotpSecretEvent::TotpSecretCodeUsed { step, .. } => self.last_step = Some(step),
         }
     }
 }
@@ -117,6 +142,14 @@ mod tests {
     use TotpSecretEvent::*;
 
     type T = TestFramework<TotpSecret>;
+
+    #[tokio::test]
+    async fn a_code_step_is_used_once() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).expect("valid time");
+        T::with(()).given_no_previous_events().when_async(UseCode { step: 7, at }).await.then_expect_events(vec![TotpSecretCodeUsed { step: 7, at }]);
+        T::with(()).given(vec![TotpSecretCodeUsed { step: 7, at }]).when_async(UseCode { step: 7, at }).await.then_expect_error(TotpSecretError::CodeReplayed);
+        T::with(()).given(vec![TotpSecretCodeUsed { step: 7, at }]).when_async(UseCode { step: 8, at }).await.then_expect_events(vec![TotpSecretCodeUsed { step: 8, at }]);
+    }
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")

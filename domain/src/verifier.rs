@@ -231,11 +231,13 @@ pub enum VerifierCommand {
         at: DateTime<Utc>,
     },
     /// `totp_secret` is the consumer's current TOTP secret in clear (google_auth
-    /// only; `None` when the consumer has none).
+    /// only; `None` when the consumer has none), and `last_step` the step of the
+    /// consumer's last code accepted: a code is good once per consumer.
     Validate {
         method: Method,
         code: Secret<String>,
         totp_secret: Option<Secret<Vec<u8>>>,
+        last_step: Option<u64>,
         at: DateTime<Utc>,
     },
     /// Checks an email or phone code without spending it: a wrong code counts like
@@ -359,7 +361,7 @@ impl Aggregate for Verifier {
                     initiated_at: at,
                 }
             }
-            VerifierCommand::Validate { method, code, totp_secret, at } => {
+            VerifierCommand::Validate { method, code, totp_secret, last_step, at } => {
                 let expires_at = self.check_live(method, at)?;
                 if self.attempts >= self.max_attempts {
                     return Err(VerifierError::AttemptsExhausted { expires_at });
@@ -368,7 +370,8 @@ impl Aggregate for Verifier {
                     self.code_hash.as_deref().is_some_and(|hash| services.codes.matches(hash, &code.0))
                 } else {
                     let secret = totp_secret.ok_or(VerifierError::NoSecret)?;
-                    services.totp.matches(&secret.0, &code.0, at)
+                    let step = services.totp.step(&secret.0, &code.0, at);
+                    step.is_some_and(|step| last_step.is_none_or(|last| step > last))
                 };
                 if matched {
                     VerifierEvent::VerifierValidated { at }
@@ -434,8 +437,8 @@ mod tests {
     /// Accepts `123456` for the secret `s3cret` at any time.
     struct Totp;
     impl TotpVerifier for Totp {
-        fn matches(&self, secret: &[u8], code: &str, _: DateTime<Utc>) -> bool {
-            secret == b"s3cret" && code == "123456"
+        fn step(&self, secret: &[u8], code: &str, _: DateTime<Utc>) -> Option<u64> {
+            (secret == b"s3cret" && code == "123456").then_some(100)
         }
     }
 
@@ -472,14 +475,19 @@ mod tests {
     }
 
     fn validate(method: Method, code: &str, after: Duration) -> VerifierCommand {
-        Validate { method, code: Secret(code.into()), totp_secret: None, at: t0() + after }
+        Validate { method, code: Secret(code.into()), totp_secret: None, last_step: None, at: t0() + after }
     }
 
     fn validate_totp(code: &str, secret: Option<&[u8]>) -> VerifierCommand {
+        validate_totp_after(code, secret, None)
+    }
+
+    fn validate_totp_after(code: &str, secret: Option<&[u8]>, last_step: Option<u64>) -> VerifierCommand {
         Validate {
             method: Method::GoogleAuth,
             code: Secret(code.into()),
             totp_secret: secret.map(|s| Secret(s.to_vec())),
+            last_step,
             at: t0() + Duration::minutes(1),
         }
     }
@@ -756,6 +764,22 @@ mod tests {
             .when_async(validate_totp("654321", Some(b"s3cret")))
             .await
             .then_expect_events(vec![VerificationFailed { attempts: 1, at: t0() + Duration::minutes(1) }]);
+    }
+
+    #[tokio::test]
+    async fn a_totp_code_the_consumer_already_used_counts_as_wrong() {
+        let replayed = validate_totp_after("123456", Some(b"s3cret"), Some(100));
+        framework()
+            .given(vec![initiated(Method::GoogleAuth)])
+            .when_async(replayed)
+            .await
+            .then_expect_events(vec![VerificationFailed { attempts: 1, at: t0() + Duration::minutes(1) }]);
+        let next = validate_totp_after("123456", Some(b"s3cret"), Some(99));
+        framework()
+            .given(vec![initiated(Method::GoogleAuth)])
+            .when_async(next)
+            .await
+            .then_expect_events(vec![VerifierValidated { at: t0() + Duration::minutes(1) }]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cqrs_es::Aggregate;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use domain::services::{CodeVerifier, TotpVerifier};
@@ -62,8 +63,8 @@ impl CodeVerifier for CodeHasher {
 struct Totp;
 
 impl TotpVerifier for Totp {
-    fn matches(&self, secret: &[u8], code: &str, at: DateTime<Utc>) -> bool {
-        crate::crypto::totp::matching_step(secret, code, at).is_some()
+    fn step(&self, secret: &[u8], code: &str, at: DateTime<Utc>) -> Option<u64> {
+        crate::crypto::totp::matching_step(secret, code, at)
     }
 }
 
@@ -190,17 +191,42 @@ impl App {
             (Method::GoogleAuth, Some(Method::GoogleAuth)) => self.totp_secret(verifier.consumer()).await?,
             _ => None,
         };
-        let command = VerifierCommand::Validate {
+        let at = Utc::now();
+        let validate = |totp_secret: Option<&Vec<u8>>, last_step| VerifierCommand::Validate {
             method,
             code: Secret(code.to_string()),
-            totp_secret: secret.as_ref().map(|(_, _, clear)| Secret(clear.clone())),
-            at: Utc::now(),
+            totp_secret: totp_secret.map(|clear| Secret(clear.clone())),
+            last_step,
+            at,
         };
-        let events = self
-            .store
-            .execute::<Verifier>(verification_id, command, &self.verifications.services, meta)
-            .await
-            .map_err(|e| rejected(e, refused))?;
+        let services = &self.verifications.services;
+        let events = match &secret {
+            // A TOTP code is good once per consumer, whichever verifier it is for: the
+            // consumer's last step is read, and a right code's step recorded, in the
+            // verifier's own commit.
+            Some((owner, _, clear)) => {
+                let mut unit = self.store.unit(&[(Verifier::TYPE, verification_id), (TotpSecret::TYPE, owner.as_str())], meta).await?;
+                loop {
+                    let last_step = unit.read::<TotpSecret>(owner).await?.last_step();
+                    let (events, _) =
+                        unit.decide::<Verifier>(verification_id, validate(Some(clear), last_step), services).await.map_err(|e| rejected(e, refused))?;
+                    if let (Some(VerifierEvent::VerifierValidated { .. }), Some(step)) =
+                        (events.first(), crate::crypto::totp::matching_step(clear, code, at))
+                    {
+                        let used = TotpSecretCommand::UseCode { step, at };
+                        unit.decide::<TotpSecret>(owner, used, &()).await.map_err(|e| rejected(e, |_| NOT_FOUND))?;
+                    }
+                    if unit.commit().await? {
+                        break events;
+                    }
+                }
+            }
+            None => self
+                .store
+                .execute::<Verifier>(verification_id, validate(None, None), services, meta)
+                .await
+                .map_err(|e| rejected(e, refused))?,
+        };
         let mut data = VerifierData {
             verification_id: verification_id.to_string(),
             consumer: verifier.consumer().to_string(),
@@ -608,9 +634,9 @@ mod tests {
         let secret = b"12345678901234567890".to_vec();
         let at = DateTime::from_timestamp(59, 0).expect("time");
         // RFC 6238 test vector (SHA-1, T = 59 s): 94287082, last six digits.
-        assert!(Totp.matches(&secret, "287082", at));
-        assert!(Totp.matches(&secret, "287082", at + Duration::seconds(30)));
-        assert!(!Totp.matches(&secret, "287082", at + Duration::seconds(61)));
-        assert!(!Totp.matches(&secret, "287083", at));
+        assert_eq!(Totp.step(&secret, "287082", at), Some(1));
+        assert_eq!(Totp.step(&secret, "287082", at + Duration::seconds(30)), Some(1));
+        assert_eq!(Totp.step(&secret, "287082", at + Duration::seconds(61)), None);
+        assert_eq!(Totp.step(&secret, "287083", at), None);
     }
 }

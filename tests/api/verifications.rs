@@ -342,8 +342,22 @@ async fn a_deleted_verifier_is_gone(backend: Backend) {
 
 /// The current TOTP code for the secret in `uri`.
 fn totp_code(uri: &str) -> String {
+    totp_code_at(uri, 0)
+}
+
+/// The code of `uri`'s secret `steps` time steps from now (the server accepts one
+/// step either side, each step's code once).
+fn totp_code_at(uri: &str, steps: i64) -> String {
     let totp = totp_rs::TOTP::from_url_unchecked(uri).expect("an otpauth URI");
-    totp.generate_current().expect("clock")
+    totp.generate((crate::helpers::now() as i64 + steps * 30) as u64)
+}
+
+/// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
+async fn start_of_step() {
+    let into_step = crate::helpers::now() % 30;
+    if into_step > 10 {
+        tokio::time::sleep(std::time::Duration::from_secs(30 - into_step)).await;
+    }
 }
 
 async fn initiate_totp(server: &Server, consumer: &str) -> (String, Option<String>) {
@@ -357,6 +371,7 @@ async fn initiate_totp(server: &Server, consumer: &str) -> (String, Option<Strin
 }
 
 async fn totp_secrets_are_temporary_until_confirmed_and_can_be_removed(backend: Backend) {
+    start_of_step().await;
     let server = Server::start(backend).await;
     let consumer = format!("{}@example.com", unique("trudy"));
 
@@ -377,8 +392,8 @@ async fn totp_secrets_are_temporary_until_confirmed_and_can_be_removed(backend: 
     let (status, answer) = validate(&server, "google_auth", &first_id, json!({"code": totp_code(&first_uri)})).await;
     assert_eq!((status, answer["error"].as_str(), answer["data"]["attempts"].as_u64()), (422, Some("Invalid code"), Some(1)));
 
-    // The first right code confirms the secret ...
-    let (status, answer) = validate(&server, "google_auth", &second_id, json!({"code": totp_code(&second_uri)})).await;
+    // The first right code (the previous step's) confirms the secret ...
+    let (status, answer) = validate(&server, "google_auth", &second_id, json!({"code": totp_code_at(&second_uri, -1)})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["data"]["consumer"], consumer.as_str());
     assert_eq!(answer["data"]["payload"], json!({"n": 1}));
@@ -388,6 +403,10 @@ async fn totp_secrets_are_temporary_until_confirmed_and_can_be_removed(backend: 
     assert_eq!(third_uri, None, "a confirmed secret is not handed out again");
     let (status, _) = validate(&server, "google_auth", &third_id, json!({"code": totp_code(&second_uri)})).await;
     assert_eq!(status, 200);
+    // A code is good once per consumer: the same code for another verifier is wrong.
+    let (replay_id, _) = initiate_totp(&server, &consumer).await;
+    let (status, answer) = validate(&server, "google_auth", &replay_id, json!({"code": totp_code(&second_uri)})).await;
+    assert_eq!((status, answer["error"].as_str()), (422, Some("Invalid code")), "{answer}");
 
     // removeSecret with a right code removes it (2FA off) ...
     let (fourth_id, _) = initiate_totp(&server, &consumer).await;
@@ -396,7 +415,7 @@ async fn totp_secrets_are_temporary_until_confirmed_and_can_be_removed(backend: 
     let (status, _) = validate(&server, "google_auth", &fourth_id, json!({"code": wrong, "removeSecret": true})).await;
     assert_eq!(status, 422, "a wrong code removes nothing");
     let (status, _) =
-        validate(&server, "google_auth", &fourth_id, json!({"code": totp_code(&second_uri), "removeSecret": true})).await;
+        validate(&server, "google_auth", &fourth_id, json!({"code": totp_code_at(&second_uri, 1), "removeSecret": true})).await;
     assert_eq!(status, 200);
     // ... verifiers started before have no secret to check against ...
     let (status, _) = validate(&server, "google_auth", &pending_id, json!({"code": totp_code(&second_uri)})).await;
