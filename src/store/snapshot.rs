@@ -1,14 +1,17 @@
 //! Snapshots of the aggregates whose streams grow on the hot path: a session gains an
-//! event at every refresh, an account's second factor at every code used. Every
+//! event at every refresh, an account's second factor at every code used, a throttle
+//! two at every sign-in of its window (a busy service account: hundreds of thousands
+//! an hour). Every
 //! [`EVERY`] events the write path keeps the aggregate's state beside the log, and a
 //! load from the store (a cold cache: a restart, another replica, an eviction) starts
 //! from it, so it reads at most [`EVERY`] events whatever the history. Snapshots are
-//! not the truth — the events are — and hold no personal data (a session's and a
-//! second factor's state name the account by id only); removing an account deletes
+//! not the truth — the events are — and hold no personal data (a session's, a second
+//! factor's and a throttle's state name the account by id and addresses by keyed hash
+//! only); removing an account deletes
 //! them with its key (src/store/shred.rs).
 
 use cqrs_es::Aggregate;
-use domain::{Mfa, Session};
+use domain::{Mfa, Session, Throttle};
 use projections::{with_pool, Db};
 use serde_json::Value;
 
@@ -17,7 +20,7 @@ pub const EVERY: usize = 100;
 
 /// Whether aggregates of this type are snapshotted.
 pub fn kept(aggregate_type: &str) -> bool {
-    [Session::TYPE, Mfa::TYPE].contains(&aggregate_type)
+    [Session::TYPE, Mfa::TYPE, Throttle::TYPE].contains(&aggregate_type)
 }
 
 /// Whether a commit that moved an aggregate from `before` to `after` crosses a
