@@ -103,6 +103,9 @@ pub struct ServerConfig {
     /// A session's absolute lifetime in seconds: refreshing never extends it.
     #[arg(long, env = "AUTHD_SESSION_MAX_AGE", default_value_t = 30 * 24 * 3600)]
     pub session_max_age: u32,
+    /// Seconds a proof of presence counts as recent for sensitive routes (step-up).
+    #[arg(long, env = "AUTHD_ELEVATION_MAX_AGE", default_value_t = 300)]
+    pub elevation_max_age: u32,
     /// Seconds a sign-in may take between KE1 and KE3.
     #[arg(long, env = "AUTHD_SIGN_IN_TTL", default_value_t = 120)]
     pub sign_in_ttl: u32,

@@ -56,6 +56,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         access_ttl: chrono::Duration::seconds(config.access_ttl.into()),
         refresh_ttl: chrono::Duration::seconds(config.refresh_ttl.into()),
         session_max_age: chrono::Duration::seconds(config.session_max_age.into()),
+        elevation_max_age: chrono::Duration::seconds(config.elevation_max_age.into()),
         sign_in_ttl: chrono::Duration::seconds(config.sign_in_ttl.into()),
         throttle: domain::throttle::ThrottlePolicy {
             threshold: config.lockout_threshold.max(1),

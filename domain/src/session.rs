@@ -24,6 +24,9 @@ pub struct Session {
     /// The absolute end (`AUTHD_SESSION_MAX_AGE` after opening), which no refresh moves.
     ends_at: Option<DateTime<Utc>>,
     amr: Vec<String>,
+    /// When the holder last proved presence (the opening, or a later elevation).
+    #[serde(default)]
+    auth_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +46,14 @@ pub enum SessionCommand {
         at: DateTime<Utc>,
     },
     SignOut { at: DateTime<Utc> },
+    /// A fresh proof of presence (`method`, an RFC 8176 name) on this session: the
+    /// refresh token rotates and `auth_time` moves to `at`.
+    Elevate {
+        method: String,
+        new_hash: String,
+        refresh_expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,12 +73,15 @@ pub enum SessionEvent {
     /// A rotated refresh token came back: the session is revoked.
     RefreshTokenReuseDetected { at: DateTime<Utc> },
     SessionSignedOut { at: DateTime<Utc> },
+    /// The holder proved presence again (step-up): a new refresh token, a new `auth_time`.
+    SessionElevated { method: String, refresh_hash: String, refresh_expires_at: DateTime<Utc>, at: DateTime<Utc> },
 }
 crate::domain_event!(SessionEvent {
     SessionOpened,
     SessionRefreshed,
     RefreshTokenReuseDetected,
-    SessionSignedOut
+    SessionSignedOut,
+    SessionElevated
 });
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -100,6 +114,10 @@ impl Session {
     pub fn opened_at(&self) -> Option<DateTime<Utc>> {
         self.opened_at
     }
+    /// When the holder last proved presence: the latest elevation, else the opening.
+    pub fn auth_time(&self) -> Option<DateTime<Utc>> {
+        self.auth_time.or(self.opened_at)
+    }
     /// The session's absolute end, if it has one: no token of it outlives this.
     pub fn ends_at(&self) -> Option<DateTime<Utc>> {
         self.ends_at
@@ -111,6 +129,15 @@ impl Session {
         self.is_active()
             && self.ends_at.is_none_or(|ends_at| at < ends_at)
             && self.opened_at.is_some_and(|opened_at| user.admits_session(opened_at))
+    }
+
+    fn rotate(&mut self, refresh_hash: String, refresh_expires_at: DateTime<Utc>) {
+        let rotated = std::mem::replace(&mut self.refresh_hash, refresh_hash);
+        if self.rotated_hashes.len() == REMEMBERED_ROTATIONS {
+            self.rotated_hashes.remove(0);
+        }
+        self.rotated_hashes.push(rotated);
+        self.refresh_expires_at = Some(refresh_expires_at);
     }
 
     fn check_live(&self) -> Result<(), SessionError> {
@@ -163,6 +190,14 @@ impl Aggregate for Session {
                 self.check_live()?;
                 SessionEvent::SessionSignedOut { at }
             }
+            SessionCommand::Elevate { method, new_hash, refresh_expires_at, at } => {
+                self.check_live()?;
+                if self.ends_at.is_some_and(|ends_at| at >= ends_at) {
+                    return Err(SessionError::MaxAgeReached);
+                }
+                let refresh_expires_at = self.ends_at.map_or(refresh_expires_at, |end| refresh_expires_at.min(end));
+                SessionEvent::SessionElevated { method, refresh_hash: new_hash, refresh_expires_at, at }
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -179,12 +214,14 @@ impl Aggregate for Session {
                 self.amr = amr;
             }
             SessionEvent::SessionRefreshed { refresh_hash, refresh_expires_at, .. } => {
-                let rotated = std::mem::replace(&mut self.refresh_hash, refresh_hash);
-                if self.rotated_hashes.len() == REMEMBERED_ROTATIONS {
-                    self.rotated_hashes.remove(0);
+                self.rotate(refresh_hash, refresh_expires_at)
+            }
+            SessionEvent::SessionElevated { method, refresh_hash, refresh_expires_at, at } => {
+                self.rotate(refresh_hash, refresh_expires_at);
+                self.auth_time = Some(at);
+                if !self.amr.contains(&method) {
+                    self.amr.push(method);
                 }
-                self.rotated_hashes.push(rotated);
-                self.refresh_expires_at = Some(refresh_expires_at);
             }
             SessionEvent::RefreshTokenReuseDetected { .. } | SessionEvent::SessionSignedOut { .. } => {
                 self.ended = true
@@ -354,6 +391,48 @@ mod tests {
             .when_async(refresh("h1", t0()))
             .await
             .then_expect_error(SessionError::NotFound);
+    }
+
+    fn elevate(at: DateTime<Utc>) -> SessionCommand {
+        Elevate { method: "otp".into(), new_hash: "h9".into(), refresh_expires_at: t0() + Duration::days(120), at }
+    }
+
+    #[tokio::test]
+    async fn elevating_rotates_the_token_and_moves_auth_time() {
+        let later = t0() + Duration::hours(5);
+        // The refresh token's expiry stays within the session's absolute end.
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(elevate(later))
+            .await
+            .then_expect_events(vec![SessionElevated {
+                method: "otp".into(),
+                refresh_hash: "h9".into(),
+                refresh_expires_at: t0() + Duration::days(90),
+                at: later,
+            }]);
+        let mut session = Session::default();
+        session.apply(opened(Uuid::nil()));
+        assert_eq!(session.auth_time(), Some(t0()), "the opening is the first proof");
+        session.apply(SessionElevated { method: "otp".into(), refresh_hash: "h9".into(), refresh_expires_at: t0(), at: later });
+        assert_eq!(session.auth_time(), Some(later));
+        assert_eq!(session.amr(), ["pwd".to_string(), "otp".to_string()]);
+        assert!(session.rotated_hashes.contains(&"h1".to_string()), "the token before the elevation is a rotated one");
+    }
+
+    #[tokio::test]
+    async fn an_ended_or_expired_session_cannot_be_elevated() {
+        T::with(())
+            .given(vec![opened(Uuid::new_v4()), SessionSignedOut { at: t0() }])
+            .when_async(elevate(t0()))
+            .await
+            .then_expect_error(SessionError::Ended);
+        T::with(())
+            .given(vec![opened(Uuid::new_v4())])
+            .when_async(elevate(t0() + Duration::days(90)))
+            .await
+            .then_expect_error(SessionError::MaxAgeReached);
+        T::with(()).given_no_previous_events().when_async(elevate(t0())).await.then_expect_error(SessionError::NotFound);
     }
 
     #[tokio::test]

@@ -244,7 +244,7 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                  ON CONFLICT (session_id) DO NOTHING",
                 vec![id(), Text(profile_id.to_string()), Bool(true), Text(opened_at.to_rfc3339())],
             )],
-            SessionEvent::SessionRefreshed { .. } => vec![],
+            SessionEvent::SessionRefreshed { .. } | SessionEvent::SessionElevated { .. } => vec![],
             SessionEvent::RefreshTokenReuseDetected { .. } | SessionEvent::SessionSignedOut { .. } => {
                 vec![stmt("UPDATE sessions_view SET active = $2 WHERE session_id = $1", vec![id(), Bool(false)])]
             }

@@ -150,7 +150,8 @@ impl AccountApi {
     }
 
     /// Remove the account of the Bearer token: every session ends and the username
-    /// is free again.
+    /// is free again. Needs a recent proof of presence: 403 `elevation_required`
+    /// when the token's `auth_time` is older than `AUTHD_ELEVATION_MAX_AGE`.
     #[oai(path = "/v1/account/remove", method = "post", operation_id = "account_remove")]
     async fn remove(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Done, ApiError> {
         let who = app.verify(&auth.0.token).await?;

@@ -63,7 +63,9 @@ impl MfaApi {
         Ok(Done::NoContent)
     }
 
-    /// Turn MFA off with a current code.
+    /// Turn MFA off with a current code. Needs a recent proof of presence: 403
+    /// `elevation_required` when the token's `auth_time` is older than
+    /// `AUTHD_ELEVATION_MAX_AGE`.
     #[oai(path = "/v1/mfa/totp/disable", method = "post", operation_id = "mfa_totp_disable")]
     async fn disable(
         &self,

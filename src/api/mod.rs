@@ -7,6 +7,7 @@ mod body;
 mod body_limit;
 mod buckets;
 mod client_address;
+mod elevation;
 mod error;
 mod events;
 mod headers;
@@ -49,6 +50,9 @@ pub enum Tag {
     Sessions,
     /// TOTP second factor.
     Mfa,
+    /// Step-up: a fresh proof of presence on the current session, which sensitive
+    /// routes (MFA disable, account removal) need within `AUTHD_ELEVATION_MAX_AGE`.
+    Elevation,
     /// Account activation, password recovery, removal.
     Account,
     /// Liveness and readiness.
@@ -94,6 +98,7 @@ pub type Apis = (
     private_sign_in::PrivateSignInApi,
     sessions::SessionApi,
     mfa::MfaApi,
+    elevation::ElevationApi,
     account::AccountApi,
     verifications::VerificationApi,
     events::EventsApi,

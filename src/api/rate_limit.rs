@@ -51,7 +51,7 @@ enum Kind {
 fn kind(path: &str) -> Option<Kind> {
     if path == "/v1/sign/in/verify" {
         None
-    } else if path.starts_with("/v1/sign/in") || path.starts_with("/v1/step/") {
+    } else if path.starts_with("/v1/sign/in") || path.starts_with("/v1/step/") || path.starts_with("/v1/elevate/") {
         Some(Kind::SignIn)
     } else if path.starts_with("/v1/sign/up") {
         Some(Kind::SignUp)
@@ -133,6 +133,7 @@ mod tests {
     fn only_secret_guessing_routes_are_limited() {
         assert_eq!(kind("/v1/sign/in/finish"), Some(Kind::SignIn));
         assert_eq!(kind("/v1/step/two"), Some(Kind::SignIn));
+        assert_eq!(kind("/v1/elevate/totp"), Some(Kind::SignIn));
         assert_eq!(kind("/v1/sign/in/verify"), None);
         assert_eq!(kind("/v1/sign/up/finish"), Some(Kind::SignUp));
         assert_eq!(kind("/v1/account/forgot"), Some(Kind::Recovery));

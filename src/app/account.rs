@@ -206,7 +206,9 @@ impl App {
 
     /// Removes the account: the username becomes free and every session ends. Safe
     /// to repeat after a partial failure (each step accepts that it already ran).
+    /// Needs a recent proof of presence (step-up).
     pub async fn remove_account(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who)?;
         let id = who.profile_id.to_string();
         let user = self.store.load::<User>(&id).await?;
         match self.store.execute::<User>(&id, UserCommand::Remove { at: Utc::now() }, &(), meta).await {

@@ -79,6 +79,8 @@ pub enum Missing {
 pub enum Denied {
     #[error("the account's email must be verified first")]
     EmailNotVerified,
+    #[error("this needs a recent proof of presence: elevate the session first (/v1/elevate/…)")]
+    ElevationRequired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,7 @@ impl Denied {
     pub fn code(self) -> &'static str {
         match self {
             Denied::EmailNotVerified => "email_not_verified",
+            Denied::ElevationRequired => "elevation_required",
         }
     }
 }

@@ -53,7 +53,9 @@ impl App {
         self.change_mfa(who, MfaCommand::Enable { code: code.to_string(), at }, at, meta).await
     }
 
+    /// Needs a recent proof of presence (step-up) as well as a current code.
     pub async fn mfa_disable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who)?;
         let at = Utc::now();
         self.change_mfa(who, MfaCommand::Disable { code: code.to_string(), at }, at, meta).await
     }
@@ -110,7 +112,7 @@ impl App {
     }
 }
 
-fn mfa_error(error: MfaError) -> AppError {
+pub(super) fn mfa_error(error: MfaError) -> AppError {
     match error {
         MfaError::InvalidCode | MfaError::CodeReplayed => {
             AppError::Invalid(vec![("code".into(), "is not a valid, unused code".into())])

@@ -24,6 +24,7 @@ mod admin;
 mod audit;
 mod error;
 mod buckets;
+mod elevation;
 mod mfa;
 mod private_sign_in;
 mod sessions;
@@ -81,6 +82,9 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub amr: Vec<String>,
+    /// When the holder last proved presence (0 in tokens from before step-up).
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 /// An access token that checked out: signature, expiry, and a live session.
@@ -89,6 +93,8 @@ pub struct Verified {
     pub profile_id: Uuid,
     pub session_id: Uuid,
     pub expires_at: i64,
+    /// The token's `auth_time`: when the holder last proved presence.
+    pub auth_time: i64,
 }
 
 /// Settings the use cases need.
@@ -102,6 +108,8 @@ pub struct Policy {
     pub refresh_ttl: Duration,
     /// A session's absolute lifetime, which refreshing cannot extend.
     pub session_max_age: Duration,
+    /// How long a proof of presence counts as recent (step-up, `auth_time`).
+    pub elevation_max_age: Duration,
     pub sign_in_ttl: Duration,
     /// How failed proofs are throttled (per account and client address).
     pub throttle: ThrottlePolicy,

@@ -33,10 +33,13 @@ impl App {
         unit.decide_new::<Session>(&session_id.to_string(), command, &())
             .await
             .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
-        self.tokens(profile_id, session_id, amr, refresh_token, at, Some(ends_at))
+        self.tokens(profile_id, session_id, amr, refresh_token, at, Some(ends_at), at)
     }
 
-    fn tokens(
+    /// Signs the tokens of a session issued `at`; `auth_time` is when its holder last
+    /// proved presence.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tokens(
         &self,
         profile_id: Uuid,
         session_id: Uuid,
@@ -44,6 +47,7 @@ impl App {
         refresh_token: String,
         at: DateTime<Utc>,
         ends_at: Option<DateTime<Utc>>,
+        auth_time: DateTime<Utc>,
     ) -> Result<Tokens, AppError> {
         // No token outlives its session's absolute end.
         let until = |ttl: chrono::Duration| ends_at.map_or(at + ttl, |end| (at + ttl).min(end));
@@ -56,6 +60,7 @@ impl App {
             iss: self.policy.issuer.clone(),
             aud: self.policy.audience.clone(),
             amr,
+            auth_time: auth_time.timestamp(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.keys.jwt.kid.clone());
@@ -97,7 +102,9 @@ impl App {
         match events.first() {
             Some(SessionEvent::SessionRefreshed { .. }) => {
                 let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
-                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at, session.ends_at())
+                // A refresh is no proof of presence: `auth_time` stays.
+                let auth_time = session.auth_time().unwrap_or(at);
+                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at, session.ends_at(), auth_time)
             }
             Some(SessionEvent::RefreshTokenReuseDetected { .. }) => Err(AppError::RefreshTokenReused),
             _ => Err(AppError::InvalidToken),
@@ -119,7 +126,7 @@ impl App {
             return Err(AppError::InvalidToken);
         }
         self.admitted(&session).await?;
-        Ok(Verified { profile_id, session_id, expires_at: claims.exp })
+        Ok(Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time })
     }
 
     /// A session counts while its account (the `User` aggregate, from memory)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::crypto::opaque;
 use crate::store::Metadata;
 use super::mfa::Proof;
-use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult, Tokens};
+use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult, Tokens, Verified};
 
 /// Wrong codes an `mfa_ticket` survives.
 const MFA_TICKET_MAX_FAILURES: u32 = 5;
@@ -115,10 +115,27 @@ impl App {
         credential_finalization: &str,
         meta: &Metadata,
     ) -> Result<SignInResult, AppError> {
+        self.password_finish(sign_in_id, credential_finalization, None, meta).await
+    }
+
+    /// KE3 of a sign-in (`elevating` none: the proof opens a session or issues an MFA
+    /// ticket) or of a step-up of the session `elevating` (the sign-in must be of its
+    /// account; the proof elevates that session, whatever MFA says: the session
+    /// passed it when it was opened).
+    pub(super) async fn password_finish(
+        &self,
+        sign_in_id: &str,
+        credential_finalization: &str,
+        elevating: Option<&Verified>,
+        meta: &Metadata,
+    ) -> Result<SignInResult, AppError> {
         let mut fields = Fields::default();
         let ke3 = fields.check("credential_finalization", message(credential_finalization, protocol::KE3_LEN));
         let Some(ke3) = ke3 else { return Err(fields.error()) };
         let (sign_in, pending) = self.open_sign_in_id(sign_in_id).ok_or(AppError::InvalidCredentials)?;
+        if elevating.is_some_and(|who| who.profile_id != pending.profile_id) {
+            return Err(AppError::InvalidCredentials);
+        }
 
         let at = Utc::now();
         let login_state = protocol::unb64(&pending.login_state).map_err(|_| AppError::InvalidCredentials)?;
@@ -155,7 +172,9 @@ impl App {
                     .await
                     .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             }
-            let result = if self.policy.require_verified_email && !user.email_verified() {
+            let result = if let Some(who) = elevating {
+                self.elevate_in(&mut unit, who, "pwd", at).await.map(SignInResult::Session)
+            } else if self.policy.require_verified_email && !user.email_verified() {
                 Err(AppError::Forbidden(Denied::EmailNotVerified))
             } else if mfa.is_enabled() {
                 let mfa_ticket = random_token();

@@ -557,6 +557,7 @@ mod tests {
             access_ttl: Duration::minutes(15),
             refresh_ttl: Duration::days(30),
             session_max_age: Duration::days(30),
+            elevation_max_age: Duration::minutes(5),
             sign_in_ttl: Duration::minutes(2),
             throttle: domain::throttle::ThrottlePolicy {
                 threshold: 10,

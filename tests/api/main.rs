@@ -10,6 +10,7 @@ mod account;
 mod audit;
 mod cli;
 mod contract;
+mod elevation;
 mod hardening;
 mod private_sign_in;
 mod replay;

@@ -21,14 +21,14 @@ both_stores!(
 );
 
 /// Waits, if needed, so that the next ~20 seconds stay within one TOTP step.
-async fn start_of_step() {
+pub(crate) async fn start_of_step() {
     let into_step = crate::helpers::now() % 30;
     if into_step > 10 {
         tokio::time::sleep(Duration::from_secs(30 - into_step)).await;
     }
 }
 
-fn claims(jwt: &str) -> Value {
+pub(crate) fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).expect("payload");
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json")
 }
@@ -143,7 +143,7 @@ async fn mfa_wrong_codes_exhaust_the_ticket(backend: Backend) {
 }
 
 /// `POST path` with a JSON body: status, `Retry-After` (seconds) and body.
-async fn post(server: &Server, path: &str, bearer: Option<&str>, body: Value) -> (u16, Option<u64>, Value) {
+pub(crate) async fn post(server: &Server, path: &str, bearer: Option<&str>, body: Value) -> (u16, Option<u64>, Value) {
     let mut request = reqwest::Client::new().post(format!("{}{path}", server.base)).json(&body);
     if let Some(token) = bearer {
         request = request.bearer_auth(token);
@@ -154,7 +154,7 @@ async fn post(server: &Server, path: &str, bearer: Option<&str>, body: Value) ->
     (status, retry_after, response.json().await.unwrap_or(Value::Null))
 }
 
-fn wrong_code(totp: &totp_rs::TOTP) -> &'static str {
+pub(crate) fn wrong_code(totp: &totp_rs::TOTP) -> &'static str {
     let valid: Vec<String> = (-1..=1).map(|offset| crate::helpers::totp_code(totp, offset)).collect();
     ["000000", "111111", "222222", "333333"].into_iter().find(|wrong| !valid.iter().any(|v| v == wrong)).expect("a wrong code")
 }

@@ -208,6 +208,7 @@ pub fn describe(event: &Event) -> String {
             SessionEvent::SessionRefreshed { .. } => "session refreshed".to_string(),
             SessionEvent::RefreshTokenReuseDetected { .. } => "refresh token reused: session revoked".to_string(),
             SessionEvent::SessionSignedOut { .. } => "signed out".to_string(),
+            SessionEvent::SessionElevated { method, .. } => format!("session elevated ({method})"),
         }),
         Mfa::TYPE => serde_json::from_value(payload).ok().map(|e| match e {
             MfaEvent::TotpSecretGenerated { .. } => "MFA: TOTP secret generated (pending)".to_string(),
