@@ -127,6 +127,29 @@ impl Delivery {
         }
     }
 
+    /// Deletes every outbox message to `to` (after the account that owned the address
+    /// is removed); returns how many. Mail already handed to SMTP is not ours to
+    /// recall.
+    pub async fn forget_recipient(&self, to: &str) -> Result<usize, DeliveryError> {
+        let Email::Outbox { dir, .. } = &self.email else { return Ok(0) };
+        let io = |e: std::io::Error| DeliveryError::Email(format!("outbox {}: {}", dir.display(), e.kind()));
+        let header = format!("To: {}", to.replace(['\r', '\n'], " "));
+        let mut entries = match tokio::fs::read_dir(dir).await {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(io(error)),
+        };
+        let mut deleted = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(io)? {
+            let Ok(text) = tokio::fs::read_to_string(entry.path()).await else { continue };
+            if text.lines().take_while(|line| !line.is_empty()).any(|line| line.eq_ignore_ascii_case(&header)) {
+                tokio::fs::remove_file(entry.path()).await.map_err(io)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Posts a text message to the webhook.
     pub async fn text(&self, to: &str, body: &str) -> Result<(), DeliveryError> {
         let Some((http, url)) = &self.sms else { return Err(DeliveryError::NoSmsWebhook) };
@@ -142,15 +165,27 @@ impl Delivery {
 }
 
 /// Writes one message into the outbox, whole or not at all (written aside, then
-/// renamed into place), so a reader never sees half a message.
+/// renamed into place), so a reader never sees half a message. The outbox is
+/// readable by this user only: directory 0700, messages 0600.
 async fn file(dir: &std::path::Path, from: &str, to: &str, subject: &str, body: &str) -> Result<(), DeliveryError> {
     let io = |e: std::io::Error| DeliveryError::Email(format!("outbox {}: {e}", dir.display()));
     let one_line = |text: &str| text.replace(['\r', '\n'], " ");
-    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let mut create = tokio::fs::DirBuilder::new();
+    create.recursive(true);
+    #[cfg(unix)]
+    create.mode(0o700);
+    create.create(dir).await.map_err(io)?;
     let name = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"), uuid::Uuid::new_v4().simple());
     let text = format!("From: {}\nTo: {}\nSubject: {}\n\n{body}\n", one_line(from), one_line(to), one_line(subject));
     let partial = dir.join(format!(".{name}.tmp"));
-    tokio::fs::write(&partial, text).await.map_err(io)?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut written = options.open(&partial).await.map_err(io)?;
+    tokio::io::AsyncWriteExt::write_all(&mut written, text.as_bytes()).await.map_err(io)?;
+    written.sync_all().await.map_err(io)?;
+    drop(written);
     tokio::fs::rename(&partial, dir.join(format!("{name}.eml"))).await.map_err(io)
 }
 

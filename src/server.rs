@@ -16,14 +16,18 @@ use crate::store::{self, Store};
 
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    if url.starts_with("sqlite:") || !config.data_dir.exists() {
+        create_private_dir(&config.data_dir)?;
     }
     let db = store::connect_with(&url, config.db_pool).await?;
     let configured_setup = config.server_setup.as_deref().filter(|setup| !setup.trim().is_empty());
     let keys = Keys::load(configured_setup, &config.data_dir)?;
-    let store = Store::new(db.clone());
+    let kek = keys.subject_kek();
+    let wrapped = crate::store::shred::wrap_bare_keys(&db, &kek).await.context("cannot wrap the subject keys")?;
+    if wrapped > 0 {
+        tracing::info!(keys = wrapped, "subject keys wrapped with the key-encryption key");
+    }
+    let store = Store::new(db.clone(), kek);
 
     // Fold whatever the read models missed (a crash between commit and fold).
     let caught_up = store.catch_up().await.context("read model catch-up failed")?;
@@ -168,4 +172,17 @@ fn admin_token(configured: Option<&str>) -> anyhow::Result<Option<String>> {
         ),
         token => Ok(token.map(str::to_string)),
     }
+}
+
+/// The data directory, readable by this user only (0700): it holds the store, the
+/// server's secret and the outbox.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict data directory {}", dir.display()))?;
+    }
+    Ok(())
 }

@@ -138,6 +138,12 @@ impl InviteToken {
     }
 }
 
+impl crate::Subject for InviteToken {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.redeemed_by.or(self.for_profile)
+    }
+}
+
 impl Aggregate for InviteToken {
     const TYPE: &'static str = "invite_token";
     type Command = InviteTokenCommand;

@@ -30,6 +30,39 @@ pub use username::Username;
 pub use totp_secret::TotpSecret;
 pub use verifier::Verifier;
 
+/// The account whose personal data an aggregate's events carry: their request
+/// metadata (client address, user agent) and personal payload fields are encrypted
+/// under that account's key, so removing the account erases them (crypto-shredding,
+/// src/store/shred.rs). Every aggregate answers, from its id and its state after the
+/// events, so no aggregate's events escape by omission; `None` where they concern no
+/// account (an unknown username's sign-in, say).
+pub trait Subject {
+    fn subject(&self, id: &str) -> Option<uuid::Uuid>;
+}
+
+/// The subject of aggregates whose id is the account's profile id.
+fn profile_of(id: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(id).ok()
+}
+
+impl Subject for User {
+    fn subject(&self, id: &str) -> Option<uuid::Uuid> {
+        profile_of(id)
+    }
+}
+
+impl Subject for Mfa {
+    fn subject(&self, id: &str) -> Option<uuid::Uuid> {
+        profile_of(id)
+    }
+}
+
+impl Subject for ResetMail {
+    fn subject(&self, id: &str) -> Option<uuid::Uuid> {
+        profile_of(id)
+    }
+}
+
 /// Every event type is versioned; all current shapes are version 1.
 pub const EVENT_VERSION: &str = "1";
 

@@ -58,6 +58,12 @@ impl MfaChallenge {
     }
 }
 
+impl crate::Subject for MfaChallenge {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.profile_id
+    }
+}
+
 impl Aggregate for MfaChallenge {
     const TYPE: &'static str = "mfa_challenge";
     type Command = MfaChallengeCommand;

@@ -149,6 +149,12 @@ impl Session {
     }
 }
 
+impl crate::Subject for Session {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.profile_id
+    }
+}
+
 impl Aggregate for Session {
     const TYPE: &'static str = "session";
     type Command = SessionCommand;

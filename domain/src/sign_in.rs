@@ -73,6 +73,12 @@ impl SignIn {
     }
 }
 
+impl crate::Subject for SignIn {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.profile_id
+    }
+}
+
 impl Aggregate for SignIn {
     const TYPE: &'static str = "sign_in";
     type Command = SignInCommand;

@@ -130,6 +130,14 @@ impl Throttle {
     }
 }
 
+/// A throttle counts proofs for one username, whichever account holds it: each
+/// event names its account (`profile_id`) itself, or none for an unknown name.
+impl crate::Subject for Throttle {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        None
+    }
+}
+
 impl Aggregate for Throttle {
     const TYPE: &'static str = "throttle";
     type Command = ThrottleCommand;

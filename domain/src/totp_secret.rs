@@ -73,6 +73,14 @@ impl TotpSecret {
     }
 }
 
+/// A `google_auth` secret belongs to its consumer, not to an account: when its
+/// events concern one, their payload names it.
+impl crate::Subject for TotpSecret {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        None
+    }
+}
+
 impl Aggregate for TotpSecret {
     const TYPE: &'static str = "totp_secret";
     type Command = TotpSecretCommand;

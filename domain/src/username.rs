@@ -63,6 +63,12 @@ impl Username {
     }
 }
 
+impl crate::Subject for Username {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.owner
+    }
+}
+
 impl Aggregate for Username {
     const TYPE: &'static str = "username";
     type Command = UsernameCommand;

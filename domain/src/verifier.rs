@@ -324,6 +324,12 @@ impl Verifier {
     }
 }
 
+impl crate::Subject for Verifier {
+    fn subject(&self, _: &str) -> Option<Uuid> {
+        self.payload.get("profile_id").and_then(|id| id.as_str()).and_then(|id| Uuid::parse_str(id).ok())
+    }
+}
+
 impl Aggregate for Verifier {
     const TYPE: &'static str = "verifier";
     type Command = VerifierCommand;

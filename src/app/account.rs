@@ -222,6 +222,10 @@ impl App {
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
         self.end_all_sessions(who.profile_id, meta).await?;
+        // The account's mail in the outbox goes too (addresses, codes, links).
+        if let Some(email) = user.email() {
+            self.forget_mail_to(email).await?;
+        }
         // Last, so every step above could still read the account: from here on
         // its personal data in the log reads as erased (src/store/shred.rs).
         self.store.shred(&id).await?;

@@ -6,9 +6,11 @@ use crate::store::log::{Filter, Page};
 use super::{App, AppError};
 
 impl App {
-    /// Up to `limit` events after `after`, in the log's global order.
+    /// Up to `limit` events after `after`, in the log's global order: the same
+    /// envelopes the audit relay publishes (an account's client address and user
+    /// agent encrypted under its key; `authd replay events` shows them decrypted).
     pub async fn events(&self, after: i64, limit: usize, filter: &Filter) -> Result<Page, AppError> {
-        Ok(self.store.log().read(after, limit, filter).await?)
+        Ok(self.store.log().read_as_stored(after, limit, filter).await?)
     }
 
     /// True when the event store answers.

@@ -152,6 +152,12 @@ struct Plan {
 impl App {
     /// Sets how verification messages are delivered and the most wrong codes a
     /// verifier takes (`AUTHD_VERIFICATION_MAX_ATTEMPTS`).
+    /// Deletes the outbox's messages to `address` (see [`Delivery::forget_recipient`]).
+    pub(crate) async fn forget_mail_to(&self, address: &str) -> Result<(), AppError> {
+        self.verifications.delivery.forget_recipient(address).await.map_err(|e| AppError::Delivery(Undeliverable::Failed(e)))?;
+        Ok(())
+    }
+
     pub fn with_verifications(mut self, delivery: Delivery, max_attempts: u32) -> Self {
         self.verifications.delivery = delivery;
         self.verifications.max_attempts = max_attempts.max(1);
@@ -569,7 +575,7 @@ mod tests {
             require_verified_email: false,
         };
         let delivery = Delivery::new(None, "authd@localhost", dir.join("outbox"), None).expect("delivery");
-        App::new(crate::store::Store::new(db), keys, policy).with_verifications(delivery, max_attempts)
+        App::new(crate::store::Store::new(db, keys.subject_kek()), keys, policy).with_verifications(delivery, max_attempts)
     }
 
     /// The code in the only outbox message to `to`, sent as `Code <code> for <id>`.

@@ -49,6 +49,8 @@ pub struct Keys {
     chain_seals: [u8; 32],
     /// Keyed hashes of verification codes.
     pub codes: CodeHasher,
+    /// Wraps the per-account keys of crypto-shredding (src/store/shred.rs).
+    subject_keys: [u8; 32],
 }
 
 /// Salted keyed hashes (HMAC-SHA256) of verification codes: what the log keeps in
@@ -117,6 +119,7 @@ impl Keys {
             jwt,
             codes: CodeHasher { key: derive("verification-codes") },
             chain_seals: derive("chain-seals"),
+            subject_keys: derive("subject-keys"),
         })
     }
 
@@ -124,6 +127,11 @@ impl Keys {
     /// clear (a username, a token).
     pub fn aggregate_id(&self, kind: &str, value: &str) -> String {
         keyed_hash(&self.ids, &[kind.as_bytes(), b"\0", value.as_bytes()])
+    }
+
+    /// The key-encryption key of the subject keys.
+    pub fn subject_kek(&self) -> crate::store::shred::Kek {
+        crate::store::shred::Kek::new(self.subject_keys)
     }
 
     pub fn refresh_hash(&self, token: &str) -> String {

@@ -84,8 +84,9 @@ fn token(text: &str) -> String {
 ///   carry nothing in clear.
 ///
 /// Everything else — ids, times, outcomes, reasons, counters, buckets — is kept.
-/// `metadata` (request id, client address, user agent) is kept whole: who did what
-/// from where is what an audit is for.
+/// `metadata` (request id, client address, user agent) is kept whole, as the relay
+/// reads it: an account's client address and user agent encrypted under the
+/// account's key (src/store/shred.rs), so a removal erases them on NATS as well.
 pub fn withhold(payload: Value) -> Value {
     fn withheld(field: &str) -> bool {
         matches!(field, "username" | "email" | "consumer")

@@ -256,7 +256,9 @@ impl Relay {
         loop {
             lease.check().await?;
             let from = log.checkpoint(CHECKPOINT).await?;
-            let page = log.read(from, PAGE, &Filter::default()).await?;
+            // As stored: an account's client address and user agent stay encrypted under
+            // its key (src/store/shred.rs).
+            let page = log.read_as_stored(from, PAGE, &Filter::default()).await?;
             if page.events.is_empty() {
                 tokio::select! {
                     _ = commits.changed() => {}

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::chain::{event_hash, hash_at, hex, Linked, GENESIS};
 use super::log::{Backend, LogError};
-use super::shred::{self, Key};
+use super::shred::{self, Kek, Key};
 
 /// Entries each of [`Memory`]'s maps keeps at most; past it, it starts afresh.
 const REMEMBERED: usize = 20_000;
@@ -25,10 +25,11 @@ const REMEMBERED: usize = 20_000;
 /// the hash is read. A key is forgotten when this process destroys it; another
 /// replica's removal leaves it here, and what this replica then writes for the
 /// removed account is encrypted under a key no store holds any more.
-#[derive(Default)]
 pub struct Memory {
     heads: Mutex<HashMap<(String, String), (i64, [u8; 32])>>,
     keys: Mutex<HashMap<String, Key>>,
+    /// Wraps the subject keys this process creates, unwraps those it reads.
+    kek: Kek,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +43,14 @@ fn bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 }
 
 impl Memory {
+    pub fn new(kek: Kek) -> Self {
+        Self { heads: Mutex::default(), keys: Mutex::default(), kek }
+    }
+
+    pub(super) fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     fn head(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Option<[u8; 32]> {
         let heads = locked(&self.heads);
         heads.get(&(aggregate_type.to_string(), aggregate_id.to_string())).filter(|(s, _)| *s == sequence).map(|(_, h)| *h)
@@ -103,7 +112,8 @@ pub struct Unchanged<'a> {
     pub sequence: i64,
 }
 
-/// Appends each batch (`events` of one aggregate, in sequence order) with their hash
+/// Appends each batch (`events` of one aggregate, in sequence order, and the account
+/// they concern: `domain::Subject`, else what their payload names) with their hash
 /// links, in ONE statement — atomic by itself, no BEGIN or COMMIT round trips: the
 /// same rows and columns postgres-es / sqlite-es write, plus `prev_hash` and `hash`.
 /// A second writer at the same sequence fails on the primary key, and an aggregate
@@ -113,10 +123,10 @@ pub struct Unchanged<'a> {
 pub async fn persist(
     db: &Db,
     memory: &Memory,
-    batches: &[(&str, &[SerializedEvent])],
+    batches: &[(&str, Option<&str>, &[SerializedEvent])],
     unchanged: &[Unchanged<'_>],
 ) -> Result<(), PersistenceError> {
-    let batches: Vec<_> = batches.iter().filter_map(|(t, events)| Some((*t, events.first()?, *events))).collect();
+    let batches: Vec<_> = batches.iter().filter_map(|(t, subject, events)| Some((*t, *subject, events.first()?, *events))).collect();
     if batches.is_empty() {
         return Ok(());
     }
@@ -126,7 +136,7 @@ pub async fn persist(
         let mut conn = pool.acquire().await.map_err(&error)?;
         append(&mut Conn::from(&mut *conn), backend, memory, &batches, unchanged).await?
     });
-    for ((aggregate_type, first, _), (sequence, hash)) in batches.iter().zip(heads) {
+    for ((aggregate_type, _, first, _), (sequence, hash)) in batches.iter().zip(heads) {
         memory.remember_head(aggregate_type, &first.aggregate_id, sequence, hash);
     }
     Ok(())
@@ -149,13 +159,13 @@ async fn append(
     conn: &mut Conn<'_>,
     backend: Backend,
     memory: &Memory,
-    batches: &[(&str, &SerializedEvent, &[SerializedEvent])],
+    batches: &[(&str, Option<&str>, &SerializedEvent, &[SerializedEvent])],
     unchanged: &[Unchanged<'_>],
 ) -> Result<Vec<(i64, [u8; 32])>, PersistenceError> {
     let error = persistence_error(backend);
     let mut rows = Vec::new();
     let mut heads = Vec::with_capacity(batches.len());
-    for (aggregate_type, first, events) in batches {
+    for (aggregate_type, subject, first, events) in batches {
         let mut prev = previous_hash(conn, backend, memory, aggregate_type, first).await?;
         let mut last = 0;
         for event in *events {
@@ -163,7 +173,7 @@ async fn append(
             // Personal data is encrypted before the hash is taken, so the chain covers
             // what is stored and stays verifiable once a key is destroyed (src/store/shred.rs).
             let (payload, metadata) =
-                shred::encrypt_personal(conn, memory, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
+                shred::encrypt_personal(conn, memory, *subject, aggregate_type, &event.aggregate_id, &event.payload, &event.metadata)
                     .await
                     .map_err(&error)?;
             let hash = event_hash(
@@ -294,13 +304,13 @@ mod tests {
     #[tokio::test]
     async fn appends_link_each_event_to_the_previous_and_a_second_writer_conflicts() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": 3}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(1, json!({"a": 1})), serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(3, json!({"a": 3}))])], &[]).await.expect("append");
         let rows = stored(&db).await;
         assert_eq!(rows[0].1.as_deref(), Some(hex(&GENESIS).as_str()));
         assert_eq!(rows[1].1, rows[0].2);
         assert_eq!(rows[2].1, rows[1].2);
-        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(3, json!({"a": "late"}))])], &[]).await;
+        let conflict = persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(3, json!({"a": "late"}))])], &[]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -309,12 +319,12 @@ mod tests {
     async fn batches_commit_together_or_not_at_all() {
         let (db, dir) = sqlite_store().await;
         let other = |sequence: usize| SerializedEvent { aggregate_id: "s2".into(), ..serialized(sequence, json!({"b": sequence})) };
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
         // The second batch conflicts at sequence 1: the first batch is not written either.
-        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[other(1)]), ("sign_in", &[serialized(1, json!({"a": "late"}))])], &[]).await;
+        let conflict = persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[other(1)]), ("sign_in", None, &[serialized(1, json!({"a": "late"}))])], &[]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         assert_eq!(stored(&db).await.len(), 1);
-        persist(&db, &Memory::default(), &[("sign_in", &[other(1), other(2)]), ("sign_in", &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[other(1), other(2)]), ("sign_in", None, &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
         assert_eq!(stored(&db).await.len(), 4);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -324,12 +334,12 @@ mod tests {
         let (db, dir) = sqlite_store().await;
         let read = |sequence| Unchanged { aggregate_type: "user", aggregate_id: "u1", sequence };
         let user = |sequence: usize| SerializedEvent { aggregate_id: "u1".into(), aggregate_type: "user".into(), ..serialized(sequence, json!({})) };
-        persist(&db, &Memory::default(), &[("user", &[user(1)])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("user", None, &[user(1)])], &[]).await.expect("append");
         // Decided on the user at sequence 0: it has moved on, nothing is written.
-        let conflict = persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[read(0)]).await;
+        let conflict = persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(1, json!({"a": 1}))])], &[read(0)]).await;
         assert!(matches!(conflict, Err(PersistenceError::OptimisticLockError)), "{conflict:?}");
         assert_eq!(stored(&db).await.len(), 1);
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[read(1)]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(1, json!({"a": 1}))])], &[read(1)]).await.expect("append");
         assert_eq!(stored(&db).await.len(), 2);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -337,10 +347,10 @@ mod tests {
     #[tokio::test]
     async fn an_append_after_events_written_before_the_chain_links_to_their_recomputed_head() {
         let (db, dir) = sqlite_store().await;
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(1, json!({"a": 1}))])], &[]).await.expect("append");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         sqlx::query("UPDATE events SET prev_hash = NULL, hash = NULL").execute(pool).await.expect("legacy");
-        persist(&db, &Memory::default(), &[("sign_in", &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
+        persist(&db, &Memory::new(Kek::new([3; 32])), &[("sign_in", None, &[serialized(2, json!({"a": 2}))])], &[]).await.expect("append");
         let first = serialized(1, json!({"a": 1}));
         let head = event_hash(
             &Linked {

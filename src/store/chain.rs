@@ -687,7 +687,7 @@ mod tests {
     async fn append(db: &Db, events: &[(&str, usize)]) {
         for (id, sequence) in events {
             let batch = [event(id, *sequence)];
-            super::super::append::persist(db, &super::super::append::Memory::default(), &[("session", &batch)], &[]).await.expect("append");
+            super::super::append::persist(db, &super::super::append::Memory::new(super::super::shred::Kek::new([3; 32])), &[("session", None, &batch)], &[]).await.expect("append");
         }
     }
 

@@ -302,15 +302,29 @@ pub struct Page {
 #[derive(Clone, Debug)]
 pub struct Log {
     db: Db,
+    /// Unwraps the subject keys that reveal personal fields (src/store/shred.rs).
+    kek: crate::store::shred::Kek,
 }
 
 impl Log {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, kek: crate::store::shred::Kek) -> Self {
+        Self { db, kek }
     }
 
-    /// Up to `limit` events after position `after` matching `filter`, in log order.
+    /// Up to `limit` events after position `after` matching `filter`, in log order,
+    /// personal fields in clear (or erased).
     pub async fn read(&self, after: i64, limit: usize, filter: &Filter) -> Result<Page, LogError> {
+        self.read_page(after, limit, filter, true).await
+    }
+
+    /// [`Log::read`] with personal fields as stored: encrypted under their account's
+    /// key, for what leaves the server for good (the audit stream), so removing the
+    /// account erases them there too.
+    pub async fn read_as_stored(&self, after: i64, limit: usize, filter: &Filter) -> Result<Page, LogError> {
+        self.read_page(after, limit, filter, false).await
+    }
+
+    async fn read_page(&self, after: i64, limit: usize, filter: &Filter, reveal: bool) -> Result<Page, LogError> {
         self.sequence().await?;
         // The head is read before the page: every position at or below it is
         // already visible (positions become visible in order), so bounding the page
@@ -346,7 +360,9 @@ impl Log {
             query.fetch_all(pool).await?.iter().map(Event::from_row).collect::<Result<Vec<_>, _>>()?
         });
         let mut events = rows;
-        self.reveal(&mut events).await?;
+        if reveal {
+            self.reveal(&mut events).await?;
+        }
         let next = match events.last() {
             Some(last) if events.len() as i64 == limit => last.position,
             _ => head.max(after),
@@ -384,7 +400,7 @@ impl Log {
     async fn reveal(&self, events: &mut [Event]) -> Result<(), LogError> {
         let mut values: Vec<&mut Value> =
             events.iter_mut().flat_map(|event| [&mut event.payload, &mut event.metadata]).collect();
-        crate::store::shred::reveal_all(&self.db, &mut values).await?;
+        crate::store::shred::reveal_all(&self.db, &self.kek, &mut values).await?;
         Ok(())
     }
 

@@ -101,9 +101,13 @@ pub async fn connect_with(url: &str, pool: u32) -> Result<Db, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(connect_error)?
             .create_if_missing(true)
+            // Deleted content (a destroyed subject key) is overwritten, not left in
+            // free pages (src/store/shred.rs).
+            .pragma("secure_delete", "ON")
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        private_files(options.get_filename()).map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -115,6 +119,32 @@ pub async fn connect_with(url: &str, pool: u32) -> Result<Db, StoreError> {
     } else {
         Err(StoreError::Scheme(redact(url)))
     }
+}
+
+/// The SQLite database and its write-ahead log and shared-memory files are readable
+/// by this user only (0600): the file is created so before SQLite opens it, and
+/// SQLite gives the files it adds the database file's mode.
+fn private_files(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p == ":memory:" || p.starts_with("file::memory")) {
+            return Ok(());
+        }
+        if !path.exists() {
+            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A URL with any password replaced, for error messages and logs.
@@ -168,10 +198,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(db: Db) -> Self {
+    /// The store on `db`; `kek` wraps the subject keys (src/store/shred.rs).
+    pub fn new(db: Db, kek: shred::Kek) -> Self {
         let read_models = ReadModels::new(db.clone());
-        let log = Log::new(db.clone());
-        Self { db, memory: Arc::default(), read_models, log, committed: Arc::new(watch::Sender::new(())), stripes: Arc::new(unit::Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)), fresh: Arc::default(), folding: Arc::default() }
+        let log = Log::new(db.clone(), kek.clone());
+        Self { db, memory: Arc::new(append::Memory::new(kek)), read_models, log, committed: Arc::new(watch::Sender::new(())), stripes: Arc::new(unit::Stripes::new()), cache: Arc::new(Cache::new(CACHE_CAPACITY)), fresh: Arc::default(), folding: Arc::default() }
     }
 
     /// The read models, caught up first: they show at least every commit this
@@ -215,7 +246,7 @@ impl Store {
     async fn events_after<A: Aggregate>(&self, id: &str, sequence: usize) -> Result<Vec<SerializedEvent>, StoreError> {
         let unavailable = |error: &dyn std::fmt::Display| StoreError::Unavailable(error.to_string());
         let mut events = delegate!(&self.db, repo => repo.get_last_events::<A>(id, sequence)).map_err(|e| unavailable(&e))?;
-        let ring = shred::KeyRing::load_remembering(&self.db, Some(&self.memory), events.iter().map(|event| &event.payload))
+        let ring = shred::KeyRing::load_remembering(&self.db, self.memory.kek(), Some(&self.memory), events.iter().map(|event| &event.payload))
             .await
             .map_err(|e| unavailable(&e))?;
         events.iter_mut().for_each(|event| ring.reveal(&mut event.payload));
@@ -277,7 +308,7 @@ impl Store {
         metadata: &Metadata,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
-        A: Aggregate + Clone + 'static,
+        A: Aggregate + domain::Subject + Clone + 'static,
         A::Command: Clone,
     {
         Ok(self.execute_for_state::<A>(id, command, services, metadata).await?.0)
@@ -292,7 +323,7 @@ impl Store {
         metadata: &Metadata,
     ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
     where
-        A: Aggregate + Clone + 'static,
+        A: Aggregate + domain::Subject + Clone + 'static,
         A::Command: Clone,
     {
         let mut unit = self.unit(&[(A::TYPE, id)], metadata).await?;

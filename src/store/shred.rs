@@ -3,11 +3,12 @@
 //! complete and its hash chain verifiable (the chain covers the ciphertext), replay
 //! still works, and what the key protected reads as [`ERASED`] from then on.
 //!
-//! - **Subject.** The account an event concerns, by its profile id: the `user`
-//!   aggregate's id, else the first `profile_id` (a UUID) anywhere in the payload
-//!   (sign-ins, sessions, verifiers whose payload names the account, …). An event
-//!   with no subject (a sign-in for an unknown username, a verification not tied to
-//!   an account) is written in clear.
+//! - **Subject.** The account an event concerns, by its profile id: what its
+//!   aggregate answers (`domain::Subject`, which every aggregate implements: a
+//!   session's, an MFA ticket's, a verifier's account…), else the first `profile_id`
+//!   (a UUID) anywhere in the payload (a throttle's attempt). An event with no
+//!   subject (a sign-in for an unknown username, a verification not tied to an
+//!   account) is written in clear.
 //! - **What is encrypted.** In the payload, at any depth, the string fields
 //!   `username`, `email` and `consumer` (the verification's address); in the
 //!   metadata, `client_address` and `user_agent`. Each becomes
@@ -16,20 +17,22 @@
 //!   the one place events are written, before the hash is taken and in the same
 //!   transaction that creates the subject's key on first use.
 //! - **Keys.** `subject_keys(subject, key, destroyed_at)`: 32 random bytes per
-//!   account. [`destroy`] sets the key to NULL (a tombstone when there was none);
-//!   an event written for a destroyed subject gets [`ERASED`] in place of its
+//!   account, stored wrapped by the key-encryption key [`Kek`] (derived from the
+//!   server's secret, outside the database). [`destroy`] deletes the row, leaves a
+//!   tombstone without a key, and [`scrub`]s the deleted bytes from the database
+//!   files; an event written for a destroyed subject gets [`ERASED`] in place of its
 //!   personal fields.
 //! - **Reading.** Every reader that shows events decrypts with a [`KeyRing`]: the
 //!   repository (aggregates see clear values), [`crate::store::log::Log`] (read models,
 //!   the NATS relay, `GET /v1/admin/events`) and `authd replay` (timeline, state,
 //!   events, rebuild). `replay verify` reads what is stored. A destroyed key, or a
 //!   value that fails to decrypt, reads as [`ERASED`].
-//! - **Audit stream.** The envelope still withholds `username`, `email` and
-//!   `consumer` (the audit envelope withholds them, src/relay/envelope.rs): they never reach NATS, in clear or
-//!   not. The metadata is published decrypted while the account exists (who did
-//!   what from where is what an audit is for) and as [`ERASED`] after removal; a
-//!   message already published cannot be recalled, so a client address published
-//!   before removal stays in the stream until its retention ends.
+//! - **Audit stream.** The envelope withholds `username`, `email` and `consumer`
+//!   (src/relay/envelope.rs): they never reach NATS, in clear or not. The metadata
+//!   is published as stored: an account's client address and user agent encrypted
+//!   under its key (a consumer holding the server's secret can read them while the
+//!   account exists; nobody can after removal), since a published message cannot be
+//!   recalled. `GET /v1/admin/events` shows them decrypted (or [`ERASED`]).
 //! - **Read models.** `users_view` loses the account's row on removal; [`destroy`]
 //!   also erases `verifiers_view.consumer` for the account's verifiers.
 
@@ -57,6 +60,80 @@ const METADATA_FIELDS: [&str; 2] = ["client_address", "user_agent"];
 const NONCE_LEN: usize = 24;
 
 pub type Key = [u8; 32];
+
+/// The key-encryption key: subject keys are stored wrapped under it (XChaCha20-Poly1305,
+/// the subject as associated data), so the database alone — a dump, a stolen disk —
+/// opens nothing. Derived from the server's secret (src/crypto/keys.rs), which lives
+/// outside the database.
+#[derive(Clone)]
+pub struct Kek(Key);
+
+/// Bytes of a wrapped subject key: nonce, key, tag.
+const WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+impl Kek {
+    pub fn new(key: Key) -> Self {
+        Self(key)
+    }
+
+    fn aad(subject: &str) -> Vec<u8> {
+        [b"authd subject key\0".as_slice(), subject.as_bytes()].concat()
+    }
+
+    fn wrap(&self, subject: &str, key: &Key) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let aad = Self::aad(subject);
+        // Encryption with a valid key and nonce cannot fail for 32 bytes.
+        let sealed = XChaCha20Poly1305::new((&self.0).into())
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: key, aad: &aad })
+            .unwrap_or_default();
+        [nonce.as_slice(), &sealed].concat()
+    }
+
+    /// The subject key a stored value holds: wrapped (the only form written), or a
+    /// bare 32-byte key from before wrapping (rewrapped at start-up, [`wrap_bare_keys`]).
+    fn unwrap(&self, subject: &str, stored: &[u8]) -> Option<Key> {
+        match stored.len() {
+            32 => Key::try_from(stored).ok(),
+            WRAPPED_LEN => {
+                let (nonce, sealed) = stored.split_at(NONCE_LEN);
+                let aad = Self::aad(subject);
+                let key = XChaCha20Poly1305::new((&self.0).into())
+                    .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+                    .ok()?;
+                Key::try_from(key.as_slice()).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Wraps every subject key still stored bare (written before keys were wrapped);
+/// returns how many. Run at start-up; the bare bytes are scrubbed like a destroyed key.
+pub async fn wrap_bare_keys(db: &Db, kek: &Kek) -> Result<u64, sqlx::Error> {
+    let (select, update) = match db {
+        Db::Postgres(_) => ("SELECT subject, key FROM subject_keys WHERE octet_length(key) = 32", "UPDATE subject_keys SET key = $1 WHERE subject = $2"),
+        Db::Sqlite(_) => ("SELECT subject, key FROM subject_keys WHERE length(key) = 32", "UPDATE subject_keys SET key = $1 WHERE subject = $2"),
+    };
+    let bare: Vec<(String, Vec<u8>)> = with_pool!(db, pool => sqlx::query_as(select).fetch_all(pool).await?);
+    for (subject, key) in &bare {
+        let Ok(key) = Key::try_from(key.as_slice()) else { continue };
+        with_pool!(db, pool => {
+            sqlx::query(update).bind(kek.wrap(subject, &key)).bind(subject).execute(pool).await?;
+        });
+    }
+    if !bare.is_empty() {
+        scrub(db).await?;
+    }
+    Ok(bare.len() as u64)
+}
 
 /// The account `payload` (of an event of `aggregate_type`/`aggregate_id`) concerns.
 pub fn subject_of(aggregate_type: &str, aggregate_id: &str, payload: &Value) -> Option<String> {
@@ -147,10 +224,10 @@ async fn key_for(conn: &mut Conn<'_>, memory: &Memory, subject: &str) -> Result<
     let insert = "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING";
     let select = "SELECT key FROM subject_keys WHERE subject = $1";
     let stored: Option<Vec<u8>> = with_conn!(conn, c => {
-        sqlx::query(insert).bind(subject).bind(fresh.to_vec()).execute(&mut **c).await?;
+        sqlx::query(insert).bind(subject).bind(memory.kek().wrap(subject, &fresh)).execute(&mut **c).await?;
         sqlx::query_scalar(select).bind(subject).fetch_one(&mut **c).await?
     });
-    let key = stored.and_then(|key| Key::try_from(key.as_slice()).ok());
+    let key = stored.and_then(|key| memory.kek().unwrap(subject, &key));
     if let Some(key) = key {
         memory.remember_key(subject, key);
     }
@@ -163,34 +240,69 @@ async fn key_for(conn: &mut Conn<'_>, memory: &Memory, subject: &str) -> Result<
 pub async fn encrypt_personal(
     conn: &mut Conn<'_>,
     memory: &Memory,
+    subject: Option<&str>,
     aggregate_type: &str,
     aggregate_id: &str,
     payload: &Value,
     metadata: &Value,
 ) -> Result<(Value, Value), sqlx::Error> {
     let (mut payload, mut metadata) = (payload.clone(), metadata.clone());
-    if let Some(subject) = subject_of(aggregate_type, aggregate_id, &payload) {
+    if let Some(subject) = subject.map(str::to_string).or_else(|| subject_of(aggregate_type, aggregate_id, &payload)) {
         let key = key_for(conn, memory, &subject).await?;
         protect(&subject, key.as_ref(), &mut payload, &mut metadata);
     }
     Ok((payload, metadata))
 }
 
-/// Destroys the subject's key (keeping a tombstone, so later events of the subject
-/// are written erased) and erases what the read models keep of it in clear. Safe to
-/// repeat.
+/// Destroys the subject's key: its row is deleted and a tombstone without a key put
+/// in its place (so later events of the subject are written erased), in one
+/// transaction; then the deleted bytes are scrubbed from the database files
+/// ([`scrub`]). Also erases what the read models keep of the subject in clear. Safe
+/// to repeat.
 pub async fn destroy(db: &Db, subject: &str) -> Result<(), sqlx::Error> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let tombstone = "INSERT INTO subject_keys (subject, key, destroyed_at) VALUES ($1, NULL, $2)
-                     ON CONFLICT (subject) DO UPDATE SET key = NULL,
-                         destroyed_at = COALESCE(subject_keys.destroyed_at, excluded.destroyed_at)";
+    let destroyed = "SELECT destroyed_at FROM subject_keys WHERE subject = $1 AND key IS NULL";
+    let delete = "DELETE FROM subject_keys WHERE subject = $1";
+    let tombstone = "INSERT INTO subject_keys (subject, key, destroyed_at) VALUES ($1, NULL, $2)";
     // A UUID holds no LIKE wildcards.
     let verifiers = "UPDATE verifiers_view SET consumer = $1 WHERE payload LIKE $2 AND consumer <> $1";
     with_pool!(db, pool => {
-        sqlx::query(tombstone).bind(subject).bind(&now).execute(pool).await?;
+        let mut tx = pool.begin().await?;
+        let earlier: Option<String> = sqlx::query_scalar(destroyed).bind(subject).fetch_optional(&mut *tx).await?;
+        sqlx::query(delete).bind(subject).execute(&mut *tx).await?;
+        sqlx::query(tombstone).bind(subject).bind(earlier.unwrap_or(now)).execute(&mut *tx).await?;
+        tx.commit().await?;
         sqlx::query(verifiers).bind(ERASED).bind(format!("%{subject}%")).execute(pool).await?;
     });
-    Ok(())
+    scrub(db).await
+}
+
+/// Leaves no deleted key bytes where the database keeps old data. SQLite: every
+/// connection runs with `secure_delete` (deleted content is overwritten with zeros,
+/// src/store/mod.rs), and the write-ahead log, which still holds the pages as they
+/// were, is checkpointed into the database and truncated. PostgreSQL: the key table
+/// is vacuumed, so the dead row versions are removed (what PostgreSQL's own WAL and
+/// backups keep is theirs to expire; the keys there are wrapped, [`Kek`]).
+pub async fn scrub(db: &Db) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Sqlite(pool) => {
+            // A checkpoint cannot pass readers that are still on old pages: try again
+            // briefly until the log is fully copied back and truncated.
+            for _ in 0..50 {
+                let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tracing::warn!("the write-ahead log could not be truncated after a key was destroyed; the next checkpoint will");
+            Ok(())
+        }
+        Db::Postgres(pool) => {
+            sqlx::query("VACUUM subject_keys").execute(pool).await?;
+            Ok(())
+        }
+    }
 }
 
 /// Keys for decrypting: subject → key (`None`: destroyed or unknown).
@@ -213,30 +325,33 @@ fn subjects(value: &Value, out: &mut HashSet<String>) {
     }
 }
 
-fn rows_to_ring(rows: Vec<(String, Option<Vec<u8>>)>) -> KeyRing {
+fn rows_to_ring(rows: Vec<(String, Option<Vec<u8>>)>, kek: &Kek) -> KeyRing {
     let keys = rows
         .into_iter()
-        .map(|(subject, key)| (subject, key.and_then(|key| Key::try_from(key.as_slice()).ok())))
+        .map(|(subject, key)| {
+            let key = key.and_then(|key| kek.unwrap(&subject, &key));
+            (subject, key)
+        })
         .collect();
     KeyRing { keys }
 }
 
 impl KeyRing {
     /// Every key (for replay tooling).
-    pub async fn load_all(db: &Db) -> Result<Self, sqlx::Error> {
+    pub async fn load_all(db: &Db, kek: &Kek) -> Result<Self, sqlx::Error> {
         let sql = "SELECT subject, key FROM subject_keys";
-        Ok(rows_to_ring(with_pool!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?)))
+        Ok(rows_to_ring(with_pool!(db, pool => sqlx::query_as(sql).fetch_all(pool).await?), kek))
     }
 
     /// Every key, on a connection (inside a transaction).
-    pub async fn load_all_on(conn: &mut Conn<'_>) -> Result<Self, sqlx::Error> {
+    pub async fn load_all_on(conn: &mut Conn<'_>, kek: &Kek) -> Result<Self, sqlx::Error> {
         let sql = "SELECT subject, key FROM subject_keys";
-        Ok(rows_to_ring(with_conn!(conn, c => sqlx::query_as(sql).fetch_all(&mut **c).await?)))
+        Ok(rows_to_ring(with_conn!(conn, c => sqlx::query_as(sql).fetch_all(&mut **c).await?), kek))
     }
 
     /// The keys the encrypted values in `values` need.
-    pub async fn load_for<'v>(db: &Db, values: impl IntoIterator<Item = &'v Value>) -> Result<Self, sqlx::Error> {
-        Self::load_remembering(db, None, values).await
+    pub async fn load_for<'v>(db: &Db, kek: &Kek, values: impl IntoIterator<Item = &'v Value>) -> Result<Self, sqlx::Error> {
+        Self::load_remembering(db, kek, None, values).await
     }
 
     /// [`KeyRing::load_for`], taking the keys the write path remembers (src/store/append.rs)
@@ -244,6 +359,7 @@ impl KeyRing {
     /// (an account at every sign-in) then costs no key query.
     pub async fn load_remembering<'v>(
         db: &Db,
+        kek: &Kek,
         memory: Option<&Memory>,
         values: impl IntoIterator<Item = &'v Value>,
     ) -> Result<Self, sqlx::Error> {
@@ -272,7 +388,7 @@ impl KeyRing {
             }
             query.fetch_all(pool).await?
         });
-        let mut ring = rows_to_ring(rows);
+        let mut ring = rows_to_ring(rows, kek);
         if let Some(memory) = memory {
             ring.keys.iter().for_each(|(subject, key)| key.iter().for_each(|key| memory.remember_key(subject, *key)));
         }
@@ -303,8 +419,8 @@ impl KeyRing {
 }
 
 /// Decrypts payloads and metadata in place, loading the keys they need.
-pub async fn reveal_all(db: &Db, values: &mut [&mut Value]) -> Result<(), sqlx::Error> {
-    let ring = KeyRing::load_for(db, values.iter().map(|value| &**value)).await?;
+pub async fn reveal_all(db: &Db, kek: &Kek, values: &mut [&mut Value]) -> Result<(), sqlx::Error> {
+    let ring = KeyRing::load_for(db, kek, values.iter().map(|value| &**value)).await?;
     values.iter_mut().for_each(|value| ring.reveal(value));
     Ok(())
 }
@@ -349,6 +465,40 @@ mod tests {
         let mut value = json!(encrypt("s", &key, "x"));
         wrong.reveal(&mut value);
         assert_eq!(value, json!(ERASED), "a value that does not decrypt reads as erased");
+    }
+
+    #[test]
+    fn subject_keys_open_only_with_the_kek_and_their_subject() {
+        let (kek, key) = (Kek::new([1; 32]), [9u8; 32]);
+        let wrapped = kek.wrap("alice", &key);
+        assert_eq!(wrapped.len(), WRAPPED_LEN);
+        assert!(!wrapped.windows(32).any(|window| window == key), "the key is not stored bare");
+        assert_eq!(kek.unwrap("alice", &wrapped), Some(key));
+        assert_eq!(Kek::new([2; 32]).unwrap("alice", &wrapped), None, "another server's KEK opens nothing");
+        assert_eq!(kek.unwrap("bob", &wrapped), None, "a wrapped key is bound to its subject");
+        assert_eq!(kek.unwrap("alice", &key), Some(key), "a bare key from before wrapping still reads");
+    }
+
+    #[tokio::test]
+    async fn bare_keys_are_wrapped_at_start_up() {
+        let dir = std::env::temp_dir().join(format!("authd-kek-{}", Uuid::new_v4()));
+        let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
+        let Db::Sqlite(pool) = &db else { unreachable!() };
+        sqlx::query("INSERT INTO subject_keys (subject, key) VALUES ('s1', $1), ('s2', NULL)")
+            .bind(vec![5u8; 32])
+            .execute(pool)
+            .await
+            .expect("insert");
+        let kek = Kek::new([1; 32]);
+        assert_eq!(wrap_bare_keys(&db, &kek).await.expect("wrap"), 1);
+        assert_eq!(wrap_bare_keys(&db, &kek).await.expect("wrap"), 0, "once");
+        let ring = KeyRing::load_all(&db, &kek).await.expect("ring");
+        assert_eq!(ring.keys.get("s1"), Some(&Some([5u8; 32])));
+        assert_eq!(ring.keys.get("s2"), Some(&None));
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = 's1'").fetch_one(pool).await.expect("row");
+        assert_eq!(stored.len(), WRAPPED_LEN);
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -73,7 +73,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("authd-snapshot-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
         let db = connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
-        let store = Store::new(db.clone());
+        let store = Store::new(db.clone(), crate::store::shred::Kek::new([3; 32]));
         let (id, at, meta) = (Uuid::new_v4().to_string(), Utc::now(), Default::default());
         let open = SessionCommand::Open {
             profile_id: Uuid::new_v4(),
@@ -98,7 +98,7 @@ mod tests {
 
         // A process with an empty memory loads the same state as the one that wrote it.
         let warm = store.load::<Session>(&id).await.expect("load");
-        let cold = Store::new(db.clone()).load::<Session>(&id).await.expect("load");
+        let cold = Store::new(db.clone(), crate::store::shred::Kek::new([3; 32])).load::<Session>(&id).await.expect("load");
         assert_eq!(serde_json::to_value(&cold).unwrap(), serde_json::to_value(&warm).unwrap());
 
         // It starts from the snapshot: one made to say the session ended is believed.
@@ -106,7 +106,7 @@ mod tests {
         let mut ended = serde_json::to_value(&warm).unwrap();
         ended["ended"] = Value::Bool(true);
         sqlx::query("UPDATE snapshots SET state = $1").bind(ended.to_string()).execute(pool).await.expect("edit");
-        assert!(!Store::new(db.clone()).load::<Session>(&id).await.expect("load").is_active());
+        assert!(!Store::new(db.clone(), crate::store::shred::Kek::new([3; 32])).load::<Session>(&id).await.expect("load").is_active());
 
         forget(&db, &id).await.expect("forget");
         assert!(load::<Session>(&db, &id).await.expect("read").is_none());

@@ -23,6 +23,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, EventEnvelope};
+use domain::Subject;
 use tokio::sync::MutexGuard;
 
 use super::cache::Cache;
@@ -82,6 +83,9 @@ async fn back_off(attempt: u32) {
 /// One aggregate's decided events, and how to remember its state once committed.
 struct Decided {
     aggregate_type: &'static str,
+    /// The account the events concern (`domain::Subject`): their personal data is
+    /// encrypted under its key.
+    subject: Option<String>,
     events: Vec<SerializedEvent>,
     remember: Box<dyn FnOnce(&Cache) + Send + Sync>,
     /// The state after the events, when it is due for a snapshot (src/store/snapshot.rs).
@@ -136,7 +140,7 @@ impl Unit<'_> {
         services: &A::Services,
     ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
     where
-        A: Aggregate + Clone + 'static,
+        A: Aggregate + Subject + Clone + 'static,
         A::Command: Clone,
     {
         // This process's own last write is usually the aggregate's last one.
@@ -154,7 +158,7 @@ impl Unit<'_> {
         services: &A::Services,
     ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
     where
-        A: Aggregate + Clone + 'static,
+        A: Aggregate + Subject + Clone + 'static,
         A::Command: Clone,
     {
         let assumed = (self.attempt == 0).then(|| (A::default(), 0));
@@ -171,7 +175,7 @@ impl Unit<'_> {
         unverified: Option<(A, usize)>,
     ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
     where
-        A: Aggregate + Clone + 'static,
+        A: Aggregate + Subject + Clone + 'static,
         A::Command: Clone,
     {
         let mut unverified = unverified;
@@ -203,7 +207,7 @@ impl Unit<'_> {
         self.decided.retain(|d| !(d.aggregate_type == A::TYPE && d.events.first().is_some_and(|e| e.aggregate_id == id)));
     }
 
-    fn keep<A: Aggregate + Clone + 'static>(
+    fn keep<A: Aggregate + Subject + Clone + 'static>(
         &mut self,
         id: &str,
         sequence: usize,
@@ -228,9 +232,11 @@ impl Unit<'_> {
         let snapshot = snapshot::due(A::TYPE, sequence, last)
             .then(|| serde_json::to_value(&after).ok().map(|state| (last, state)))
             .flatten();
+        let subject = after.subject(id).map(|profile_id| profile_id.to_string());
         let id = id.to_string();
         self.decided.push(Decided {
             aggregate_type: A::TYPE,
+            subject,
             events: serialized,
             remember: Box::new(move |cache| cache.put(&id, after, last)),
             snapshot,
@@ -247,8 +253,8 @@ impl Unit<'_> {
         if decided.is_empty() {
             return Ok(true);
         }
-        let batches: Vec<(&str, &[SerializedEvent])> =
-            decided.iter().map(|d| (d.aggregate_type, d.events.as_slice())).collect();
+        let batches: Vec<(&str, Option<&str>, &[SerializedEvent])> =
+            decided.iter().map(|d| (d.aggregate_type, d.subject.as_deref(), d.events.as_slice())).collect();
         let unchanged: Vec<_> = unchanged
             .iter()
             .map(|(aggregate_type, aggregate_id, sequence)| append::Unchanged { aggregate_type, aggregate_id, sequence: *sequence })

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use crate::helpers::{replay_ok, unique, Backend, Server};
 use serde_json::{json, Value};
 
-both_stores!(removal_shreds_username_and_email);
+both_stores!(removal_shreds_username_and_email, removal_leaves_nothing_personal);
 
 fn nats_url() -> String {
     std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -174,6 +174,159 @@ async fn removal_shreds_username_and_email(backend: Backend) {
     assert_ne!(again, profile_id);
     let session = server.sign_in(&username).await;
     assert_eq!(server.api().user(&session.access_token).await.expect("user").username, username);
+
+    if let Ok(client) = async_nats::connect(&url).await {
+        let _ = jetstream::new(client).delete_stream(&stream).await;
+    }
+}
+
+/// The stored value of the account's subject key (wrapped), if the row has one.
+async fn stored_key(server: &Server, profile_id: &str) -> Option<Vec<u8>> {
+    use sqlx::Connection;
+    let sql = "SELECT key FROM subject_keys WHERE subject = $1";
+    match server.backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+            sqlx::query_scalar(sql).bind(profile_id).fetch_one(&mut conn).await.expect("key row")
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.expect("sqlite");
+            sqlx::query_scalar(sql).bind(profile_id).fetch_one(&mut conn).await.expect("key row")
+        }
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// Every request of the account comes from one client address and user agent; every
+/// event it causes — session refreshes, MFA, verifiers, the removal's own — stores
+/// them only encrypted under the account's key, NATS gets them only so, and after
+/// removal nothing of them, nor the key, nor the account's mail, is left.
+async fn removal_leaves_nothing_personal(backend: Backend) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let (stream, prefix) = (format!("AUTHD_TEST_SHRED_{id}"), format!("authd_test_shred_{id}.events"));
+    let url = nats_url();
+    let server = Server::start_with(
+        backend,
+        &[
+            ("NATS_URL", &url),
+            ("AUTHD_NATS_STREAM", &stream),
+            ("AUTHD_NATS_SUBJECT_PREFIX", &prefix),
+            ("AUTHD_TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap_or_else(|e| panic!("cannot reach NATS at {url} ({e})")));
+
+    // The account's own client: a recognisable address and user agent.
+    let (address, agent) = (format!("203.0.113.{}", 1 + id.as_bytes()[0] % 250), format!("shred-agent-{id}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", address.parse().expect("header"));
+    headers.insert("user-agent", agent.parse().expect("header"));
+    let http = reqwest::Client::builder().default_headers(headers).build().expect("client");
+    let api = client::Api::with_client(&server.base, http);
+    let call = |method: &str, path: &str, bearer: Option<String>, body: Option<Value>| {
+        let (api, method, path) = (&api, reqwest::Method::from_bytes(method.as_bytes()).expect("method"), path.to_string());
+        async move { api.raw(method, &path, bearer.as_deref(), body.as_ref()).await.expect("transport") }
+    };
+
+    let username = unique("leaves-nothing");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    let profile_id = api.sign_up(&username, crate::helpers::PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = crate::helpers::activation_code(&server, &email).await;
+    let (status, _) = call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204);
+    let session = match api.sign_in(&username, crate::helpers::PASSWORD).await.expect("sign in") {
+        client::SignInOutcome::Session(session) => session,
+        other => panic!("{other:?}"),
+    };
+    let session = api.refresh(&session.refresh_token).await.expect("refresh");
+    let bearer = Some(session.access_token.clone());
+    let (status, enrollment) = call("POST", "/v1/mfa/totp/generate", bearer.clone(), None).await;
+    assert_eq!(status, 200);
+    let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    let (status, _) = call("POST", "/v1/mfa/totp/enable", bearer.clone(), Some(json!({"code": crate::helpers::totp_code(&totp, -1)}))).await;
+    assert_eq!(status, 204);
+    let (status, _) = call("POST", "/v1/account/forgot", None, Some(json!({"username": username}))).await;
+    assert_eq!(status, 204);
+    crate::helpers::outbox_mail(&server, &email, |subject| subject != "Activate your account").await;
+    // Another account's mail, which the removal must leave alone.
+    let other_email = format!("{}@example.com", unique("bystander"));
+    let invitation = server.invitation().await;
+    server.api().sign_up(&unique("bystander"), crate::helpers::PASSWORD, Some(&invitation), Some(&other_email)).await.expect("sign up");
+    crate::helpers::outbox_message(&server, &other_email).await;
+
+    let personal = [address.as_str(), agent.as_str(), username.as_str(), email.as_str()];
+    // The log (the read models show a live account in clear, by design).
+    let log: Vec<String> = every_cell(&server).await.into_iter().filter(|c| c.starts_with("events")).collect();
+    assert!(!log.is_empty(), "the store has events");
+    assert_eq!(holding(&log, &personal), Vec::<String>::new(), "the log holds the account's personal data only encrypted");
+    let published = stream_messages(&server, &js, &stream).await;
+    assert_eq!(holding(&published, &personal), Vec::<String>::new(), "NATS gets it only encrypted");
+    let key = stored_key(&server, &profile_id).await.expect("a key");
+    assert_eq!(key.len(), 24 + 32 + 16, "the subject key is stored wrapped (nonce, key, tag), never bare");
+
+    let (status, _) = call("POST", "/v1/account/remove", bearer.clone(), None).await;
+    assert_eq!(status, 204);
+
+    // The removal's own events and everything before it: erased everywhere.
+    let envelopes = server.events().await;
+    let text = envelopes.iter().map(Value::to_string).collect::<Vec<_>>();
+    assert_eq!(holding(&text, &personal), Vec::<String>::new(), "GET /v1/admin/events shows nothing personal");
+    assert!(text.iter().any(|e| e.contains("SessionSignedOut") && e.contains("[erased]")), "the removal's sign-out is erased too");
+    assert_eq!(holding(&every_cell(&server).await, &personal), Vec::<String>::new());
+    let published = stream_messages(&server, &js, &stream).await;
+    assert_eq!(holding(&published, &personal), Vec::<String>::new());
+    assert_eq!(stored_key(&server, &profile_id).await, None, "a tombstone without a key");
+    assert!(crate::helpers::outbox(&server).iter().all(|(to, _, _)| to != &email), "the account's mail is deleted");
+    assert!(crate::helpers::outbox(&server).iter().any(|(to, _, _)| to == &other_email), "others' mail stays");
+
+    // The deleted key left no bytes behind where the database keeps old data.
+    match backend {
+        Backend::Sqlite => {
+            let db = server.data_dir.join("authd.db");
+            for file in [db.clone(), server.data_dir.join("authd.db-wal")] {
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                assert!(!bytes.windows(key.len()).any(|window| window == key.as_slice()), "the key's bytes are scrubbed from {}", file.display());
+            }
+            #[cfg(unix)]
+            {
+                assert_eq!(mode(&db), 0o600, "the database is private");
+                assert_eq!(mode(&server.data_dir), 0o700, "the data directory is private");
+            }
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.expect("postgres");
+            let mut vacuumed = false;
+            for _ in 0..50 {
+                let done: bool =
+                    sqlx::query_scalar("SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'subject_keys'")
+                        .fetch_one(&mut conn)
+                        .await
+                        .expect("stats");
+                if done {
+                    vacuumed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(vacuumed, "the key table was vacuumed after the removal");
+        }
+    }
+    #[cfg(unix)]
+    {
+        let outbox = server.data_dir.join("outbox");
+        assert_eq!(mode(&outbox), 0o700);
+        for entry in std::fs::read_dir(&outbox).expect("outbox").flatten() {
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+    }
 
     if let Ok(client) = async_nats::connect(&url).await {
         let _ = jetstream::new(client).delete_stream(&stream).await;

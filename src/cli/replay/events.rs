@@ -41,7 +41,7 @@ fn filter(backend: Backend, args: &EventsArgs) -> (String, Vec<Bind>) {
     (clause, binds)
 }
 
-pub async fn export(db: &Db, args: &EventsArgs) -> anyhow::Result<()> {
+pub async fn export(db: &Db, kek: &crate::store::shred::Kek, args: &EventsArgs) -> anyhow::Result<()> {
     let backend = Backend::of(db);
     let (clause, binds) = filter(backend, args);
     let bar = super::progress(db, &clause, &binds, "exporting").await?;
@@ -50,7 +50,7 @@ pub async fn export(db: &Db, args: &EventsArgs) -> anyhow::Result<()> {
         log::columns(backend),
         log::order_by(backend)
     );
-    let ring = crate::store::shred::KeyRing::load_all(db).await?;
+    let ring = crate::store::shred::KeyRing::load_all(db, kek).await?;
     let mut out = BufWriter::new(std::io::stdout());
     log::for_each(db, &sql, &binds, |mut event| {
         // Personal fields in clear, or erased (src/store/shred.rs).

@@ -38,17 +38,20 @@ pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<Exit
         Some(url) => url,
         None => format!("sqlite://{}", data_dir.join("authd.db").display()),
     };
-    let db = open(&url).await?;
     let setup = args.server_setup.clone().or_else(|| server.server_setup.clone());
-    let keys = || load_keys(setup.as_deref(), &data_dir);
+    // Every command needs the server's keys: personal fields open only with the
+    // key-encryption key, seals only with the seal key.
+    let keys = load_keys(setup.as_deref(), &data_dir)?;
+    let kek = keys.subject_kek();
+    let db = open(&url, &kek).await?;
     match args.command {
-        ReplayCommand::Events(events) => events::export(&db, &events).await.map(|()| ExitCode::SUCCESS),
-        ReplayCommand::Timeline(timeline) => timeline::print(&db, &keys()?, &timeline).await.map(|()| ExitCode::SUCCESS),
-        ReplayCommand::State(state) => state::print(&db, &state).await.map(|()| ExitCode::SUCCESS),
-        ReplayCommand::Rebuild(rebuild) => rebuild::run(&db, &rebuild).await,
-        ReplayCommand::Verify => verify::run(&db, &keys()?).await,
+        ReplayCommand::Events(events) => events::export(&db, &kek, &events).await.map(|()| ExitCode::SUCCESS),
+        ReplayCommand::Timeline(timeline) => timeline::print(&db, &keys, &timeline).await.map(|()| ExitCode::SUCCESS),
+        ReplayCommand::State(state) => state::print(&db, &kek, &state).await.map(|()| ExitCode::SUCCESS),
+        ReplayCommand::Rebuild(rebuild) => rebuild::run(&db, &kek, &rebuild).await,
+        ReplayCommand::Verify => verify::run(&db, &keys).await,
         ReplayCommand::Seal(seal) => {
-            match chain::seal(&db, &keys()?, seal.accept_current).await? {
+            match chain::seal(&db, &keys, seal.accept_current).await? {
                 SealOutcome::Sealed(seal) => println!(
                     "seal #{} at {}: {} streams, {} events, digest {}",
                     seal.id, seal.sealed_at, seal.streams, seal.events, seal.digest
@@ -67,7 +70,7 @@ const NUMBERING_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Opens an existing store (a missing SQLite file is an error here, not a new store)
 /// and numbers every committed event, so positions here are the ones the audit
 /// envelope, NATS and `GET /v1/admin/events` carry.
-async fn open(url: &str) -> anyhow::Result<Db> {
+async fn open(url: &str, kek: &crate::store::shred::Kek) -> anyhow::Result<Db> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
         let path = path.split('?').next().unwrap_or(path);
@@ -76,7 +79,7 @@ async fn open(url: &str) -> anyhow::Result<Db> {
         }
     }
     let db = crate::store::connect(url).await?;
-    crate::store::log::Log::new(db.clone())
+    crate::store::log::Log::new(db.clone(), kek.clone())
         .number_committed(NUMBERING_WAIT)
         .await
         .context("cannot number the log's events")?;

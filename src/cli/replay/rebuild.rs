@@ -11,6 +11,7 @@
 //! transaction, together with `projection_versions`, then catches up on events
 //! committed since the snapshot.
 
+use crate::store::shred::Kek;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -45,19 +46,19 @@ enum Difference {
     Changed { key: String, columns: Vec<(String, String, String)> },
 }
 
-pub async fn run(db: &Db, args: &RebuildArgs) -> anyhow::Result<ExitCode> {
-    crate::store::Store::new(db.clone()).catch_up().await.context("catch-up of the live read models failed")?;
+pub async fn run(db: &Db, kek: &Kek, args: &RebuildArgs) -> anyhow::Result<ExitCode> {
+    crate::store::Store::new(db.clone(), kek.clone()).catch_up().await.context("catch-up of the live read models failed")?;
     let bar = super::progress(db, "", &[], "rebuilding").await?;
     // A connection of its own, closed at the end: its temporary tables shadow the
     // live ones and must never go back to a pool.
     let report = match db {
         Db::Postgres(pool) => {
             let mut conn = pool.acquire().await?.detach();
-            rebuild(&mut Conn::Postgres(&mut conn), args, &bar).await?
+            rebuild(&mut Conn::Postgres(&mut conn), kek, args, &bar).await?
         }
         Db::Sqlite(pool) => {
             let mut conn = pool.acquire().await?.detach();
-            rebuild(&mut Conn::Sqlite(&mut conn), args, &bar).await?
+            rebuild(&mut Conn::Sqlite(&mut conn), kek, args, &bar).await?
         }
     };
     bar.finish_and_clear();
@@ -87,7 +88,7 @@ pub async fn run(db: &Db, args: &RebuildArgs) -> anyhow::Result<ExitCode> {
         println!("{differences} differences");
     }
     if args.swap {
-        let caught_up = crate::store::Store::new(db.clone()).catch_up().await.context("catch-up after the swap failed")?;
+        let caught_up = crate::store::Store::new(db.clone(), kek.clone()).catch_up().await.context("catch-up after the swap failed")?;
         println!("swapped: the live read models are the rebuilt ones (then caught up {caught_up} newer events)");
         return Ok(ExitCode::SUCCESS);
     }
@@ -105,7 +106,7 @@ async fn execute(conn: &mut Conn<'_>, sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn rebuild(conn: &mut Conn<'_>, args: &RebuildArgs, bar: &indicatif::ProgressBar) -> anyhow::Result<Report> {
+async fn rebuild(conn: &mut Conn<'_>, kek: &Kek, args: &RebuildArgs, bar: &indicatif::ProgressBar) -> anyhow::Result<Report> {
     let postgres = matches!(conn, Conn::Postgres(_));
     // Where the live tables are, and where the rebuilt ones go.
     let live_schema = if postgres {
@@ -120,7 +121,7 @@ async fn rebuild(conn: &mut Conn<'_>, args: &RebuildArgs, bar: &indicatif::Progr
     for (table, _) in READ_MODELS {
         create_like(conn, postgres, &live_schema, table).await?;
     }
-    let events = fold_log(conn, bar).await?;
+    let events = fold_log(conn, kek, bar).await?;
     let mut tables = BTreeMap::new();
     for (table, keys) in READ_MODELS {
         let live = format!("{live_schema}.{table}");
@@ -166,7 +167,7 @@ async fn create_like(conn: &mut Conn<'_>, postgres: bool, live_schema: &str, tab
 }
 
 /// Folds every event, per aggregate in sequence order, into the (shadowing) tables.
-async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::Result<u64> {
+async fn fold_log(conn: &mut Conn<'_>, kek: &Kek, bar: &indicatif::ProgressBar) -> anyhow::Result<u64> {
     let sql = format!(
         "SELECT {} FROM events e WHERE (e.aggregate_type, e.aggregate_id, e.sequence) > ($1, $2, $3)
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence LIMIT $4",
@@ -175,7 +176,7 @@ async fn fold_log(conn: &mut Conn<'_>, bar: &indicatif::ProgressBar) -> anyhow::
     let mut after = (String::new(), String::new(), 0i64);
     let mut total = 0u64;
     // The read models fold clear (or erased) values, as the live ones do (src/store/shred.rs).
-    let ring = crate::store::shred::KeyRing::load_all_on(conn).await.context("cannot read the subject keys")?;
+    let ring = crate::store::shred::KeyRing::load_all_on(conn, kek).await.context("cannot read the subject keys")?;
     loop {
         let page: Vec<Event> = with_conn!(conn, c => {
             let rows = sqlx::query(&sql).bind(&after.0).bind(&after.1).bind(after.2).bind(PAGE).fetch_all(&mut **c).await?;

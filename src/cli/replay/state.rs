@@ -13,7 +13,7 @@ use crate::store::log::{self, Backend, Bind, Event};
 const TYPES: [&str; 7] =
     [User::TYPE, Username::TYPE, Session::TYPE, SignIn::TYPE, Mfa::TYPE, MfaChallenge::TYPE, InviteToken::TYPE];
 
-pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
+pub async fn print(db: &Db, kek: &crate::store::shred::Kek, args: &StateArgs) -> anyhow::Result<()> {
     if !TYPES.contains(&args.aggregate_type.as_str()) {
         bail!("unknown aggregate type {:?}: one of {}", args.aggregate_type, TYPES.join(", "));
     }
@@ -36,7 +36,7 @@ pub async fn print(db: &Db, args: &StateArgs) -> anyhow::Result<()> {
     );
     let mut events = log::fetch(db, &sql, &binds).await?;
     // Personal fields in clear, or erased (src/store/shred.rs).
-    let ring = crate::store::shred::KeyRing::load_all(db).await?;
+    let ring = crate::store::shred::KeyRing::load_all(db, kek).await?;
     for event in &mut events {
         ring.reveal(&mut event.payload);
         ring.reveal(&mut event.metadata);
