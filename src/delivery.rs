@@ -23,8 +23,9 @@ pub enum DeliveryError {
     From(String),
     #[error("AUTHD_SMS_WEBHOOK_URL is not an http(s) URL")]
     WebhookUrl,
-    #[error("{0:?} is not an email address")]
-    Address(String),
+    /// Never names the address: errors reach logs and answers.
+    #[error("the recipient is not an email address")]
+    Address,
     #[error("no email delivery is configured")]
     NoEmail,
     #[error("phone verification is not available: no AUTHD_SMS_WEBHOOK_URL is configured")]
@@ -109,7 +110,7 @@ impl Delivery {
 
     /// Sends an email (or files it in the outbox).
     pub async fn email(&self, to: &str, subject: &str, body: &str) -> Result<(), DeliveryError> {
-        let mailbox: Mailbox = to.parse().map_err(|_| DeliveryError::Address(to.to_string()))?;
+        let mailbox: Mailbox = to.parse().map_err(|_| DeliveryError::Address)?;
         match &self.email {
             Email::Smtp { transport, from } => {
                 let message = lettre::Message::builder()
@@ -118,8 +119,8 @@ impl Delivery {
                     .subject(subject)
                     .header(ContentType::TEXT_PLAIN)
                     .body(body.to_string())
-                    .map_err(|e| DeliveryError::Email(e.to_string()))?;
-                transport.send(message).await.map_err(|e| DeliveryError::Email(e.to_string()))?;
+                    .map_err(|_| DeliveryError::Email("the message could not be built".into()))?;
+                transport.send(message).await.map_err(|e| DeliveryError::Email(smtp_failure(&e)))?;
                 Ok(())
             }
             Email::Outbox { dir, from } => file(dir, &from.to_string(), to, subject, body).await,
@@ -164,6 +165,29 @@ impl Delivery {
     }
 }
 
+/// What went wrong with SMTP, without the server's words: a reply may quote the
+/// recipient's address (`550 <alice@example.com>: no such user`), and this text
+/// reaches logs and answers.
+fn smtp_failure(error: &lettre::transport::smtp::Error) -> String {
+    let kind = if error.is_permanent() {
+        "permanent rejection"
+    } else if error.is_transient() {
+        "transient rejection"
+    } else if error.is_timeout() {
+        "timeout"
+    } else if error.is_tls() {
+        "TLS failure"
+    } else if error.is_response() || error.is_client() {
+        "protocol error"
+    } else {
+        "connection failure"
+    };
+    match error.status() {
+        Some(code) => format!("SMTP {kind} ({code})"),
+        None => format!("SMTP {kind}"),
+    }
+}
+
 /// Writes one message into the outbox, whole or not at all (written aside, then
 /// renamed into place), so a reader never sees half a message. The outbox is
 /// readable by this user only: directory 0700, messages 0600.
@@ -202,7 +226,7 @@ mod tests {
         assert_eq!(files.len(), 1);
         let text = std::fs::read_to_string(files[0].path()).expect("read");
         assert_eq!(text, "From: authd@localhost\nTo: alice@example.com\nSubject: Your code  Bcc: x\n\ncode 123456\n");
-        assert!(matches!(delivery.email("not an address", "s", "b").await, Err(DeliveryError::Address(_))));
+        assert!(matches!(delivery.email("not an address", "s", "b").await, Err(DeliveryError::Address)));
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -48,7 +48,11 @@ async fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+        // Whatever RUST_LOG asks: libraries that could log a message's content (an
+        // SMTP conversation, a request's headers) never do. authd's own lines carry no
+        // address, code, token or secret at any level (tests/api/verifications.rs).
+        .add_directive("lettre=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -146,7 +146,7 @@ impl Server {
         if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().ends_with(".log") {
-                    all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                    all.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()));
                 }
             }
         }

@@ -20,6 +20,7 @@ both_stores!(
     totp_secrets_are_temporary_until_confirmed_and_can_be_removed,
     bad_input_is_named_field_by_field,
     the_verifiers_view_catches_up_after_a_missed_fold,
+    no_personal_data_in_trace_logs,
 );
 
 const TEMPLATE: &str = "Your code is {{{CODE}}} (verification {{{VERIFICATION_ID}}}).";
@@ -607,4 +608,89 @@ async fn email_goes_out_over_smtp() {
     assert!(!server.data_dir.join("outbox").exists(), "nothing went to the outbox");
     let (status, answer) = validate(&server, "email", &id, json!({"code": code})).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// Where `secret` occurs in `log` as a whole token (not inside a longer run of
+/// digits or letters, nor as a timestamp's fraction of a second).
+fn occurrences(log: &str, secret: &str) -> Vec<String> {
+    let bytes = log.as_bytes();
+    log.match_indices(secret)
+        .filter(|(at, _)| {
+            let before = at.checked_sub(1).map(|i| bytes[i]);
+            let after = bytes.get(at + secret.len()).copied();
+            let word = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+            !word(before) && !word(after) && before != Some(b'.')
+        })
+        .map(|(at, _)| log[at.saturating_sub(80)..(at + secret.len() + 40).min(log.len())].to_string())
+        .collect()
+}
+
+/// At `RUST_LOG=trace`, across sign-up, activation, sign-in, refresh, MFA, password
+/// reset, email and phone verifications, and failing SMTP and text-message
+/// deliveries, no log line carries an email address, phone number, code, token or
+/// secret.
+async fn no_personal_data_in_trace_logs(backend: Backend) {
+    let hook = webhook(200).await;
+    let trace = [("RUST_LOG", "trace"), ("AUTHD_SMS_WEBHOOK_URL", hook.url.as_str())];
+    let server = Server::start_with(backend, &trace).await;
+    let mut secrets: Vec<String> = Vec::new();
+
+    let username = unique("logged");
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, crate::helpers::PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = crate::helpers::activation_code(&server, &email).await;
+    let (status, _) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204);
+    let session = server.sign_in(&username).await;
+    let refreshed = server.api().refresh(&session.refresh_token).await.expect("refresh");
+    server.api().jwt_verify(&refreshed.access_token).await.expect("verify");
+    let (_, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(&refreshed.access_token), None).await;
+    let secret = enrollment["otp_secret"].as_str().expect("secret").to_string();
+    let totp = crate::helpers::authenticator(&secret);
+    let totp_code = crate::helpers::totp_code(&totp, 0);
+    let (status, _) = server.call("POST", "/v1/mfa/totp/enable", Some(&refreshed.access_token), Some(json!({"code": totp_code}))).await;
+    assert_eq!(status, 204);
+    let (status, _) = server.call("POST", "/v1/account/forgot", None, Some(json!({"username": username}))).await;
+    assert_eq!(status, 204);
+    let (_, reset) = crate::helpers::outbox_mail(&server, &email, |subject| subject != "Activate your account").await;
+    let (_, reset_code) = crate::helpers::code_and_id(&reset);
+    secrets.extend([email.clone(), code, session.access_token, session.refresh_token, refreshed.access_token, refreshed.refresh_token, secret, totp_code, reset_code, token]);
+
+    let phone = "+4915199988877";
+    let (status, answer) = initiate(&server, "phone", phone_request(phone)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (phone_code, phone_id) = code_of(hook.received()[0]["body"].as_str().expect("body"));
+    assert_eq!(validate(&server, "phone", &phone_id, json!({"code": phone_code})).await.0, 200);
+    let other = format!("{}@example.com", unique("verified"));
+    let (email_id, email_code) = email_end_to_end_code(&server, &other, email_request(&other)).await;
+    assert_eq!(validate(&server, "email", &email_id, json!({"code": email_code})).await.0, 200);
+    secrets.extend([phone.to_string(), phone_code, other, email_code]);
+
+    // Deliveries that fail: their errors are logged, without the recipient.
+    let failing = webhook(500).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let smtp = format!("smtp://127.0.0.1:{closed}");
+    let broken = Server::start_with(
+        backend,
+        &[("RUST_LOG", "trace"), ("AUTHD_SMS_WEBHOOK_URL", failing.url.as_str()), ("AUTHD_SMTP_URL", smtp.as_str())],
+    )
+    .await;
+    let (lost_phone, lost_email) = ("+4915155544433", format!("{}@example.com", unique("undelivered")));
+    assert_eq!(initiate(&broken, "phone", phone_request(lost_phone)).await.0, 503);
+    assert_eq!(initiate(&broken, "email", email_request(&lost_email)).await.0, 503);
+    let signed_up = format!("{}@example.com", unique("unsent"));
+    let invitation = broken.invitation().await;
+    broken.api().sign_up(&unique("unsent"), crate::helpers::PASSWORD, Some(&invitation), Some(&signed_up)).await.expect("sign up");
+    secrets.extend([lost_phone.to_string(), lost_email, signed_up]);
+
+    for server in [&server, &broken] {
+        let log = server.log();
+        assert!(log.lines().count() > 20 && log.contains("TRACE"), "the server logged at trace level ({} lines)", log.lines().count());
+        for secret in &secrets {
+            let found = occurrences(&log, secret);
+            assert!(found.is_empty(), "{secret:?} is in the log: {found:#?}");
+        }
+    }
+    assert!(broken.log().contains("not delivered") || broken.log().contains("could not be sent"), "the failures were logged");
 }
