@@ -26,8 +26,8 @@ pub struct ErrorBody {
     pub error: String,
     /// Human-readable explanation.
     pub message: String,
-    /// Every bad field, for 422 answers.
-    #[oai(skip_serializing_if_is_empty)]
+    /// Every bad field, for 422 answers; empty otherwise (always present, so a client
+    /// generated from the spec parses every error).
     pub details: Vec<FieldError>,
 }
 
@@ -171,6 +171,6 @@ pub async fn json_errors(result: poem::Result<Response>) -> poem::Result<Respons
         .status(status)
         .content_type("application/json; charset=utf-8")
         .body(
-            serde_json::json!({"status": status.as_u16(), "error": code, "message": reason}).to_string(),
+            serde_json::json!({"status": status.as_u16(), "error": code, "message": reason, "details": []}).to_string(),
         ))
 }

@@ -32,10 +32,13 @@ pub struct RelayReport {
     /// store failed; the relay retries and loses nothing).
     pub state: String,
     /// Events in the log not yet acknowledged by JetStream (absent when disabled).
+    #[oai(skip_serializing_if_is_none)]
     pub lag_events: Option<i64>,
-    /// Last position JetStream acknowledged.
+    /// Last position JetStream acknowledged (absent when disabled).
+    #[oai(skip_serializing_if_is_none)]
     pub published_position: Option<i64>,
-    /// Newest position of the log.
+    /// Newest position of the log (absent when disabled).
+    #[oai(skip_serializing_if_is_none)]
     pub log_position: Option<i64>,
 }
 

@@ -67,6 +67,8 @@ pub struct SignedOut {
 pub struct Profile {
     pub profile_id: String,
     pub username: String,
+    /// Absent when the account has none.
+    #[oai(skip_serializing_if_is_none)]
     pub email: Option<String>,
     pub email_verified: bool,
     pub mfa_enabled: bool,

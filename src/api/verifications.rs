@@ -177,8 +177,8 @@ pub struct VerificationErrorBody {
     pub error: String,
     #[oai(skip_serializing_if_is_none)]
     pub message: Option<String>,
-    /// Every bad field, for 422 answers about the request.
-    #[oai(skip_serializing_if_is_empty)]
+    /// Every bad field, for 422 answers about the request (absent otherwise).
+    #[oai(default, skip_serializing_if_is_empty)]
     pub details: Vec<FieldError>,
     /// `Invalid code`: the verifier, with this attempt counted.
     #[oai(skip_serializing_if_is_none)]

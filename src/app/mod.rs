@@ -127,6 +127,7 @@ pub struct App {
     validation: Validation,
     verifications: verifications::Verifications,
     admin_failures: admin::Failures,
+    verified_tokens: sessions::VerifiedTokens,
 }
 
 fn random_token() -> String {
@@ -145,6 +146,6 @@ impl App {
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
         let verifications = verifications::Verifications::new(&keys);
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default() }
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default() }
     }
 }

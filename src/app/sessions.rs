@@ -7,6 +7,11 @@ use domain::{Session, User};
 use jsonwebtoken::{Algorithm, Header};
 use uuid::Uuid;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
+
 use crate::store::{CommandError, Metadata, Unit};
 use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
 
@@ -114,19 +119,31 @@ impl App {
     /// Checks an access token: signature, issuer, audience, expiry, and that its
     /// session is still open — from this replica's memory of the session, which its
     /// own sign-outs update at once and the log follower within a poll (no query).
+    /// A token seen before skips the signature check ([`VerifiedTokens`]); its expiry
+    /// and its session are checked every time.
     pub async fn verify(&self, jwt: &str) -> Result<Verified, AppError> {
-        let claims = jsonwebtoken::decode::<Claims>(jwt, &self.keys.jwt.decoding, &self.validation)
-            .map_err(|_| AppError::InvalidToken)?
-            .claims;
-        let (Ok(profile_id), Ok(session_id)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else {
-            return Err(AppError::InvalidToken);
+        let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
+        let verified = match self.verified_tokens.get(&digest) {
+            Some(verified) if Utc::now().timestamp() <= verified.expires_at + self.validation.leeway as i64 => verified,
+            Some(_) => return Err(AppError::InvalidToken),
+            None => {
+                let claims = jsonwebtoken::decode::<Claims>(jwt, &self.keys.jwt.decoding, &self.validation)
+                    .map_err(|_| AppError::InvalidToken)?
+                    .claims;
+                let (Ok(profile_id), Ok(session_id)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else {
+                    return Err(AppError::InvalidToken);
+                };
+                let verified = Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time };
+                self.verified_tokens.put(digest, verified.clone());
+                verified
+            }
         };
-        let session = self.store.load_current::<Session>(&claims.sid).await?;
-        if session.profile_id() != Some(profile_id) {
+        let session = self.store.load_current::<Session>(&verified.session_id.to_string()).await?;
+        if session.profile_id() != Some(verified.profile_id) {
             return Err(AppError::InvalidToken);
         }
         self.admitted(&session).await?;
-        Ok(Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time })
+        Ok(verified)
     }
 
     /// A session counts while its account (the `User` aggregate, from memory)
@@ -177,5 +194,30 @@ impl App {
             }
         }
         Ok(revoked)
+    }
+}
+
+/// Access tokens whose signature and claims checked out, by SHA-256 of the whole
+/// token: the same bytes verified again need no Ed25519 check (most of a token
+/// check's cost). Only a byte-identical token hits, so nothing unsigned gets in;
+/// expiry and the session are still checked on every use. Bounded: past
+/// [`VERIFIED_TOKENS`] entries it starts afresh.
+#[derive(Default)]
+pub(super) struct VerifiedTokens(Mutex<HashMap<[u8; 32], Verified>>);
+
+/// Tokens [`VerifiedTokens`] remembers at most (~100 bytes each).
+const VERIFIED_TOKENS: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, digest: &[u8; 32]) -> Option<Verified> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(digest).cloned()
+    }
+
+    fn put(&self, digest: [u8; 32], verified: Verified) {
+        let mut tokens = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if tokens.len() >= VERIFIED_TOKENS {
+            tokens.clear();
+        }
+        tokens.insert(digest, verified);
     }
 }

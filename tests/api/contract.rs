@@ -323,7 +323,9 @@ async fn access_tokens_verify_with_the_jwks_alone(backend: Backend) {
     assert!(claims["sid"].is_string() && claims["iat"].is_i64());
     assert_eq!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"), 900);
 
-    // A token with a changed payload does not verify.
+    // A token with a changed payload does not verify, even after the genuine one was
+    // checked (and remembered).
+    server.api().jwt_verify(&session.access_token).await.expect("the genuine token");
     let parts: Vec<&str> = session.access_token.split('.').collect();
     let forged_claims = b64(serde_json::to_string(&json!({"sub": "someone-else"})).expect("json").as_bytes());
     let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);

@@ -13,7 +13,24 @@ both_stores!(
     refreshing_never_extends_a_session_past_its_maximum_age,
     the_admin_token_is_long_and_guessing_it_is_throttled,
     every_answer_carries_security_headers_and_cors_is_opt_in,
+    a_token_checked_before_is_refused_once_expired,
 );
+
+/// Token checks remember tokens whose signature checked out (src/app/sessions.rs):
+/// a remembered token is still refused once it expires (after the 5 s leeway).
+async fn a_token_checked_before_is_refused_once_expired(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_ACCESS_TTL", "1")]).await;
+    let username = unique("expiring");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+    let api = server.api();
+    for _ in 0..2 {
+        api.jwt_verify(&session.access_token).await.expect("a fresh token checks out, and again from memory");
+    }
+    tokio::time::sleep(Duration::from_millis(7_200)).await;
+    let check = api.jwt_verify(&session.access_token).await;
+    assert!(matches!(check, Err(client::Error::Http { status: 401, .. })), "expired: {check:?}");
+}
 
 /// Sends a chunked POST of `total` bytes (a JSON string that never ends) and returns
 /// the status line of the answer, which may come before the body is all sent.

@@ -278,7 +278,11 @@ async fn removal_leaves_nothing_personal(backend: Backend) {
     let envelopes = server.events().await;
     let text = envelopes.iter().map(Value::to_string).collect::<Vec<_>>();
     assert_eq!(holding(&text, &personal), Vec::<String>::new(), "GET /v1/admin/events shows nothing personal");
-    assert!(text.iter().any(|e| e.contains("SessionSignedOut") && e.contains("[erased]")), "the removal's sign-out is erased too");
+    let sealed = format!("enc:v1:{profile_id}:");
+    assert!(
+        envelopes.iter().any(|e| e["event_type"] == "SessionSignedOut" && e["metadata"]["client_address"].as_str().is_some_and(|a| a.starts_with(&sealed))),
+        "the removal's own sign-out carries the address only under the destroyed key"
+    );
     assert_eq!(holding(&every_cell(&server).await, &personal), Vec::<String>::new());
     let published = stream_messages(&server, &js, &stream).await;
     assert_eq!(holding(&published, &personal), Vec::<String>::new());
