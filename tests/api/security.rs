@@ -15,6 +15,7 @@ both_stores!(
     wrong_totp_codes_count_like_wrong_passwords,
     concurrent_guesses_on_one_ticket_count_each,
     wrong_codes_on_disable_are_throttled,
+    wrong_codes_on_enable_are_throttled,
     removing_the_account_ends_its_pending_mfa_tickets,
     rate_limits_answer_429,
     private_sign_in_obeys_mfa_and_lockout,
@@ -225,6 +226,27 @@ async fn wrong_codes_on_disable_are_throttled(backend: Backend) {
     assert_eq!((status, body["error"].as_str()), (429, Some("too_many_attempts")), "{body}");
     assert!(retry_after.is_some());
     assert!(server.api().user(&session.access_token).await.expect("user").mfa_enabled, "still on");
+}
+
+/// Enabling counts wrong codes too: a stolen access token cannot find the pending
+/// secret's code by guessing.
+async fn wrong_codes_on_enable_are_throttled(backend: Backend) {
+    start_of_step().await;
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "2"), ("AUTHD_LOCKOUT_DURATION", "600")]).await;
+    let username = unique("totp-enable");
+    server.sign_up(&username).await;
+    let session = server.sign_in(&username).await;
+    let bearer = Some(session.access_token.as_str());
+    let (_, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
+    for _ in 0..2 {
+        let (status, _, body) = post(&server, "/v1/mfa/totp/enable", bearer, json!({"code": wrong_code(&totp)})).await;
+        assert_eq!(status, 422, "{body}");
+    }
+    let (status, retry_after, body) = post(&server, "/v1/mfa/totp/enable", bearer, json!({"code": crate::helpers::totp_code(&totp, 0)})).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("too_many_attempts")), "{body}");
+    assert!(retry_after.is_some());
+    assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled, "still off");
 }
 
 async fn finish_with(server: &Server, username: &str, proof: Option<String>) -> (u16, Value) {
