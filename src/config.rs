@@ -222,6 +222,12 @@ pub struct BenchArgs {
     /// and the last against the first.
     #[arg(long, value_name = "SECS")]
     pub mixed: Option<f64>,
+    /// Open loop: start this many complete sign-ins per second (whatever the answers'
+    /// latency: a slow server does not slow the arrivals) for --duration seconds
+    /// (default 10), over the --concurrency accounts, and print the rate reached and
+    /// p50/p99. For latency at a given load, e.g. half the maximum rate.
+    #[arg(long, value_name = "PER_SEC", conflicts_with = "mixed")]
+    pub rate: Option<f64>,
     /// Iterations of the in-process measure of the server's OPAQUE steps alone
     /// (KE1 → KE2, KE3 check) on one core; 0 skips it.
     #[arg(long, default_value_t = 500, value_name = "N")]

@@ -200,6 +200,45 @@ async fn healthz_op(client: Client) -> (Client, anyhow::Result<Option<Duration>>
     (client, result.map(|_| None).context("GET /healthz"))
 }
 
+/// `--rate`: complete sign-ins started every `1 / rate` seconds for `total`, each in
+/// its own task (open loop: arrivals keep their schedule however long answers take,
+/// so queueing shows in the latencies instead of slowing the load), the accounts
+/// taken in turn.
+async fn at_rate(clients: Vec<Client>, rate: f64, total: Duration) {
+    let accounts: Vec<(Api, String)> = clients.into_iter().map(|c| (c.api, c.username)).collect();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0.. {
+        ticks.tick().await;
+        if started.elapsed() >= total {
+            break;
+        }
+        let (api, username) = accounts[n % accounts.len()].clone();
+        let client = Client { api, username, access_token: String::new(), refresh_token: String::new() };
+        tasks.push(tokio::spawn(async move {
+            let call = Instant::now();
+            let result = sign_in(&client).await;
+            (call.elapsed(), result.map(|(_, server)| server))
+        }));
+    }
+    let mut tally = Tally::default();
+    for task in tasks {
+        match task.await.expect("a sign-in task panicked") {
+            (latency, Ok(server)) => {
+                tally.latencies.push(latency);
+                tally.server.push(server);
+            }
+            (_, Err(e)) => {
+                tally.errors += 1;
+                tally.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    tally.print(&format!("sign-in at {rate}/s (open loop)"), started.elapsed());
+}
+
 /// The operations of the mixed load, as counted per window.
 const MIXED: [&str; 3] = ["sign-in", "refresh", "verify"];
 
@@ -357,6 +396,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.hot_account { " on ONE account" } else { ", one account each" },
         if args.capacity { "cheap Argon2id (m=8 KiB, t=1) -- server capacity" } else { "Argon2id (m=64 MiB, t=3)" },
         match (args.mixed, args.duration) {
+            _ if args.rate.is_some() => format!("{} sign-ins/s for {} s, open loop", args.rate.unwrap_or_default(), args.duration.unwrap_or(10.0)),
             (Some(secs), _) => format!("a mixed load for {secs} s"),
             (None, Some(secs)) => format!("{secs} s per phase"),
             (None, None) => format!(
@@ -398,6 +438,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         clients
     };
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be a positive number per second");
+        let total = Duration::from_secs_f64(args.duration.unwrap_or(10.0));
+        at_rate(clients, rate, total).await;
+        return Ok(());
+    }
     if let Some(secs) = args.mixed {
         anyhow::ensure!(secs.is_finite() && secs >= 3.0, "--mixed must be at least 3 seconds");
         let clients = timed("first sign-in", clients, Budget::Count(1), sign_in_op).await;
