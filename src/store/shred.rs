@@ -118,10 +118,9 @@ impl Kek {
 /// Wraps every subject key still stored bare (written before keys were wrapped);
 /// returns how many. Run at start-up; the bare bytes are scrubbed like a destroyed key.
 pub async fn wrap_bare_keys(db: &Db, kek: &Kek) -> Result<u64, sqlx::Error> {
-    let (select, update) = match db {
-        Db::Postgres(_) => ("SELECT subject, key FROM subject_keys WHERE octet_length(key) = 32", "UPDATE subject_keys SET key = $1 WHERE subject = $2"),
-        Db::Sqlite(_) => ("SELECT subject, key FROM subject_keys WHERE length(key) = 32", "UPDATE subject_keys SET key = $1 WHERE subject = $2"),
-    };
+    // length() of a blob / bytea is its size in bytes on both stores.
+    let select = "SELECT subject, key FROM subject_keys WHERE length(key) = 32";
+    let update = "UPDATE subject_keys SET key = $1 WHERE subject = $2";
     let bare: Vec<(String, Vec<u8>)> = with_pool!(db, pool => sqlx::query_as(select).fetch_all(pool).await?);
     for (subject, key) in &bare {
         let Ok(key) = Key::try_from(key.as_slice()) else { continue };
