@@ -260,16 +260,16 @@ pub async fn encrypt_personal(
 /// to repeat.
 pub async fn destroy(db: &Db, subject: &str) -> Result<(), sqlx::Error> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let destroyed = "SELECT destroyed_at FROM subject_keys WHERE subject = $1 AND key IS NULL";
-    let delete = "DELETE FROM subject_keys WHERE subject = $1";
+    // The transaction's first statement writes: on SQLite a read first would pin a
+    // snapshot that a concurrent commit makes unusable for the write (SQLITE_BUSY_SNAPSHOT).
+    let delete = "DELETE FROM subject_keys WHERE subject = $1 RETURNING destroyed_at";
     let tombstone = "INSERT INTO subject_keys (subject, key, destroyed_at) VALUES ($1, NULL, $2)";
     // A UUID holds no LIKE wildcards.
     let verifiers = "UPDATE verifiers_view SET consumer = $1 WHERE payload LIKE $2 AND consumer <> $1";
     with_pool!(db, pool => {
         let mut tx = pool.begin().await?;
-        let earlier: Option<String> = sqlx::query_scalar(destroyed).bind(subject).fetch_optional(&mut *tx).await?;
-        sqlx::query(delete).bind(subject).execute(&mut *tx).await?;
-        sqlx::query(tombstone).bind(subject).bind(earlier.unwrap_or(now)).execute(&mut *tx).await?;
+        let earlier: Option<Option<String>> = sqlx::query_scalar(delete).bind(subject).fetch_optional(&mut *tx).await?;
+        sqlx::query(tombstone).bind(subject).bind(earlier.flatten().unwrap_or(now)).execute(&mut *tx).await?;
         tx.commit().await?;
         sqlx::query(verifiers).bind(ERASED).bind(format!("%{subject}%")).execute(pool).await?;
     });
@@ -285,11 +285,13 @@ pub async fn destroy(db: &Db, subject: &str) -> Result<(), sqlx::Error> {
 pub async fn scrub(db: &Db) -> Result<(), sqlx::Error> {
     match db {
         Db::Sqlite(pool) => {
-            // A checkpoint cannot pass readers that are still on old pages: try again
-            // briefly until the log is fully copied back and truncated.
+            // A checkpoint cannot pass readers that are still on old pages (busy, or
+            // an error under contention): try again briefly until the log is fully
+            // copied back and truncated. The key is gone either way; only where its
+            // old bytes linger is at stake, until SQLite's next checkpoint.
             for _ in 0..50 {
-                let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await?;
-                if busy == 0 {
+                let checkpoint: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await;
+                if matches!(checkpoint, Ok((0, _, _))) {
                     return Ok(());
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
