@@ -7,7 +7,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::mfa::TotpCode;
 use super::sessions::SessionBody;
-use super::sign_in::SignInStarted;
+use super::sign_in::{SignInFinish, SignInStarted};
 use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::App;
 
@@ -16,15 +16,6 @@ pub struct ElevatePasswordStart {
     /// OPAQUE KE1 (CredentialRequest, 96 bytes, base64url) for the session's own account.
     #[oai(validator(pattern = "^[A-Za-z0-9_-]{128}$"))]
     pub credential_request: String,
-}
-
-#[derive(Object)]
-pub struct ElevatePasswordFinish {
-    #[oai(validator(min_length = 1, max_length = 1024))]
-    pub sign_in_id: String,
-    /// OPAQUE KE3 (CredentialFinalization, 64 bytes, base64url).
-    #[oai(validator(pattern = "^[A-Za-z0-9_-]{86}$"))]
-    pub credential_finalization: String,
 }
 
 #[derive(Default)]
@@ -57,7 +48,7 @@ impl ElevationApi {
         app: Data<&Arc<App>>,
         request: &Request,
         auth: AccessToken,
-        body: JsonBody<ElevatePasswordFinish>,
+        body: JsonBody<SignInFinish>,
     ) -> Result<Json<SessionBody>, ApiError> {
         let who = app.verify(&auth.0.token).await?;
         let tokens = app
