@@ -158,6 +158,10 @@ pub struct ServerConfig {
     /// log grew); 0 turns sealing off.
     #[arg(long, env = "AUTHD_SEAL_INTERVAL", default_value_t = 60)]
     pub seal_interval: u64,
+    /// Seconds between the seals that check every stream of the log (the others look
+    /// only at what moved since the last seal); the first seal after start-up is one.
+    #[arg(long, env = "AUTHD_SEAL_FULL_CHECK_INTERVAL", default_value_t = 3600)]
+    pub seal_full_check_interval: u64,
     /// JetStream stream the audit relay publishes to (created if missing).
     #[arg(long, env = "AUTHD_NATS_STREAM", default_value = "AUTHD_EVENTS")]
     pub nats_stream: String,

@@ -80,7 +80,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(delivery = %delivery.describe(), "verification messages");
     let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts));
     if config.seal_interval > 0 {
-        spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval));
+        let full_check = Duration::from_secs(config.seal_full_check_interval);
+        spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval), full_check);
     }
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
@@ -109,24 +110,34 @@ fn spawn_catch_up(store: Store, every: Duration) {
     });
 }
 
-/// Seals the event log's chain heads whenever it grew (see `chain.rs`). A log that
-/// no longer extends the latest seal is never sealed over: that is logged as an
-/// error on every pass until someone investigates (`authd replay verify`).
-fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration) {
+/// Seals the event log's chain heads whenever it grew (see `chain.rs`): what moved
+/// since the last seal, and every `full_check` (and first after start-up) every
+/// stream, which also finds a tail deleted since. A log that no longer extends the
+/// latest seal is never sealed over: that is logged as an error on every pass until
+/// someone investigates (`authd replay verify`).
+fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration, full_check: Duration) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
+        let mut last_full_check: Option<tokio::time::Instant> = None;
         loop {
             ticker.tick().await;
-            match crate::store::chain::log_changed_since_seal(&db).await {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "cannot check the event log for a seal; retrying");
-                    continue;
+            let full = last_full_check.is_none_or(|at| at.elapsed() >= full_check);
+            if !full {
+                match crate::store::chain::log_changed_since_seal(&db).await {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot check the event log for a seal; retrying");
+                        continue;
+                    }
                 }
             }
-            match crate::store::chain::seal(&db, &keys, false).await {
+            let outcome = crate::store::chain::seal(&db, &keys, false, full).await;
+            if full && !matches!(outcome, Err(crate::store::chain::SealError::Log(_))) {
+                last_full_check = Some(tokio::time::Instant::now());
+            }
+            match outcome {
                 Ok(crate::store::chain::SealOutcome::Sealed(seal)) => tracing::info!(
                     seal = seal.id,
                     streams = seal.streams,

@@ -185,35 +185,103 @@ const SEAL_CHUNK: usize = 1000;
 /// (aggregate type, aggregate id) → (last sequence, hash), in byte order.
 pub type Heads = BTreeMap<(String, String), (i64, [u8; 32])>;
 
-/// The digest a seal authenticates: every head, in byte order of (type, id).
+/// The digest a seal authenticates: the digest of every head's [`HeadsState`].
 pub fn heads_digest(heads: &Heads) -> [u8; 32] {
-    let mut digest = HeadsDigest::new();
-    for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
-        digest.add(aggregate_type, aggregate_id, *sequence, hash);
-    }
-    digest.finish()
+    HeadsState::of(heads).digest()
 }
 
-/// [`heads_digest`] one head at a time, fed in byte order of (type, id).
-struct HeadsDigest(Sha256);
+/// A multiset hash of the heads (LtHash16: each head expands to 1,024 16-bit lanes,
+/// and the heads' lanes are added modulo 2^16), so a seal moves its digest by
+/// subtracting the old heads of the streams that moved and adding their new ones —
+/// its cost follows what moved since the last seal, not the size of the log. A seal
+/// stores the state beside its MAC'd digest (the SHA-256 of the state), so the state
+/// is as authentic as the digest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeadsState(Box<[u16; LANES]>);
 
-impl HeadsDigest {
-    fn new() -> Self {
+const LANES: usize = 1024;
+
+impl std::fmt::Debug for HeadsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeadsState({})", hex(&self.digest()))
+    }
+}
+
+impl HeadsState {
+    pub fn empty() -> Self {
+        Self(Box::new([0; LANES]))
+    }
+
+    /// The state of exactly these heads.
+    pub fn of(heads: &Heads) -> Self {
+        let mut state = Self::empty();
+        for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
+            state.add(aggregate_type, aggregate_id, *sequence, hash);
+        }
+        state
+    }
+
+    /// A head's lanes: ChaCha20's keystream under the SHA-256 of the head.
+    fn lanes(aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]) -> [u16; LANES] {
+        use chacha20::cipher::{KeyIvInit, StreamCipher};
         let mut hasher = Sha256::new();
-        hasher.update(b"authd/chain-heads/v1");
-        Self(hasher)
+        hasher.update(b"authd/chain-heads/v2");
+        length_prefixed(&mut hasher, aggregate_type.as_bytes());
+        length_prefixed(&mut hasher, aggregate_id.as_bytes());
+        hasher.update(sequence.to_be_bytes());
+        hasher.update(hash);
+        let key: [u8; 32] = hasher.finalize().into();
+        let mut bytes = [0u8; LANES * 2];
+        chacha20::ChaCha20::new(&key.into(), &[0u8; 12].into()).apply_keystream(&mut bytes);
+        std::array::from_fn(|n| u16::from_le_bytes([bytes[2 * n], bytes[2 * n + 1]]))
     }
 
-    fn add(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]) {
-        length_prefixed(&mut self.0, aggregate_type.as_bytes());
-        length_prefixed(&mut self.0, aggregate_id.as_bytes());
-        self.0.update(sequence.to_be_bytes());
-        self.0.update(hash);
+    pub fn add(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]) {
+        let lanes = Self::lanes(aggregate_type, aggregate_id, sequence, hash);
+        self.0.iter_mut().zip(lanes).for_each(|(lane, x)| *lane = lane.wrapping_add(x));
     }
 
-    fn finish(self) -> [u8; 32] {
-        self.0.finalize().into()
+    pub fn remove(&mut self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]) {
+        let lanes = Self::lanes(aggregate_type, aggregate_id, sequence, hash);
+        self.0.iter_mut().zip(lanes).for_each(|(lane, x)| *lane = lane.wrapping_sub(x));
     }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|lane| lane.to_le_bytes()).collect()
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"authd/chain-heads-digest/v2");
+        hasher.update(self.bytes());
+        hasher.finalize().into()
+    }
+
+    /// As stored in `chain_seals.heads_state`: base64url of the lanes, little-endian.
+    pub fn to_text(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.bytes())
+    }
+
+    pub fn from_text(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        (bytes.len() == LANES * 2).then(|| Self(Box::new(std::array::from_fn(|n| u16::from_le_bytes([bytes[2 * n], bytes[2 * n + 1]])))))
+    }
+}
+
+/// The digest of seals taken before [`HeadsState`] (no `heads_state`): SHA-256 over
+/// every head in byte order of (type, id). Still read, to check those seals.
+fn legacy_heads_digest(heads: &Heads) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"authd/chain-heads/v1");
+    for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
+        length_prefixed(&mut hasher, aggregate_type.as_bytes());
+        length_prefixed(&mut hasher, aggregate_id.as_bytes());
+        hasher.update(sequence.to_be_bytes());
+        hasher.update(hash);
+    }
+    hasher.finalize().into()
 }
 
 /// One row of `chain_seals`.
@@ -230,11 +298,14 @@ pub struct Seal {
     /// Not covered by the MAC: it only tells the next seal where to start, and a
     /// full check every few seals (and `authd replay verify`) looks at every stream.
     pub through: Option<i64>,
+    /// The [`HeadsState`] whose digest is `digest` (`None`: a seal from before,
+    /// whose digest is the legacy one).
+    pub heads_state: Option<String>,
 }
 
 impl Seal {
-    fn message(sealed_at: &str, streams: i64, events: i64, digest: &str) -> Vec<u8> {
-        let mut message = b"authd/chain-seal/v1".to_vec();
+    fn message(v2: bool, sealed_at: &str, streams: i64, events: i64, digest: &str) -> Vec<u8> {
+        let mut message = if v2 { b"authd/chain-seal/v2".to_vec() } else { b"authd/chain-seal/v1".to_vec() };
         for part in [sealed_at.as_bytes(), &streams.to_be_bytes(), &events.to_be_bytes(), digest.as_bytes()] {
             message.extend_from_slice(&(part.len() as u64).to_be_bytes());
             message.extend_from_slice(part);
@@ -244,14 +315,27 @@ impl Seal {
 
     /// Whether the seal's MAC verifies under `keys`.
     pub fn authentic(&self, keys: &Keys) -> bool {
-        let expected = hex(&keys.chain_seal_mac(&Self::message(&self.sealed_at, self.streams, self.events, &self.digest)));
+        let message = Self::message(self.heads_state.is_some(), &self.sealed_at, self.streams, self.events, &self.digest);
+        let expected = hex(&keys.chain_seal_mac(&message));
         subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), self.mac.as_bytes()).into()
+    }
+
+    /// Whether the seal's digest is the digest of exactly `heads`.
+    pub fn covers(&self, heads: &Heads) -> bool {
+        let digest = if self.heads_state.is_some() { heads_digest(heads) } else { legacy_heads_digest(heads) };
+        hex(&digest) == self.digest
+    }
+
+    /// The stored state, when it is the one the (MAC'd) digest names.
+    fn state(&self) -> Option<HeadsState> {
+        HeadsState::from_text(self.heads_state.as_deref()?).filter(|state| hex(&state.digest()) == self.digest)
     }
 }
 
 /// The latest seal, if any.
 pub async fn latest_seal(conn: &mut Conn<'_>) -> Result<Option<Seal>, sqlx::Error> {
-    let sql = "SELECT id, sealed_at, streams, events, digest, key_id, mac, through_position FROM chain_seals ORDER BY id DESC LIMIT 1";
+    let sql = "SELECT id, sealed_at, streams, events, digest, key_id, mac, through_position, heads_state
+               FROM chain_seals ORDER BY id DESC LIMIT 1";
     with_conn!(conn, c => {
         match sqlx::query(sql).fetch_optional(&mut **c).await? {
             None => Ok(None),
@@ -264,6 +348,7 @@ pub async fn latest_seal(conn: &mut Conn<'_>) -> Result<Option<Seal>, sqlx::Erro
                 key_id: row.try_get(5)?,
                 mac: row.try_get(6)?,
                 through: row.try_get(7)?,
+                heads_state: row.try_get(8)?,
             })),
         }
     })
@@ -329,45 +414,45 @@ pub enum SealOutcome {
 
 /// Seals the current heads, if they changed since the latest seal and extend it.
 /// `accept_current` seals whatever the log holds now (after an investigation, to
-/// start a new baseline).
-pub async fn seal(db: &Db, keys: &Keys, accept_current: bool) -> Result<SealOutcome, SealError> {
+/// start a new baseline); `full_check` checks every stream, not only those that
+/// moved since the latest seal.
+pub async fn seal(db: &Db, keys: &Keys, accept_current: bool, full_check: bool) -> Result<SealOutcome, SealError> {
     let backend = Backend::of(db);
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             // One sealer at a time across replicas; plain reads go on.
             sqlx::query("LOCK TABLE chain_heads IN EXCLUSIVE MODE").execute(&mut *tx).await?;
-            let outcome = seal_on(&mut Conn::Postgres(&mut tx), backend, keys, accept_current).await?;
+            let outcome = seal_on(&mut Conn::Postgres(&mut tx), backend, keys, accept_current, full_check).await?;
             tx.commit().await?;
             Ok(outcome)
         }
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let outcome = seal_on(&mut Conn::Sqlite(&mut tx), backend, keys, accept_current).await?;
+            let outcome = seal_on(&mut Conn::Sqlite(&mut tx), backend, keys, accept_current, full_check).await?;
             tx.commit().await?;
             Ok(outcome)
         }
     }
 }
 
-/// Seals taken incrementally between two that check every stream.
-const FULL_CHECK_EVERY: i64 = 10;
-
 /// Seals what moved since the latest seal (the streams numbered after its
-/// `through_position`), checking that those streams extend what it sealed; every
-/// [`FULL_CHECK_EVERY`]th seal — and any seal when the log changed yet nothing new was
-/// numbered (a deletion, say) — checks every stream instead (`seal_everything`).
+/// `through_position`), checking that those streams extend what it sealed, in time
+/// and reads that follow what moved, not the size of the log. A full check — and any
+/// seal after one from before [`HeadsState`], or when nothing new was numbered —
+/// checks every stream instead (`seal_everything`).
 async fn seal_on(
     conn: &mut Conn<'_>,
     backend: Backend,
     keys: &Keys,
     accept_current: bool,
+    full_check: bool,
 ) -> Result<SealOutcome, SealError> {
     let through = numbered_through(conn).await?;
-    if !accept_current {
+    if !accept_current && !full_check {
         let latest = latest_seal(conn).await?;
         if let Some((seal, after)) = latest.as_ref().and_then(|seal| Some((seal, seal.through?))) {
-            if seal.id % FULL_CHECK_EVERY != 0 && through > after {
+            if through > after && seal.heads_state.is_some() {
                 return seal_moved(conn, backend, keys, seal, after, through).await;
             }
         }
@@ -411,92 +496,71 @@ async fn seal_moved(
         };
         moved.insert((aggregate_type, aggregate_id), (sequence, hash));
     }
-    let sealed = sealed_heads_of(conn, moved.keys()).await?;
+    let sealed = sealed_heads_of(conn, backend, moved.keys()).await?;
     problems.extend(extension_problems_of(conn, backend, &sealed, &moved).await?);
-    let changed: Heads = moved.into_iter().filter(|(stream, head)| sealed.get(stream) != Some(head)).collect();
-    let digests = sealed_digests(conn, backend, &changed).await?;
-    if hex(&digests.before) != latest.digest {
-        problems.push(format!("chain_heads no longer match seal #{}", latest.id));
-    }
+    let Some(mut state) = latest.state() else {
+        problems.push(format!("chain_seals: the heads state of seal #{} no longer matches its digest", latest.id));
+        return Err(SealError::Refused(problems));
+    };
     if !problems.is_empty() {
         return Err(SealError::Refused(problems));
     }
-    let digest = hex(&digests.after);
-    if changed.is_empty() || digest == latest.digest {
+    let changed: Heads = moved.into_iter().filter(|(stream, head)| sealed.get(stream) != Some(head)).collect();
+    if changed.is_empty() {
         return Ok(SealOutcome::Unchanged);
     }
+    let (mut streams, mut events) = (latest.streams, latest.events);
+    for ((aggregate_type, aggregate_id), (sequence, hash)) in &changed {
+        match sealed.get(&(aggregate_type.clone(), aggregate_id.clone())) {
+            Some((old_sequence, old_hash)) => {
+                state.remove(aggregate_type, aggregate_id, *old_sequence, old_hash);
+                events -= old_sequence;
+            }
+            None => streams += 1,
+        }
+        state.add(aggregate_type, aggregate_id, *sequence, hash);
+        events += sequence;
+    }
     write_heads(conn, &changed.iter().collect::<Vec<_>>()).await?;
-    Ok(SealOutcome::Sealed(insert_seal(conn, keys, digests.streams, digests.events, digest, through).await?))
+    Ok(SealOutcome::Sealed(insert_seal(conn, keys, streams, events, &state, through).await?))
 }
 
 /// The rows of `chain_heads` for these streams.
-async fn sealed_heads_of<'a>(conn: &mut Conn<'_>, streams: impl Iterator<Item = &'a (String, String)>) -> Result<Heads, sqlx::Error> {
+async fn sealed_heads_of<'a>(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    streams: impl Iterator<Item = &'a (String, String)>,
+) -> Result<Heads, sqlx::Error> {
     let streams: Vec<_> = streams.collect();
     let mut heads = Heads::new();
     for chunk in streams.chunks(SEAL_CHUNK) {
-        let keys = (0..chunk.len()).map(|n| format!("(${}, ${})", n * 2 + 1, n * 2 + 2)).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads WHERE (aggregate_type, aggregate_id) IN ({keys})"
-        );
-        let rows: Vec<(String, String, i64, String)> = with_conn!(conn, c => {
-            let mut query = sqlx::query_as(&sql);
-            for (aggregate_type, aggregate_id) in chunk {
-                query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str());
+        let sql = match backend {
+            // Arrays, not a list of a thousand pairs the planner would weigh one by one.
+            Backend::Postgres => "SELECT h.aggregate_type, h.aggregate_id, h.sequence, h.hash
+                 FROM chain_heads h JOIN unnest($1::text[], $2::text[]) AS k (t, i)
+                   ON h.aggregate_type = k.t AND h.aggregate_id = k.i"
+                .to_string(),
+            Backend::Sqlite => {
+                let keys = (0..chunk.len()).map(|n| format!("(${}, ${})", n * 2 + 1, n * 2 + 2)).collect::<Vec<_>>().join(", ");
+                format!("SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads WHERE (aggregate_type, aggregate_id) IN ({keys})")
             }
-            query.fetch_all(&mut **c).await?
-        });
+        };
+        let rows: Vec<(String, String, i64, String)> = match conn {
+            Conn::Postgres(c) => {
+                let (types, ids): (Vec<&str>, Vec<&str>) = chunk.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+                sqlx::query_as(&sql).bind(types).bind(ids).fetch_all(&mut **c).await?
+            }
+            Conn::Sqlite(c) => {
+                let mut query = sqlx::query_as(&sql);
+                for (aggregate_type, aggregate_id) in chunk {
+                    query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str());
+                }
+                query.fetch_all(&mut **c).await?
+            }
+        };
         heads.extend(rows.into_iter().map(|(t, i, n, hash)| ((t, i), (n, unhex(&hash).unwrap_or_default()))));
     }
     Ok(heads)
-}
-
-/// The digest of `chain_heads` as it is, and as it will be with `changes` applied.
-struct Digests {
-    before: [u8; 32],
-    after: [u8; 32],
-    /// Streams and events the heads cover after the changes.
-    streams: i64,
-    events: i64,
-}
-
-/// Reads `chain_heads` once, in byte order, one row at a time (the heads of a large
-/// log are never all in memory), digesting it as it is and with `changes` merged in.
-async fn sealed_digests(conn: &mut Conn<'_>, backend: Backend, changes: &Heads) -> Result<Digests, sqlx::Error> {
-    use futures::TryStreamExt;
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads
-             ORDER BY aggregate_type COLLATE \"C\", aggregate_id COLLATE \"C\""
-        }
-        Backend::Sqlite => "SELECT aggregate_type, aggregate_id, sequence, hash FROM chain_heads ORDER BY aggregate_type, aggregate_id",
-    };
-    let (mut before, mut after) = (HeadsDigest::new(), HeadsDigest::new());
-    let (mut streams, mut events) = (0i64, 0i64);
-    let mut pending = changes.iter().peekable();
-    let mut add = |digest: &mut HeadsDigest, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: &[u8; 32]| {
-        digest.add(aggregate_type, aggregate_id, sequence, hash);
-        streams += 1;
-        events += sequence;
-    };
-    with_conn!(conn, c => {
-        let mut rows = sqlx::query_as::<_, (String, String, i64, String)>(sql).fetch(&mut **c);
-        while let Some((aggregate_type, aggregate_id, sequence, hash)) = rows.try_next().await? {
-            let hash = unhex(&hash).unwrap_or_default();
-            before.add(&aggregate_type, &aggregate_id, sequence, &hash);
-            // New streams that sort before this row.
-            while let Some(((t, i), (n, h))) = pending.next_if(|((t, i), _)| (t.as_str(), i.as_str()) < (aggregate_type.as_str(), aggregate_id.as_str())) {
-                add(&mut after, t, i, *n, h);
-            }
-            match pending.next_if(|((t, i), _)| (t.as_str(), i.as_str()) == (aggregate_type.as_str(), aggregate_id.as_str())) {
-                Some((_, (n, h))) => add(&mut after, &aggregate_type, &aggregate_id, *n, h),
-                None => add(&mut after, &aggregate_type, &aggregate_id, sequence, &hash),
-            }
-        }
-    });
-    for ((t, i), (n, h)) in pending {
-        add(&mut after, t, i, *n, h);
-    }
-    Ok(Digests { before: before.finish(), after: after.finish(), streams, events })
 }
 
 /// Checks every stream against the latest seal and seals all of them.
@@ -513,8 +577,8 @@ async fn seal_everything(
     }
     let latest = latest_seal(conn).await?;
     let sealed = sealed_heads(conn).await?;
-    let digest = hex(&heads_digest(&current));
-    if latest.as_ref().is_some_and(|seal| seal.digest == digest) && heads_digest(&sealed) == heads_digest(&current) {
+    let state = HeadsState::of(&current);
+    if latest.as_ref().is_some_and(|seal| seal.heads_state.is_some() && seal.digest == hex(&state.digest())) && sealed == current {
         return Ok(SealOutcome::Unchanged);
     }
     if !accept_current {
@@ -535,7 +599,7 @@ async fn seal_everything(
     write_heads(conn, &moved).await?;
     let streams = i64::try_from(current.len()).unwrap_or(i64::MAX);
     let events: i64 = current.values().map(|(sequence, _)| *sequence).sum();
-    Ok(SealOutcome::Sealed(insert_seal(conn, keys, streams, events, digest, through).await?))
+    Ok(SealOutcome::Sealed(insert_seal(conn, keys, streams, events, &state, through).await?))
 }
 
 /// Writes heads into `chain_heads`, many rows per statement (a minute of sign-ins
@@ -559,15 +623,17 @@ async fn write_heads(conn: &mut Conn<'_>, heads: &[(&(String, String), &(i64, [u
 }
 
 /// Records a seal (authenticated by the server's key) of `streams` heads covering
-/// `events` events with `digest`, having looked through global position `through`.
-async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64, digest: String, through: i64) -> Result<Seal, sqlx::Error> {
+/// `events` events with `state`, having looked through global position `through`.
+async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64, state: &HeadsState, through: i64) -> Result<Seal, sqlx::Error> {
     let sealed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let mac = hex(&keys.chain_seal_mac(&Seal::message(&sealed_at, streams, events, &digest)));
+    let digest = hex(&state.digest());
+    let mac = hex(&keys.chain_seal_mac(&Seal::message(true, &sealed_at, streams, events, &digest)));
     let key_id = keys.chain_seal_key_id();
+    let heads_state = state.to_text();
     let id: i64 = with_conn!(conn, c => {
         sqlx::query_scalar(
-            "INSERT INTO chain_seals (sealed_at, streams, events, digest, key_id, mac, through_position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO chain_seals (sealed_at, streams, events, digest, key_id, mac, through_position, heads_state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(sealed_at.as_str())
         .bind(streams)
@@ -576,10 +642,11 @@ async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64
         .bind(key_id.as_str())
         .bind(mac.as_str())
         .bind(through)
+        .bind(heads_state.as_str())
         .fetch_one(&mut **c)
         .await?
     });
-    Ok(Seal { id, sealed_at, streams, events, digest, key_id, mac, through: Some(through) })
+    Ok(Seal { id, sealed_at, streams, events, digest, key_id, mac, through: Some(through), heads_state: Some(heads_state) })
 }
 
 /// Why the current heads do not extend the latest seal (empty: they do).
@@ -599,7 +666,7 @@ async fn extension_problems(
             if !seal.authentic(keys) {
                 problems.push(format!("seal #{} does not verify with this server's key", seal.id));
             }
-            if hex(&heads_digest(sealed)) != seal.digest {
+            if !seal.covers(sealed) {
                 problems.push(format!("chain_heads no longer match seal #{}", seal.id));
             }
         }
@@ -629,18 +696,29 @@ async fn extension_problems_of(conn: &mut Conn<'_>, backend: Backend, sealed: &H
         }
     }
     for chunk in grown.chunks(SEAL_CHUNK) {
-        let keys = (0..chunk.len()).map(|n| format!("(${}, ${}, ${})", n * 3 + 1, n * 3 + 2, n * 3 + 3)).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT aggregate_type, aggregate_id, sequence, hash FROM events
-             WHERE (aggregate_type, aggregate_id, sequence) IN ({keys})"
-        );
-        let rows: Vec<(String, String, i64, Option<String>)> = with_conn!(conn, c => {
-            let mut query = sqlx::query_as(&sql);
-            for (aggregate_type, aggregate_id, sequence, _) in chunk {
-                query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str()).bind(*sequence);
+        let rows: Vec<(String, String, i64, Option<String>)> = match conn {
+            Conn::Postgres(c) => {
+                let sql = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash
+                           FROM events e JOIN unnest($1::text[], $2::text[], $3::int8[]) AS k (t, i, n)
+                             ON e.aggregate_type = k.t AND e.aggregate_id = k.i AND e.sequence = k.n";
+                let types: Vec<&str> = chunk.iter().map(|(t, ..)| t.as_str()).collect();
+                let ids: Vec<&str> = chunk.iter().map(|(_, i, ..)| i.as_str()).collect();
+                let sequences: Vec<i64> = chunk.iter().map(|(_, _, n, _)| *n).collect();
+                sqlx::query_as(sql).bind(types).bind(ids).bind(sequences).fetch_all(&mut **c).await?
             }
-            query.fetch_all(&mut **c).await?
-        });
+            Conn::Sqlite(c) => {
+                let keys = (0..chunk.len()).map(|n| format!("(${}, ${}, ${})", n * 3 + 1, n * 3 + 2, n * 3 + 3)).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "SELECT aggregate_type, aggregate_id, sequence, hash FROM events
+                     WHERE (aggregate_type, aggregate_id, sequence) IN ({keys})"
+                );
+                let mut query = sqlx::query_as(&sql);
+                for (aggregate_type, aggregate_id, sequence, _) in chunk {
+                    query = query.bind(aggregate_type.as_str()).bind(aggregate_id.as_str()).bind(*sequence);
+                }
+                query.fetch_all(&mut **c).await?
+            }
+        };
         let stored: std::collections::HashMap<(String, String, i64), Option<[u8; 32]>> =
             rows.into_iter().map(|(t, i, n, hash)| ((t, i, n), hash.as_deref().and_then(unhex))).collect();
         for (aggregate_type, aggregate_id, sequence, hash) in chunk {
@@ -658,13 +736,21 @@ async fn extension_problems_of(conn: &mut Conn<'_>, backend: Backend, sealed: &H
     Ok(problems)
 }
 
-/// Whether the log holds a different number of events than the latest seal covers
-/// (cheap enough to ask every interval).
+/// Whether events were numbered after the latest seal looked (two index reads, cheap
+/// enough to ask every interval whatever the size of the log). A deletion that
+/// numbers nothing new is found by the next full check or `authd replay verify`.
 pub async fn log_changed_since_seal(db: &Db) -> Result<bool, LogError> {
-    let events = log::count(db, "", &[]).await?;
-    let sql = "SELECT events FROM chain_seals ORDER BY id DESC LIMIT 1";
-    let sealed: Option<i64> = projections::with_pool!(db, pool => sqlx::query_scalar(sql).fetch_optional(pool).await?);
-    Ok(sealed.and_then(|sealed| u64::try_from(sealed).ok()) != Some(events))
+    let sql = "SELECT through_position FROM chain_seals ORDER BY id DESC LIMIT 1";
+    let (through, sealed): (i64, Option<Option<i64>>) = projections::with_pool!(db, pool => {
+        let mut conn = pool.acquire().await?;
+        let through = numbered_through(&mut Conn::from(&mut *conn)).await?;
+        (through, sqlx::query_scalar(sql).fetch_optional(&mut *conn).await?)
+    });
+    Ok(match sealed {
+        None => through > 0,
+        Some(None) => true,
+        Some(Some(sealed)) => through > sealed,
+    })
 }
 
 #[cfg(test)]
@@ -699,28 +785,67 @@ mod tests {
         let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
         let keys = Keys::from_setup(ServerSetup::<protocol::Suite>::new(&mut rand::rngs::OsRng)).expect("keys");
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
-        let full = |db: Db| async move {
+        let full_heads = |db: Db| async move {
             let Db::Sqlite(pool) = &db else { panic!("sqlite") };
             let mut conn = pool.acquire().await.expect("conn");
-            let heads = current_heads(&mut Conn::Sqlite(&mut conn), Backend::Sqlite).await.expect("heads");
+            current_heads(&mut Conn::Sqlite(&mut conn), Backend::Sqlite).await.expect("heads")
+        };
+        let full = |db: Db| async move {
+            let heads = full_heads(db).await;
             (hex(&heads_digest(&heads)), heads.len() as i64, heads.values().map(|(n, _)| *n).sum::<i64>())
         };
 
         append(&db, &[("b", 1), ("b", 2), ("d", 1)]).await;
-        assert!(matches!(seal(&db, &keys, false).await, Ok(SealOutcome::Sealed(_))));
+        assert!(matches!(seal(&db, &keys, false, false).await, Ok(SealOutcome::Sealed(_))));
         // Streams that grew, a new one before and one after the others in byte order.
         append(&db, &[("b", 3), ("a", 1), ("e", 1)]).await;
-        let Ok(SealOutcome::Sealed(incremental)) = seal(&db, &keys, false).await else { panic!("sealed") };
-        assert_eq!(incremental.id % FULL_CHECK_EVERY, 2, "the second seal is incremental");
+        let Ok(SealOutcome::Sealed(incremental)) = seal(&db, &keys, false, false).await else { panic!("sealed") };
         assert_eq!((incremental.digest.clone(), incremental.streams, incremental.events), full(db.clone()).await);
         assert!(incremental.authentic(&keys));
-        assert!(matches!(seal(&db, &keys, false).await, Ok(SealOutcome::Unchanged)));
+        assert!(matches!(seal(&db, &keys, false, false).await, Ok(SealOutcome::Unchanged)));
 
-        // chain_heads edited behind the seal's back: the next incremental seal refuses.
-        sqlx::query("UPDATE chain_heads SET sequence = 2 WHERE aggregate_id = 'b'").execute(pool).await.expect("edit");
+        // A seal from before HeadsState (legacy digest, no state) is checked with its
+        // digest and followed by a full seal that has a state.
+        let legacy = legacy_heads_digest(&full_heads(db.clone()).await);
+        let sealed_at = "2026-01-01T00:00:00.000000Z";
+        let mac = hex(&keys.chain_seal_mac(&Seal::message(false, sealed_at, incremental.streams, incremental.events, &hex(&legacy))));
+        sqlx::query("UPDATE chain_seals SET heads_state = NULL, sealed_at = $1, digest = $2, mac = $3 WHERE id = $4")
+            .bind(sealed_at)
+            .bind(hex(&legacy))
+            .bind(mac)
+            .bind(incremental.id)
+            .execute(pool)
+            .await
+            .expect("legacy seal");
         append(&db, &[("a", 2)]).await;
-        match seal(&db, &keys, false).await {
+        let Ok(SealOutcome::Sealed(upgraded)) = seal(&db, &keys, false, false).await else { panic!("sealed over the legacy seal") };
+        assert!(upgraded.heads_state.is_some() && upgraded.authentic(&keys));
+        assert_eq!((upgraded.digest.clone(), upgraded.streams, upgraded.events), full(db.clone()).await);
+
+        // chain_heads edited behind the seal's back: an incremental seal refuses when
+        // the edited stream moves, and a full check refuses whatever moved.
+        sqlx::query("UPDATE chain_heads SET sequence = 2 WHERE aggregate_id = 'b'").execute(pool).await.expect("edit");
+        append(&db, &[("d", 2)]).await;
+        let mut conn = pool.acquire().await.expect("conn");
+        let everything = seal_everything(&mut Conn::Sqlite(&mut conn), Backend::Sqlite, &keys, false, i64::MAX).await;
+        drop(conn);
+        match everything {
             Err(SealError::Refused(problems)) => assert!(problems.iter().any(|p| p.contains("chain_heads no longer match")), "{problems:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        append(&db, &[("b", 4)]).await;
+        match seal(&db, &keys, false, false).await {
+            Err(SealError::Refused(problems)) => assert!(problems.iter().any(|p| p.contains("session/b: event 2 changed")), "{problems:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The stored state edited: refused (its digest is the MAC'd one).
+        sqlx::query("UPDATE chain_heads SET sequence = 3 WHERE aggregate_id = 'b'").execute(pool).await.expect("undo");
+        assert!(matches!(seal(&db, &keys, false, false).await, Ok(SealOutcome::Sealed(_))), "sealed once the heads are back");
+        let other = HeadsState::of(&Heads::from([(("session".into(), "x".into()), (1, [9; 32]))])).to_text();
+        sqlx::query("UPDATE chain_seals SET heads_state = $1 WHERE id = (SELECT MAX(id) FROM chain_seals)").bind(other).execute(pool).await.expect("edit state");
+        append(&db, &[("e", 2)]).await;
+        match seal(&db, &keys, false, false).await {
+            Err(SealError::Refused(problems)) => assert!(problems.iter().any(|p| p.contains("heads state")), "{problems:?}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
         std::fs::remove_dir_all(dir).ok();
@@ -759,6 +884,21 @@ mod tests {
         let mut moved = linked(&payload, &meta);
         moved.sequence = 2;
         assert_ne!(base, event_hash(&moved, &GENESIS));
+    }
+
+    #[test]
+    fn the_heads_state_moves_by_what_moved() {
+        let head = |id: &str, n: i64| ((("session".to_string(), id.to_string())), (n, [n as u8; 32]));
+        let before = Heads::from([head("a", 1), head("b", 2)]);
+        let after = Heads::from([head("a", 3), head("b", 2), head("c", 1)]);
+        let mut state = HeadsState::of(&before);
+        state.remove("session", "a", 1, &[1; 32]);
+        state.add("session", "a", 3, &[3; 32]);
+        state.add("session", "c", 1, &[1; 32]);
+        assert_eq!(state, HeadsState::of(&after), "incremental = from scratch, in any order");
+        assert_ne!(heads_digest(&before), heads_digest(&after));
+        assert_eq!(HeadsState::from_text(&state.to_text()), Some(state));
+        assert_eq!(HeadsState::from_text("AAAA"), None, "wrong length");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<Exit
         ReplayCommand::Rebuild(rebuild) => rebuild::run(&db, &kek, &rebuild).await,
         ReplayCommand::Verify => verify::run(&db, &keys).await,
         ReplayCommand::Seal(seal) => {
-            match chain::seal(&db, &keys, seal.accept_current).await? {
+            match chain::seal(&db, &keys, seal.accept_current, true).await? {
                 SealOutcome::Sealed(seal) => println!(
                     "seal #{} at {}: {} streams, {} events, digest {}",
                     seal.id, seal.sealed_at, seal.streams, seal.events, seal.digest

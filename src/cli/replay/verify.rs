@@ -218,8 +218,7 @@ pub async fn run(db: &Db, keys: &Keys) -> anyhow::Result<ExitCode> {
                 };
                 breaks.push(Break { stream: "chain_seals".into(), sequence: None, position: None, what });
             }
-            let digest = hex(&chain::heads_digest(&sealed));
-            if digest != seal.digest {
+            if !seal.covers(&sealed) {
                 breaks.push(Break {
                     stream: "chain_heads".into(),
                     sequence: None,
