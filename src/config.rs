@@ -35,6 +35,11 @@ pub enum Command {
     Verify(TokenArgs),
     /// End this session (or every session of the account with --all).
     SignOut(SignOutArgs),
+    /// List the account's open sessions as JSON, or end one with --end.
+    Sessions(SessionsArgs),
+    /// Change the password of a recently signed-in session (OPAQUE; read like at
+    /// sign-up): every other session of the account ends.
+    ChangePassword(TokenArgs),
     /// Drive concurrent sign-ins, refreshes and verifications against a running
     /// server and print throughput and latency.
     Bench(BenchArgs),
@@ -106,6 +111,13 @@ pub struct ServerConfig {
     /// Seconds a proof of presence counts as recent for sensitive routes (step-up).
     #[arg(long, env = "AUTHD_ELEVATION_MAX_AGE", default_value_t = 300)]
     pub elevation_max_age: u32,
+    /// The WebAuthn relying party ID (passkeys): the domain the origins are on.
+    #[arg(long, env = "AUTHD_WEBAUTHN_RP_ID", default_value = "localhost")]
+    pub webauthn_rp_id: String,
+    /// Comma-separated origins whose pages may register and use passkeys: each on the
+    /// RP ID or a subdomain of it, https unless on localhost.
+    #[arg(long, env = "AUTHD_WEBAUTHN_ORIGINS", value_delimiter = ',', default_value = "http://localhost:8080")]
+    pub webauthn_origins: Vec<String>,
     /// Seconds a sign-in may take between KE1 and KE3.
     #[arg(long, env = "AUTHD_SIGN_IN_TTL", default_value_t = 120)]
     pub sign_in_ttl: u32,
@@ -309,6 +321,15 @@ pub struct SignOutArgs {
     pub token: TokenArgs,
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// End this session (an id from the list) instead of listing.
+    #[arg(long)]
+    pub end: Option<String>,
 }
 
 /// `authd replay`: reads the store the server uses (same settings and defaults).

@@ -236,6 +236,18 @@ pub struct UserInfo {
     pub created_at: String,
 }
 
+/// One open session of the account (`GET /v1/user/sessions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub session_id: String,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub client_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub amr: Vec<String>,
+    pub current: bool,
+}
+
 /// Typed HTTP client for the authd API.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -261,8 +273,13 @@ fn field(v: &Value, name: &str) -> Result<String, Error> {
 
 impl Api {
     /// Creates a client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    /// Requests carry `User-Agent: authd-client/<version>` (what a session list shows).
     pub fn new(base_url: &str) -> Api {
-        Api::with_client(base_url, reqwest::Client::new())
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("authd-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Api::with_client(base_url, http)
     }
 
     /// Creates a client using a preconfigured `reqwest::Client`.
@@ -515,6 +532,33 @@ impl Api {
     pub async fn jwks(&self) -> Result<Value, Error> {
         self.call(Method::GET, "/.well-known/jwks.json", None, None)
             .await
+    }
+
+    /// GET /v1/user/sessions: the account's open sessions, newest first.
+    pub async fn sessions(&self, access_token: &str) -> Result<Vec<SessionEntry>, Error> {
+        #[derive(Deserialize)]
+        struct Sessions {
+            sessions: Vec<SessionEntry>,
+        }
+        let list: Sessions = self.call(Method::GET, "/v1/user/sessions", Some(access_token), None).await?;
+        Ok(list.sessions)
+    }
+
+    /// DELETE /v1/user/sessions/{session_id}: ends one session of the account.
+    pub async fn end_session(&self, access_token: &str, session_id: &str) -> Result<(), Error> {
+        let path = format!("/v1/user/sessions/{session_id}");
+        self.call::<Value>(Method::DELETE, &path, Some(access_token), None).await.map(drop)
+    }
+
+    /// Password change (POST /v1/user/password + /finish) on a recently proved
+    /// session: every other session of the account ends.
+    pub async fn change_password(&self, access_token: &str, new_password: &[u8]) -> Result<(), Error> {
+        let (reg, request) = Registration::start(new_password)?;
+        let body = json!({ "registration_request": request });
+        let started: Value = self.call(Method::POST, "/v1/user/password", Some(access_token), Some(body)).await?;
+        let record = reg.finish_with(new_password, &field(&started, "registration_response")?, &self.ksf)?;
+        let body = json!({ "registration_record": record });
+        self.call::<Value>(Method::POST, "/v1/user/password/finish", Some(access_token), Some(body)).await.map(drop)
     }
 
     /// Full OPAQUE registration; returns the new profile id.

@@ -7,6 +7,7 @@
 pub mod invite_token;
 pub mod mfa;
 pub mod mfa_challenge;
+pub mod passkey;
 pub mod reset_mail;
 pub mod services;
 pub mod session;
@@ -21,6 +22,7 @@ pub mod verifier;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
 pub use mfa_challenge::MfaChallenge;
+pub use passkey::{PasskeyCredential, Passkeys, WebauthnChallenge};
 pub use reset_mail::ResetMail;
 pub use session::Session;
 pub use sign_in::SignIn;

@@ -27,6 +27,22 @@ pub struct Session {
     /// When the holder last proved presence (the opening, or a later elevation).
     #[serde(default)]
     auth_time: Option<DateTime<Utc>>,
+    /// The device it was opened from, shown in the account's session list.
+    #[serde(default)]
+    device: Device,
+    /// The last refresh or elevation (the opening until then).
+    #[serde(default)]
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Where a session was opened from, as the request said. Personal: stored
+/// encrypted under the account's key, erased with it (src/store/shred.rs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +53,7 @@ pub enum SessionCommand {
         refresh_expires_at: DateTime<Utc>,
         ends_at: DateTime<Utc>,
         amr: Vec<String>,
+        device: Device,
         at: DateTime<Utc>,
     },
     Refresh {
@@ -68,6 +85,9 @@ pub enum SessionEvent {
         /// Absent in sessions opened before sessions had a maximum age.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ends_at: Option<DateTime<Utc>>,
+        /// Absent in sessions opened before the session list.
+        #[serde(default)]
+        device: Device,
     },
     SessionRefreshed { refresh_hash: String, refresh_expires_at: DateTime<Utc>, at: DateTime<Utc> },
     /// A rotated refresh token came back: the session is revoked.
@@ -122,13 +142,20 @@ impl Session {
     pub fn ends_at(&self) -> Option<DateTime<Utc>> {
         self.ends_at
     }
-    /// Whether the session still counts `at`: open, not past its maximum age, and
-    /// admitted by its account (which ends every session opened before a
-    /// revocation, see `User::admits_session`).
-    pub fn admitted_by(&self, user: &crate::User, at: DateTime<Utc>) -> bool {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The last refresh or elevation, else the opening.
+    pub fn last_used_at(&self) -> Option<DateTime<Utc>> {
+        self.last_used_at.or(self.opened_at)
+    }
+    /// Whether the session `id` (this one) still counts `at`: open, not past its
+    /// maximum age, and admitted by its account (which ends every session opened
+    /// before a revocation, see `User::admits_session`).
+    pub fn admitted_by(&self, id: Uuid, user: &crate::User, at: DateTime<Utc>) -> bool {
         self.is_active()
             && self.ends_at.is_none_or(|ends_at| at < ends_at)
-            && self.opened_at.is_some_and(|opened_at| user.admits_session(opened_at))
+            && self.opened_at.is_some_and(|opened_at| user.admits_session(Some(id), opened_at))
     }
 
     fn rotate(&mut self, refresh_hash: String, refresh_expires_at: DateTime<Utc>) {
@@ -169,12 +196,13 @@ impl Aggregate for Session {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, ends_at, amr, at } => {
+            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, ends_at, amr, device, at } => {
                 if self.profile_id.is_some() {
                     return Err(SessionError::AlreadyOpened);
                 }
                 let refresh_expires_at = refresh_expires_at.min(ends_at);
-                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at, ends_at: Some(ends_at) }
+                let ends_at = Some(ends_at);
+                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at, ends_at, device }
             }
             SessionCommand::Refresh { presented_hash, new_hash, refresh_expires_at, at } => {
                 self.check_live()?;
@@ -211,7 +239,8 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at, ends_at } => {
+            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at, ends_at, device } => {
+                self.device = device;
                 self.profile_id = Some(profile_id);
                 self.opened_at = Some(opened_at);
                 self.ends_at = ends_at;
@@ -219,11 +248,13 @@ impl Aggregate for Session {
                 self.refresh_expires_at = Some(refresh_expires_at);
                 self.amr = amr;
             }
-            SessionEvent::SessionRefreshed { refresh_hash, refresh_expires_at, .. } => {
-                self.rotate(refresh_hash, refresh_expires_at)
+            SessionEvent::SessionRefreshed { refresh_hash, refresh_expires_at, at } => {
+                self.rotate(refresh_hash, refresh_expires_at);
+                self.last_used_at = Some(at);
             }
             SessionEvent::SessionElevated { method, refresh_hash, refresh_expires_at, at } => {
                 self.rotate(refresh_hash, refresh_expires_at);
+                self.last_used_at = Some(at);
                 self.auth_time = Some(at);
                 if !self.amr.contains(&method) {
                     self.amr.push(method);
@@ -261,6 +292,20 @@ mod tests {
         assert!(session.rotated_hashes.contains(&"h1000".to_string()) && !session.rotated_hashes.contains(&"h1".to_string()));
     }
 
+    #[test]
+    fn the_session_list_shows_the_device_and_the_last_use() {
+        let mut session = Session::default();
+        session.apply(opened(Uuid::nil()));
+        assert_eq!((session.device(), session.last_used_at()), (&laptop(), Some(t0())));
+        let later = t0() + Duration::hours(1);
+        session.apply(SessionRefreshed { refresh_hash: "h2".into(), refresh_expires_at: t0(), at: later });
+        assert_eq!(session.last_used_at(), Some(later));
+        // A session opened before devices were recorded still reads.
+        let old = serde_json::json!({"SessionOpened": {"profile_id": Uuid::nil(), "refresh_hash": "h", "refresh_expires_at": t0(), "amr": [], "opened_at": t0()}});
+        let SessionOpened { device, .. } = serde_json::from_value(old).expect("old event") else { panic!("opened") };
+        assert_eq!(device, Device::default());
+    }
+
     fn opened(profile_id: Uuid) -> SessionEvent {
         SessionOpened {
             profile_id,
@@ -269,7 +314,12 @@ mod tests {
             amr: vec!["pwd".into()],
             opened_at: t0(),
             ends_at: Some(t0() + Duration::days(90)),
+            device: laptop(),
         }
+    }
+
+    fn laptop() -> Device {
+        Device { client_address: Some("192.0.2.1".into()), user_agent: Some("laptop".into()) }
     }
 
     fn refreshed(to: &str) -> SessionEvent {
@@ -296,6 +346,7 @@ mod tests {
                 refresh_expires_at: t0() + Duration::days(30),
                 ends_at: t0() + Duration::days(90),
                 amr: vec!["pwd".into()],
+                device: laptop(),
                 at: t0(),
             })
             .await
@@ -335,6 +386,7 @@ mod tests {
                 refresh_expires_at: t0(),
                 ends_at: t0(),
                 amr: vec![],
+                device: Device::default(),
                 at: t0(),
             })
             .await

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Size of an OPAQUE registration record for authd's cipher suite.
 pub const REGISTRATION_RECORD_LEN: usize = 192;
@@ -23,6 +24,10 @@ pub struct User {
     email: Option<String>,
     email_verified: bool,
     sessions_revoked_at: Option<DateTime<Utc>>,
+    /// The one session the last revocation spared (a password change keeps the
+    /// session that made it).
+    #[serde(default)]
+    kept_session: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,10 +38,14 @@ pub enum UserCommand {
         email: Option<String>,
         at: DateTime<Utc>,
     },
+    /// An account that signs in with a passkey only (no OPAQUE record).
+    RegisterWithoutPassword { username: String, email: Option<String>, at: DateTime<Utc> },
     /// A code sent to `email` came back.
     VerifyEmail { email: String, at: DateTime<Utc> },
     /// A fresh OPAQUE registration replaces the old one.
     ResetPassword { registration_record: Vec<u8>, at: DateTime<Utc> },
+    /// A signed-in holder replaces the password: every other session ends.
+    ChangePassword { registration_record: Vec<u8>, kept_session: Uuid, at: DateTime<Utc> },
     Remove { at: DateTime<Utc> },
     /// Ends every session opened until now (sign-out everywhere).
     RevokeSessions { at: DateTime<Utc> },
@@ -58,6 +67,7 @@ pub enum UserEvent {
     AccountLocked { until: DateTime<Utc>, at: DateTime<Utc> },
     EmailVerified { email: String, at: DateTime<Utc> },
     PasswordReset { registration_record: String, at: DateTime<Utc> },
+    PasswordChanged { registration_record: String, kept_session: Uuid, at: DateTime<Utc> },
     UserRemoved { at: DateTime<Utc> },
     SessionsRevoked { at: DateTime<Utc> },
 }
@@ -68,6 +78,7 @@ crate::domain_event!(UserEvent {
     AccountLocked,
     EmailVerified,
     PasswordReset,
+    PasswordChanged,
     UserRemoved,
     SessionsRevoked,
 });
@@ -95,17 +106,28 @@ impl User {
     pub fn email_verified(&self) -> bool {
         self.email_verified
     }
-    /// Whether a session opened at `opened_at` still counts: the account exists and
-    /// has not revoked its sessions since.
-    pub fn admits_session(&self, opened_at: DateTime<Utc>) -> bool {
-        self.is_registered() && self.sessions_revoked_at.is_none_or(|revoked| opened_at > revoked)
+    /// Whether the session `id` (`None`: something else bound to the account, like a
+    /// pending MFA challenge), opened at `opened_at`, still counts: the account exists
+    /// and has not revoked its sessions since, or spared this one.
+    pub fn admits_session(&self, id: Option<Uuid>, opened_at: DateTime<Utc>) -> bool {
+        self.is_registered()
+            && (self.sessions_revoked_at.is_none_or(|revoked| opened_at > revoked)
+                || id.is_some_and(|id| self.kept_session == Some(id)))
     }
     pub fn username(&self) -> &str {
         &self.username
     }
-    /// The OPAQUE record, present once registered.
+    fn revoke_sessions(&mut self, at: DateTime<Utc>, kept: Option<Uuid>) {
+        self.sessions_revoked_at = Some(at);
+        self.kept_session = kept;
+    }
+    /// The OPAQUE record, present once registered with a password.
     pub fn registration_record(&self) -> Option<&[u8]> {
-        self.is_registered().then_some(self.registration_record.as_slice())
+        (self.is_registered() && self.has_password()).then_some(self.registration_record.as_slice())
+    }
+    /// Whether the account can sign in with a password (not a passkey-only one).
+    pub fn has_password(&self) -> bool {
+        !self.registration_record.is_empty()
     }
 }
 
@@ -122,7 +144,7 @@ impl Aggregate for User {
         _: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if !matches!(command, UserCommand::Register { .. }) && !self.is_registered() {
+        if !matches!(command, UserCommand::Register { .. } | UserCommand::RegisterWithoutPassword { .. }) && !self.is_registered() {
             return Err(UserError::NotRegistered);
         }
         match command {
@@ -141,6 +163,13 @@ impl Aggregate for User {
                 };
                 sink.write(event, self).await;
             }
+            UserCommand::RegisterWithoutPassword { username, email, at } => {
+                if self.registered {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let event = UserEvent::UserRegistered { username, registration_record: String::new(), email, registered_at: at };
+                sink.write(event, self).await;
+            }
             UserCommand::VerifyEmail { email, at } => {
                 if self.email.as_deref() != Some(email.as_str()) || self.email_verified {
                     return Err(UserError::EmailMismatch);
@@ -152,6 +181,13 @@ impl Aggregate for User {
                     return Err(UserError::BadRecord);
                 }
                 let event = UserEvent::PasswordReset { registration_record: encode(&registration_record), at };
+                sink.write(event, self).await;
+            }
+            UserCommand::ChangePassword { registration_record, kept_session, at } => {
+                if registration_record.len() != REGISTRATION_RECORD_LEN {
+                    return Err(UserError::BadRecord);
+                }
+                let event = UserEvent::PasswordChanged { registration_record: encode(&registration_record), kept_session, at };
                 sink.write(event, self).await;
             }
             UserCommand::Remove { at } => sink.write(UserEvent::UserRemoved { at }, self).await,
@@ -174,13 +210,17 @@ impl Aggregate for User {
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::PasswordReset { registration_record, at } => {
                 self.registration_record = decode(&registration_record);
-                self.sessions_revoked_at = Some(at);
+                self.revoke_sessions(at, None);
+            }
+            UserEvent::PasswordChanged { registration_record, kept_session, at } => {
+                self.registration_record = decode(&registration_record);
+                self.revoke_sessions(at, Some(kept_session));
             }
             UserEvent::UserRemoved { at } => {
                 self.removed = true;
-                self.sessions_revoked_at = Some(at);
+                self.revoke_sessions(at, None);
             }
-            UserEvent::SessionsRevoked { at } => self.sessions_revoked_at = Some(at),
+            UserEvent::SessionsRevoked { at } => self.revoke_sessions(at, None),
         }
     }
 }
@@ -356,12 +396,54 @@ mod tests {
         ] {
             let mut user = User::default();
             user.apply(registered());
-            assert!(user.admits_session(at()));
+            assert!(user.admits_session(None, at()));
             let removal = matches!(ended_by, UserRemoved { .. });
             user.apply(ended_by);
-            assert!(!user.admits_session(at()), "a session opened before is over");
-            assert_eq!(user.admits_session(later), !removal, "a later one counts, unless the account is gone");
+            assert!(!user.admits_session(None, at()), "a session opened before is over");
+            assert_eq!(user.admits_session(None, later), !removal, "a later one counts, unless the account is gone");
         }
+    }
+
+    #[tokio::test]
+    async fn an_account_without_a_password_has_no_record() {
+        let without = UserRegistered { username: "alice".into(), registration_record: String::new(), email: None, registered_at: at() };
+        T::with(())
+            .given_no_previous_events()
+            .when_async(RegisterWithoutPassword { username: "alice".into(), email: None, at: at() })
+            .await
+            .then_expect_events(vec![without.clone()]);
+        let mut user = User::default();
+        user.apply(without);
+        assert!(user.is_registered() && !user.has_password());
+        assert_eq!(user.registration_record(), None, "a password sign-in finds no record");
+        user.apply(PasswordChanged { registration_record: encode(&[9u8; REGISTRATION_RECORD_LEN]), kept_session: Uuid::nil(), at: at() });
+        assert!(user.has_password(), "a password can be added");
+    }
+
+    #[tokio::test]
+    async fn a_password_change_ends_every_session_but_the_one_that_made_it() {
+        let (kept, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let record = [9u8; REGISTRATION_RECORD_LEN];
+        let changed = PasswordChanged { registration_record: encode(&record), kept_session: kept, at: at() };
+        T::with(())
+            .given(vec![registered()])
+            .when_async(ChangePassword { registration_record: record.to_vec(), kept_session: kept, at: at() })
+            .await
+            .then_expect_events(vec![changed.clone()]);
+        T::with(())
+            .given(vec![registered()])
+            .when_async(ChangePassword { registration_record: vec![1], kept_session: kept, at: at() })
+            .await
+            .then_expect_error(UserError::BadRecord);
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(changed);
+        assert_eq!(user.registration_record(), Some(&record[..]));
+        assert!(user.admits_session(Some(kept), at()), "the session that changed it goes on");
+        assert!(!user.admits_session(Some(other), at()) && !user.admits_session(None, at()), "every other one ends");
+        // A later revocation spares nothing.
+        user.apply(SessionsRevoked { at: at() + chrono::Duration::seconds(1) });
+        assert!(!user.admits_session(Some(kept), at()));
     }
 
     #[tokio::test]

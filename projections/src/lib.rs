@@ -221,7 +221,7 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                 "UPDATE users_view SET email_verified = $2 WHERE profile_id = $1",
                 vec![id(), Bool(true)],
             )],
-            UserEvent::PasswordReset { .. } | UserEvent::SessionsRevoked { .. } => vec![],
+            UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } | UserEvent::SessionsRevoked { .. } => vec![],
             UserEvent::UserRemoved { .. } => {
                 vec![stmt("DELETE FROM users_view WHERE profile_id = $1", vec![id()])]
             }

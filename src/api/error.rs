@@ -105,6 +105,7 @@ impl From<AppError> for ApiError {
             AppError::InvalidCredentials => ApiError::new(401, "invalid_credentials", message),
             AppError::InvalidToken => ApiError::new(401, "invalid_token", message),
             AppError::RefreshTokenReused => ApiError::new(401, "refresh_token_reused", message),
+            AppError::PasskeyCloned => ApiError::new(401, "passkey_cloned", message),
             AppError::TokenUnknown => ApiError::with_details(
                 422,
                 "token_unknown",

@@ -13,11 +13,14 @@ use poem::middleware::Cors;
 use poem::{Endpoint, IntoResponse, Request, Response};
 
 const API_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+/// The example pages (`/examples/…`): their own script, calls to this origin only.
+const EXAMPLE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'";
 const DOCS_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
                            img-src 'self' data:; connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'";
 
 pub async fn secure<E: Endpoint>(endpoint: E, request: Request) -> poem::Result<Response> {
     let docs = request.uri().path().starts_with("/docs");
+    let example = request.uri().path().starts_with("/examples/");
     let api = request.uri().path().starts_with("/v1/");
     let mut response = match endpoint.call(request).await {
         Ok(response) => response.into_response(),
@@ -27,7 +30,7 @@ pub async fn secure<E: Endpoint>(endpoint: E, request: Request) -> poem::Result<
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    let policy = if docs { DOCS_POLICY } else { API_POLICY };
+    let policy = if docs { DOCS_POLICY } else if example { EXAMPLE_POLICY } else { API_POLICY };
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
     if api {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

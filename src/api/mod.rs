@@ -13,8 +13,10 @@ mod events;
 mod headers;
 mod health;
 mod mfa;
+mod passkeys;
 mod private_sign_in;
 mod rate_limit;
+mod self_service;
 mod sessions;
 mod sign_in;
 mod sign_up;
@@ -55,6 +57,11 @@ pub enum Tag {
     Elevation,
     /// Account activation, password recovery, removal.
     Account,
+    /// A signed-in holder's own account: sessions, password change.
+    SelfService,
+    /// Passkeys (WebAuthn): sign-up without a password, sign-in by username or
+    /// discoverable, adding, listing and removing them.
+    Passkeys,
     /// Liveness and readiness.
     Health,
     /// Verification codes by email, phone or authenticator app (admin; reference 004).
@@ -100,6 +107,8 @@ pub type Apis = (
     mfa::MfaApi,
     elevation::ElevationApi,
     account::AccountApi,
+    // A tuple has `Default` up to 12 members: the newer APIs nest.
+    (self_service::SelfServiceApi, passkeys::PasskeyApi),
     verifications::VerificationApi,
     events::EventsApi,
 );
@@ -119,6 +128,11 @@ pub fn spec_yaml() -> String {
     service().spec_yaml()
 }
 
+/// A page of `examples/`, compiled in.
+fn example(body: &'static str, content_type: &'static str) -> impl Endpoint {
+    poem::endpoint::make_sync(move |_| poem::Response::builder().content_type(content_type).body(body))
+}
+
 /// Every route: the API, its spec and the interactive UI at `/docs`.
 pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit, cors_origins: &[String]) -> impl Endpoint {
     let api = service();
@@ -131,6 +145,8 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_l
         .nest("/docs", ui)
         .at("/openapi.yaml", yaml)
         .at("/openapi.json", json)
+        .at("/examples/passkey.html", poem::get(example(include_str!("../../examples/passkey.html"), "text/html; charset=utf-8")))
+        .at("/examples/passkey.js", poem::get(example(include_str!("../../examples/passkey.js"), "text/javascript; charset=utf-8")))
         .data(app)
         .around(move |endpoint, request| {
             let limits = limits.clone();

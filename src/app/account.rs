@@ -200,7 +200,39 @@ impl App {
             .execute::<User>(&profile_id.to_string(), reset, &(), meta)
             .await
             .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
-        self.end_all_sessions(profile_id, meta).await?;
+        self.end_all_sessions(profile_id, None, meta).await?;
+        Ok(())
+    }
+
+    /// Password change, step 1 (elevated): a fresh OPAQUE registration for the
+    /// holder's account. Nothing is stored yet.
+    pub async fn change_password_start(&self, who: &Verified, registration_request: &str) -> Result<String, AppError> {
+        self.require_elevation(who)?;
+        let mut fields = Fields::default();
+        let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
+        let Some(request) = request else { return Err(fields.error()) };
+        let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
+        if !user.is_registered() {
+            return Err(AppError::NotFound(Missing::Account));
+        }
+        let response = opaque::registration_response(&self.keys.setup, &request, user.username().as_bytes())
+            .map_err(|e| AppError::Invalid(vec![("registration_request".into(), e.to_string())]))?;
+        Ok(URL_SAFE_NO_PAD.encode(response))
+    }
+
+    /// Password change, step 2 (elevated): the new record replaces the old one and
+    /// every other session of the account ends; this one goes on.
+    pub async fn change_password_finish(&self, who: &Verified, registration_record: &str, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who)?;
+        let mut fields = Fields::default();
+        let record = fields.check("registration_record", checked_record(registration_record));
+        let Some(record) = record else { return Err(fields.error()) };
+        let change = UserCommand::ChangePassword { registration_record: record, kept_session: who.session_id, at: Utc::now() };
+        self.store
+            .execute::<User>(&who.profile_id.to_string(), change, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
+        self.end_all_sessions(who.profile_id, Some(who.session_id), meta).await?;
         Ok(())
     }
 
@@ -221,7 +253,7 @@ impl App {
             Ok(_) | Err(CommandError::Rejected(_)) => {}
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
-        self.end_all_sessions(who.profile_id, meta).await?;
+        self.end_all_sessions(who.profile_id, None, meta).await?;
         // The account's mail in the outbox goes too (addresses, codes, links).
         if let Some(email) = user.email() {
             self.forget_mail_to(email).await?;

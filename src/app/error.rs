@@ -17,6 +17,9 @@ pub enum AppError {
     InvalidToken,
     #[error("refresh token reused: the session is revoked")]
     RefreshTokenReused,
+    /// A passkey's signature counter went back: recorded, refused.
+    #[error("this passkey's signature counter went back (a cloned authenticator?): refused")]
+    PasskeyCloned,
     #[error("unknown token")]
     TokenUnknown,
     #[error("{0}")]
@@ -60,6 +63,12 @@ pub enum Conflict {
     MfaNotGenerated,
     #[error("MFA is not enabled")]
     MfaNotEnabled,
+    #[error("this passkey is registered already")]
+    PasskeyRegistered,
+    #[error("the last way to sign in cannot be removed")]
+    LastSignInMethod,
+    #[error("the account has no passkey")]
+    NoPasskeys,
     /// A fresh random id already had history: retrying the request succeeds.
     #[error("the new {0} collided with an existing one; try again")]
     IdCollision(&'static str),
@@ -72,6 +81,12 @@ pub enum Missing {
     Verification,
     #[error("no such account")]
     Account,
+    #[error("no such open session of this account")]
+    Session,
+    #[error("no such WebAuthn challenge, or it was answered or expired")]
+    Challenge,
+    #[error("no such passkey on this account")]
+    Passkey,
 }
 
 /// 403: why the request is not allowed.
@@ -101,6 +116,9 @@ impl Conflict {
             Conflict::MfaAlreadyEnabled => "mfa_already_enabled",
             Conflict::MfaNotGenerated => "mfa_not_generated",
             Conflict::MfaNotEnabled => "mfa_not_enabled",
+            Conflict::PasskeyRegistered => "passkey_registered",
+            Conflict::LastSignInMethod => "last_sign_in_method",
+            Conflict::NoPasskeys => "no_passkeys",
             Conflict::IdCollision(_) => "id_collision",
         }
     }
@@ -111,6 +129,9 @@ impl Missing {
         match self {
             Missing::Verification => "verification_not_found",
             Missing::Account => "account_not_found",
+            Missing::Session => "session_not_found",
+            Missing::Challenge => "challenge_not_found",
+            Missing::Passkey => "passkey_not_found",
         }
     }
 }

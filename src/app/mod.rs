@@ -26,6 +26,7 @@ mod error;
 mod buckets;
 mod elevation;
 mod mfa;
+mod passkeys;
 mod private_sign_in;
 mod sessions;
 mod sign_in;
@@ -40,6 +41,8 @@ pub use crate::store::log::Filter as EventFilter;
 pub use crate::store::Metadata;
 pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
+pub use passkeys::{relying_party, Ceremony, PasskeyInfo};
+pub use sessions::SessionInfo;
 pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
 
 
@@ -128,6 +131,8 @@ pub struct App {
     verifications: verifications::Verifications,
     admin_failures: admin::Failures,
     verified_tokens: sessions::VerifiedTokens,
+    /// The WebAuthn relying party (passkeys); `None` until [`App::with_webauthn`].
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 fn random_token() -> String {
@@ -146,6 +151,11 @@ impl App {
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
         let verifications = verifications::Verifications::new(&keys);
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default() }
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default(), webauthn: None }
+    }
+
+    /// Passkeys with this relying party (see [`relying_party`]).
+    pub fn with_webauthn(self, webauthn: webauthn_rs::Webauthn) -> Self {
+        Self { webauthn: Some(Arc::new(webauthn)), ..self }
     }
 }

@@ -1,7 +1,7 @@
 //! Sessions: opening one, access tokens, refresh rotation, token checks, sign-out.
 
 use chrono::{DateTime, Utc};
-use domain::session::{SessionCommand, SessionError, SessionEvent};
+use domain::session::{Device, SessionCommand, SessionError, SessionEvent};
 use domain::user::UserCommand;
 use domain::{Session, User};
 use jsonwebtoken::{Algorithm, Header};
@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use sha2::{Digest, Sha256};
 
 use crate::store::{CommandError, Metadata, Unit};
-use super::{random_token, rejected, App, AppError, Claims, Conflict, Tokens, Verified};
+use super::{random_token, rejected, App, AppError, Claims, Conflict, Missing, Tokens, Verified};
 
 impl App {
     /// Decides a new session in `unit` (committed with it) and signs its tokens.
@@ -33,6 +33,7 @@ impl App {
             refresh_expires_at: at + self.policy.refresh_ttl,
             ends_at,
             amr: amr.clone(),
+            device: device_of(unit.metadata()),
             at,
         };
         unit.decide_new::<Session>(&session_id.to_string(), command, &())
@@ -90,7 +91,7 @@ impl App {
         // The account decides first: a session it ended (sign-out everywhere, reset,
         // removal) refreshes no more, whatever its own stream says.
         let current = self.store.load_current::<Session>(&session_id.to_string()).await?;
-        self.admitted(&current).await?;
+        self.admitted(session_id, &current).await?;
         let new_token = format!("{session_id}.{}", random_token());
         let at = Utc::now();
         let command = SessionCommand::Refresh {
@@ -142,16 +143,16 @@ impl App {
         if session.profile_id() != Some(verified.profile_id) {
             return Err(AppError::InvalidToken);
         }
-        self.admitted(&session).await?;
+        self.admitted(verified.session_id, &session).await?;
         Ok(verified)
     }
 
     /// A session counts while its account (the `User` aggregate, from memory)
     /// admits it.
-    async fn admitted(&self, session: &Session) -> Result<(), AppError> {
+    async fn admitted(&self, session_id: Uuid, session: &Session) -> Result<(), AppError> {
         let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        if session.admitted_by(&user, Utc::now()) {
+        if session.admitted_by(session_id, &user, Utc::now()) {
             Ok(())
         } else {
             Err(AppError::InvalidToken)
@@ -177,10 +178,54 @@ impl App {
         self.end_sessions(sessions, meta).await
     }
 
-    /// Ends every open session of an account (after a password change or removal).
-    pub async fn end_all_sessions(&self, profile_id: Uuid, meta: &Metadata) -> Result<u64, AppError> {
-        let sessions = self.store.read_models().await?.active_sessions(&profile_id.to_string()).await?;
+    /// Ends every open session of an account (after a password reset or removal),
+    /// but `kept`.
+    pub async fn end_all_sessions(&self, profile_id: Uuid, kept: Option<Uuid>, meta: &Metadata) -> Result<u64, AppError> {
+        let mut sessions = self.store.read_models().await?.active_sessions(&profile_id.to_string()).await?;
+        sessions.retain(|id| kept.is_none_or(|kept| *id != kept.to_string()));
         self.end_sessions(sessions, meta).await
+    }
+
+    /// The open sessions of the holder's account, newest first.
+    pub async fn my_sessions(&self, who: &Verified) -> Result<Vec<SessionInfo>, AppError> {
+        let ids = self.store.read_models().await?.active_sessions(&who.profile_id.to_string()).await?;
+        let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
+        let now = Utc::now();
+        let mut sessions = Vec::new();
+        for id in ids {
+            let Ok(session_id) = Uuid::parse_str(&id) else { continue };
+            let session = self.store.load_current::<Session>(&id).await?;
+            if session.profile_id() != Some(who.profile_id) || !session.admitted_by(session_id, &user, now) {
+                continue;
+            }
+            let (Some(created_at), Some(last_used_at)) = (session.opened_at(), session.last_used_at()) else { continue };
+            sessions.push(SessionInfo {
+                session_id,
+                created_at,
+                last_used_at,
+                device: session.device().clone(),
+                amr: session.amr().to_vec(),
+                current: session_id == who.session_id,
+            });
+        }
+        sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(sessions)
+    }
+
+    /// Ends one session of the holder's account (this one too). Another account's
+    /// session, or one already over, is not found.
+    pub async fn end_my_session(&self, who: &Verified, session_id: &str, meta: &Metadata) -> Result<(), AppError> {
+        let not_found = || AppError::NotFound(Missing::Session);
+        let id = Uuid::parse_str(session_id).map_err(|_| not_found())?;
+        let session = self.store.load_current::<Session>(&id.to_string()).await?;
+        if session.profile_id() != Some(who.profile_id) || self.admitted(id, &session).await.is_err() {
+            return Err(not_found());
+        }
+        match self.store.execute::<Session>(&id.to_string(), SessionCommand::SignOut { at: Utc::now() }, &(), meta).await {
+            Ok(_) => Ok(()),
+            Err(CommandError::Rejected(_)) => Err(not_found()),
+            Err(CommandError::Store(error)) => Err(error.into()),
+        }
     }
 
     async fn end_sessions(&self, sessions: Vec<String>, meta: &Metadata) -> Result<u64, AppError> {
@@ -195,6 +240,22 @@ impl App {
         }
         Ok(revoked)
     }
+}
+
+/// One open session, as its account sees it.
+pub struct SessionInfo {
+    pub session_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub device: Device,
+    pub amr: Vec<String>,
+    /// The session of the token that asked.
+    pub current: bool,
+}
+
+/// The device a request came from, as its metadata recorded it.
+fn device_of(meta: &Metadata) -> Device {
+    Device { client_address: meta.get("client_address").cloned(), user_agent: meta.get("user_agent").cloned() }
 }
 
 /// Access tokens whose signature and claims checked out, by SHA-256 of the whole

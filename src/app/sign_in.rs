@@ -210,7 +210,7 @@ impl App {
         // A removal, reset or sign-out everywhere since the password step ends the
         // ticket too: the account decides, read from the store.
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
-        if !challenge.issued_at().is_some_and(|issued_at| user.admits_session(issued_at)) {
+        if !challenge.issued_at().is_some_and(|issued_at| user.admits_session(None, issued_at)) {
             return Err(AppError::InvalidCredentials);
         }
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));

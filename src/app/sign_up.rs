@@ -17,7 +17,7 @@ use super::{rejected, App, AppError, Conflict, Fields};
 
 impl App {
     /// Checks the invitation without redeeming it.
-    async fn check_invitation(&self, token: Option<&str>, fields: &mut Fields) -> Result<Option<String>, AppError> {
+    pub(super) async fn check_invitation(&self, token: Option<&str>, fields: &mut Fields) -> Result<Option<String>, AppError> {
         if self.policy.open_signup {
             return Ok(None);
         }
@@ -36,7 +36,7 @@ impl App {
         Ok(Some(id))
     }
 
-    async fn check_username_free(&self, username: &str) -> Result<String, AppError> {
+    pub(super) async fn check_username_free(&self, username: &str) -> Result<String, AppError> {
         let id = self.keys.aggregate_id("username", username);
         match self.store.load::<Username>(&id).await?.owner() {
             Some(_) => Err(AppError::Conflict(Conflict::UsernameTaken)),

@@ -24,11 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("{} added; {} available in `{}`", filled.added, filled.available, filled.bucket);
         }
         Command::SignUp(args) => {
-            let password = read_secret("Password: ")?;
-            let confirm = if std::io::stdin().is_terminal() { read_secret("Again: ")? } else { password.clone() };
-            if password != confirm {
-                bail!("the passwords differ");
-            }
+            let password = read_new_password()?;
             let api = Api::new(&args.target.url);
             let profile_id =
                 api.sign_up(&args.username, password.as_bytes(), args.token.as_deref(), args.email.as_deref()).await?;
@@ -71,9 +67,34 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let revoked = api.sign_out(&args.token.access_token, args.all).await?;
             println!("{}", serde_json::json!({ "revoked": revoked }));
         }
+        Command::Sessions(args) => {
+            let api = Api::new(&args.token.target.url);
+            match args.end {
+                Some(session_id) => {
+                    api.end_session(&args.token.access_token, &session_id).await?;
+                    println!("{}", serde_json::json!({ "ended": session_id }));
+                }
+                None => println!("{}", serde_json::to_string_pretty(&api.sessions(&args.token.access_token).await?)?),
+            }
+        }
+        Command::ChangePassword(args) => {
+            let password = read_new_password()?;
+            Api::new(&args.target.url).change_password(&args.access_token, password.as_bytes()).await?;
+            eprintln!("password changed; every other session of the account has ended");
+        }
         Command::Serve | Command::Openapi | Command::GenerateSetup | Command::Bench(_) | Command::Replay(_) => bail!("not a client command"),
     }
     Ok(())
+}
+
+/// A new password: twice from the terminal, or once from stdin.
+fn read_new_password() -> anyhow::Result<String> {
+    let password = read_secret("Password: ")?;
+    let confirm = if std::io::stdin().is_terminal() { read_secret("Again: ")? } else { password.clone() };
+    if password != confirm {
+        bail!("the passwords differ");
+    }
+    Ok(password)
 }
 
 /// A line from the terminal (not echoed) or from stdin.

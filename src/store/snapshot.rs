@@ -81,6 +81,7 @@ mod tests {
             refresh_expires_at: at + Duration::days(1),
             ends_at: at + Duration::days(30),
             amr: vec!["pwd".into()],
+            device: Default::default(),
             at,
         };
         store.execute::<Session>(&id, open, &(), &meta).await.expect("open");

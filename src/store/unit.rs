@@ -116,6 +116,11 @@ impl Store {
 }
 
 impl Unit<'_> {
+    /// What this unit's events are recorded with.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
     /// The state of an aggregate the unit depends on without changing it (a sign-in's
     /// account): from this process's memory on the first attempt, from the store after
     /// a conflict. The unit commits only if the aggregate has gained no event since —
@@ -199,6 +204,12 @@ impl Unit<'_> {
             }
             return Ok((events, aggregate));
         }
+    }
+
+    /// Drops what this attempt decided on every aggregate but `id` of type `A` (a
+    /// refused answer spends its challenge and changes nothing else).
+    pub fn keep_only<A: Aggregate>(&mut self, id: &str) {
+        self.decided.retain(|d| d.aggregate_type == A::TYPE && d.events.first().is_some_and(|e| e.aggregate_id == id));
     }
 
     /// Drops what this attempt decided on the aggregate `id` of type `A` (an outcome

@@ -45,6 +45,13 @@ fn an_unknown_store_scheme_is_refused() {
 
 /// Runs a client subcommand against `server`, feeding `stdin`; returns stdout.
 fn run(server: &Server, args: &[&str], stdin: &str) -> String {
+    let output = output_of(server, args, stdin);
+    assert!(output.status.success(), "authd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Runs a client subcommand against `server`, feeding `stdin`, whatever its fate.
+fn output_of(server: &Server, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = authd()
         .args(args)
         .env("AUTHD_URL", &server.base)
@@ -55,9 +62,7 @@ fn run(server: &Server, args: &[&str], stdin: &str) -> String {
         .spawn()
         .expect("spawn");
     child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let output = child.wait_with_output().expect("wait");
-    assert!(output.status.success(), "authd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("utf-8")
+    child.wait_with_output().expect("wait")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +87,25 @@ async fn the_cli_walk_through_works() {
             "",
         ))
         .expect("json");
-        let out = run(&server, &["sign-out", "--access-token", refreshed["access_token"].as_str().expect("a")], "");
+        // A second session, listed, then ended from the first.
+        let other: serde_json::Value =
+            serde_json::from_str(&run(&server, &["sign-in", "--username", &username], "pass phrase\n")).expect("json");
+        let access = refreshed["access_token"].as_str().expect("a");
+        let sessions: serde_json::Value = serde_json::from_str(&run(&server, &["sessions", "--access-token", access], "")).expect("json");
+        assert_eq!(sessions.as_array().map(Vec::len), Some(2), "{sessions}");
+        let other_id = sessions[0]["session_id"].as_str().expect("id");
+        assert_eq!(sessions[0]["current"], false);
+        run(&server, &["sessions", "--access-token", access, "--end", other_id], "");
+        let ended = output_of(&server, &["verify", "--access-token", other["access_token"].as_str().expect("a")], "");
+        assert!(!ended.status.success(), "the ended session's token is refused");
+        // The password changes (the sign-in is recent); the old one no longer signs in.
+        let fresh: serde_json::Value =
+            serde_json::from_str(&run(&server, &["sign-in", "--username", &username], "pass phrase\n")).expect("json");
+        run(&server, &["change-password", "--access-token", fresh["access_token"].as_str().expect("a")], "new pass phrase\n");
+        let old = output_of(&server, &["sign-in", "--username", &username], "pass phrase\n");
+        assert!(!old.status.success(), "the old password is refused");
+        run(&server, &["sign-in", "--username", &username], "new pass phrase\n");
+        let out = run(&server, &["sign-out", "--access-token", fresh["access_token"].as_str().expect("a")], "");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&out).expect("json")["revoked"], 1);
     });
 }

@@ -21,19 +21,19 @@ both_stores!(
 /// Seconds a proof counts as recent in these tests.
 const MAX_AGE: &str = "2";
 
-async fn stale_server(backend: Backend, extra: &[(&'static str, &'static str)]) -> Server {
+pub(crate) async fn stale_server(backend: Backend, extra: &[(&'static str, &'static str)]) -> Server {
     let mut env = vec![("AUTHD_ELEVATION_MAX_AGE", MAX_AGE)];
     env.extend_from_slice(extra);
     Server::start_with(backend, &env).await
 }
 
 /// Lets the proof of presence of every token issued so far grow old.
-async fn let_it_grow_old() {
+pub(crate) async fn let_it_grow_old() {
     tokio::time::sleep(Duration::from_millis(3_100)).await;
 }
 
 /// `POST /v1/elevate/password` + `/finish` with `password`; status and body of the finish.
-async fn elevate_with_password(server: &Server, access_token: &str, password: &[u8]) -> (u16, Value) {
+pub(crate) async fn elevate_with_password(server: &Server, access_token: &str, password: &[u8]) -> (u16, Value) {
     let (login, ke1) = Login::start(password).expect("login start");
     let (status, started) = server.call("POST", "/v1/elevate/password", Some(access_token), Some(json!({"credential_request": ke1}))).await;
     assert_eq!(status, 200, "{started}");
@@ -44,7 +44,7 @@ async fn elevate_with_password(server: &Server, access_token: &str, password: &[
     server.call("POST", "/v1/elevate/password/finish", Some(access_token), Some(body)).await
 }
 
-fn error_of(body: &Value) -> Option<&str> {
+pub(crate) fn error_of(body: &Value) -> Option<&str> {
     body["error"].as_str()
 }
 

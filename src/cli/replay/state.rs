@@ -3,15 +3,24 @@
 
 use anyhow::{bail, Context};
 use cqrs_es::Aggregate;
-use domain::{InviteToken, Mfa, MfaChallenge, Session, SignIn, User, Username};
+use domain::{InviteToken, Mfa, MfaChallenge, Passkeys, Session, SignIn, User, Username, WebauthnChallenge};
 use projections::Db;
 use serde_json::{json, Value};
 
 use crate::config::{At, StateArgs};
 use crate::store::log::{self, Backend, Bind, Event};
 
-const TYPES: [&str; 7] =
-    [User::TYPE, Username::TYPE, Session::TYPE, SignIn::TYPE, Mfa::TYPE, MfaChallenge::TYPE, InviteToken::TYPE];
+const TYPES: [&str; 9] = [
+    User::TYPE,
+    Username::TYPE,
+    Session::TYPE,
+    SignIn::TYPE,
+    Mfa::TYPE,
+    MfaChallenge::TYPE,
+    InviteToken::TYPE,
+    Passkeys::TYPE,
+    WebauthnChallenge::TYPE,
+];
 
 pub async fn print(db: &Db, kek: &crate::store::shred::Kek, args: &StateArgs) -> anyhow::Result<()> {
     if !TYPES.contains(&args.aggregate_type.as_str()) {
@@ -52,6 +61,8 @@ pub async fn print(db: &Db, kek: &crate::store::shred::Kek, args: &StateArgs) ->
         Mfa::TYPE => fold::<Mfa>(&events),
         MfaChallenge::TYPE => fold::<MfaChallenge>(&events),
         InviteToken::TYPE => fold::<InviteToken>(&events),
+        Passkeys::TYPE => fold::<Passkeys>(&events),
+        WebauthnChallenge::TYPE => fold::<WebauthnChallenge>(&events),
         other => bail!("unknown aggregate type {other:?}: one of {}", TYPES.join(", ")),
     }?;
     let last = events.last();

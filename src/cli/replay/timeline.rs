@@ -185,6 +185,9 @@ pub fn describe(event: &Event) -> String {
             UserEvent::AccountLocked { until, .. } => format!("account locked until {}", until.to_rfc3339()),
             UserEvent::EmailVerified { email, .. } => format!("email {email} verified"),
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
+            UserEvent::PasswordChanged { kept_session, .. } => {
+                format!("password changed while signed in (new OPAQUE registration; every session but {kept_session} ends)")
+            }
             UserEvent::UserRemoved { .. } => "account removed".to_string(),
             UserEvent::SessionsRevoked { .. } => "signed out everywhere (every session until now ends)".to_string(),
         }),

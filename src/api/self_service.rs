@@ -1,0 +1,129 @@
+//! Self-service for a signed-in holder: the account's sessions, and a password
+//! change (elevated).
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem::Request;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::mfa::Done;
+use super::sign_up::SignUpStarted;
+use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use crate::app::{App, SessionInfo};
+
+/// One open session of the account.
+#[derive(Object)]
+pub struct MySession {
+    pub session_id: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The last refresh or elevation (RFC 3339); the creation until then.
+    pub last_used_at: String,
+    /// The address it was opened from, when known.
+    #[oai(skip_serializing_if_is_none)]
+    pub client_address: Option<String>,
+    /// The `User-Agent` it was opened with, when sent.
+    #[oai(skip_serializing_if_is_none)]
+    pub user_agent: Option<String>,
+    /// How its holder proved who they are (RFC 8176 names).
+    pub amr: Vec<String>,
+    /// The session of the token that asked.
+    pub current: bool,
+}
+
+impl From<SessionInfo> for MySession {
+    fn from(info: SessionInfo) -> Self {
+        Self {
+            session_id: info.session_id.to_string(),
+            created_at: info.created_at.to_rfc3339(),
+            last_used_at: info.last_used_at.to_rfc3339(),
+            client_address: info.device.client_address,
+            user_agent: info.device.user_agent,
+            amr: info.amr,
+            current: info.current,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct MySessions {
+    /// Newest first.
+    pub sessions: Vec<MySession>,
+}
+
+#[derive(Object)]
+pub struct PasswordChangeStart {
+    /// OPAQUE RegistrationRequest for the new password (32 bytes, base64url).
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{43}$"))]
+    pub registration_request: String,
+}
+
+#[derive(Object)]
+pub struct PasswordChangeFinish {
+    /// OPAQUE registration record for the new password (192 bytes, base64url).
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{256}$"))]
+    pub registration_record: String,
+}
+
+#[derive(Default)]
+pub struct SelfServiceApi;
+
+#[OpenApi(tag = "Tag::SelfService")]
+impl SelfServiceApi {
+    /// The open sessions of the Bearer token's account, with the device each was
+    /// opened from.
+    #[oai(path = "/v1/user/sessions", method = "get", operation_id = "user_sessions")]
+    async fn sessions(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<MySessions>, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        let sessions = app.my_sessions(&who).await?.into_iter().map(MySession::from).collect();
+        Ok(Json(MySessions { sessions }))
+    }
+
+    /// End one session of the account (this one too). 404 `session_not_found` for
+    /// one that is over or belongs to another account.
+    #[oai(path = "/v1/user/sessions/:session_id", method = "delete", operation_id = "user_session_end")]
+    async fn end_session(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        auth: AccessToken,
+        #[oai(validator(max_length = 64))] session_id: Path<String>,
+    ) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.end_my_session(&who, &session_id.0, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Password change, step 1 (elevated): the new password's OPAQUE registration
+    /// request. Nothing is stored yet. 403 `elevation_required` without a recent
+    /// proof of presence.
+    #[oai(path = "/v1/user/password", method = "post", operation_id = "user_password")]
+    async fn password(
+        &self,
+        app: Data<&Arc<App>>,
+        auth: AccessToken,
+        body: JsonBody<PasswordChangeStart>,
+    ) -> Result<Json<SignUpStarted>, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        let registration_response = app.change_password_start(&who, &body.0.registration_request).await?;
+        Ok(Json(SignUpStarted { registration_response }))
+    }
+
+    /// Password change, step 2 (elevated): the new password replaces the old one
+    /// and every other session of the account ends; this one goes on.
+    #[oai(path = "/v1/user/password/finish", method = "post", operation_id = "user_password_finish")]
+    async fn password_finish(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        auth: AccessToken,
+        body: JsonBody<PasswordChangeFinish>,
+    ) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.change_password_finish(&who, &body.0.registration_record, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+}
