@@ -15,6 +15,8 @@ use crate::relay;
 use crate::store::{self, Store};
 
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    // Refused before anything is touched.
+    let webauthn = crate::app::relying_party(&config.webauthn_rp_id, &config.webauthn_origins).map_err(anyhow::Error::msg)?;
     let url = config.database_url();
     if url.starts_with("sqlite:") || !config.data_dir.exists() {
         create_private_dir(&config.data_dir)?;
@@ -78,7 +80,6 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         config.sms_webhook_url.as_deref().filter(|url| !url.trim().is_empty()),
     )?;
     tracing::info!(delivery = %delivery.describe(), "verification messages");
-    let webauthn = crate::app::relying_party(&config.webauthn_rp_id, &config.webauthn_origins).map_err(anyhow::Error::msg)?;
     let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts).with_webauthn(webauthn));
     if config.seal_interval > 0 {
         let full_check = Duration::from_secs(config.seal_full_check_interval);

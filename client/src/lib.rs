@@ -232,6 +232,8 @@ pub struct UserInfo {
     pub username: String,
     pub email: Option<String>,
     pub email_verified: bool,
+    #[serde(default)]
+    pub phone_number: Option<String>,
     pub mfa_enabled: bool,
     pub created_at: String,
 }

@@ -23,6 +23,12 @@ pub struct User {
     registration_record: Vec<u8>,
     email: Option<String>,
     email_verified: bool,
+    /// Addresses the account had before its email changes (mail to them is its too).
+    #[serde(default)]
+    former_emails: Vec<String>,
+    /// E.164, verified by a texted code.
+    #[serde(default)]
+    phone_number: Option<String>,
     sessions_revoked_at: Option<DateTime<Utc>>,
     /// The one session the last revocation spared (a password change keeps the
     /// session that made it).
@@ -42,6 +48,10 @@ pub enum UserCommand {
     RegisterWithoutPassword { username: String, email: Option<String>, at: DateTime<Utc> },
     /// A code sent to `email` came back.
     VerifyEmail { email: String, at: DateTime<Utc> },
+    /// A code sent to a new address came back: it replaces the old one, verified.
+    ChangeEmail { email: String, at: DateTime<Utc> },
+    /// A code texted to a phone number came back: it is the account's, verified.
+    ChangePhoneNumber { phone_number: String, at: DateTime<Utc> },
     /// A fresh OPAQUE registration replaces the old one.
     ResetPassword { registration_record: Vec<u8>, at: DateTime<Utc> },
     /// A signed-in holder replaces the password: every other session ends.
@@ -66,6 +76,8 @@ pub enum UserEvent {
     SignInFailuresReset { at: DateTime<Utc> },
     AccountLocked { until: DateTime<Utc>, at: DateTime<Utc> },
     EmailVerified { email: String, at: DateTime<Utc> },
+    EmailChanged { email: String, at: DateTime<Utc> },
+    PhoneNumberChanged { phone_number: String, at: DateTime<Utc> },
     PasswordReset { registration_record: String, at: DateTime<Utc> },
     PasswordChanged { registration_record: String, kept_session: Uuid, at: DateTime<Utc> },
     UserRemoved { at: DateTime<Utc> },
@@ -77,6 +89,8 @@ crate::domain_event!(UserEvent {
     SignInFailuresReset,
     AccountLocked,
     EmailVerified,
+    EmailChanged,
+    PhoneNumberChanged,
     PasswordReset,
     PasswordChanged,
     UserRemoved,
@@ -105,6 +119,14 @@ impl User {
     }
     pub fn email_verified(&self) -> bool {
         self.email_verified
+    }
+    /// Every address the account has had, the current one first.
+    pub fn emails(&self) -> impl Iterator<Item = &str> {
+        self.email.iter().chain(self.former_emails.iter()).map(String::as_str)
+    }
+    /// The verified phone number (E.164), if any.
+    pub fn phone_number(&self) -> Option<&str> {
+        self.phone_number.as_deref()
     }
     /// Whether the session `id` (`None`: something else bound to the account, like a
     /// pending MFA challenge), opened at `opened_at`, still counts: the account exists
@@ -176,6 +198,10 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::EmailVerified { email, at }, self).await;
             }
+            UserCommand::ChangeEmail { email, at } => sink.write(UserEvent::EmailChanged { email, at }, self).await,
+            UserCommand::ChangePhoneNumber { phone_number, at } => {
+                sink.write(UserEvent::PhoneNumberChanged { phone_number, at }, self).await
+            }
             UserCommand::ResetPassword { registration_record, at } => {
                 if registration_record.len() != REGISTRATION_RECORD_LEN {
                     return Err(UserError::BadRecord);
@@ -208,6 +234,13 @@ impl Aggregate for User {
             | UserEvent::SignInFailuresReset { .. }
             | UserEvent::AccountLocked { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
+            UserEvent::EmailChanged { email, .. } => {
+                if let Some(former) = self.email.replace(email).filter(|former| Some(former) != self.email.as_ref()) {
+                    self.former_emails.push(former);
+                }
+                self.email_verified = true;
+            }
+            UserEvent::PhoneNumberChanged { phone_number, .. } => self.phone_number = Some(phone_number),
             UserEvent::PasswordReset { registration_record, at } => {
                 self.registration_record = decode(&registration_record);
                 self.revoke_sessions(at, None);
@@ -402,6 +435,27 @@ mod tests {
             assert!(!user.admits_session(None, at()), "a session opened before is over");
             assert_eq!(user.admits_session(None, later), !removal, "a later one counts, unless the account is gone");
         }
+    }
+
+    #[tokio::test]
+    async fn a_changed_email_is_verified_and_a_phone_number_kept() {
+        T::with(())
+            .given(vec![with_email("a@example.com")])
+            .when_async(ChangeEmail { email: "b@example.com".into(), at: at() })
+            .await
+            .then_expect_events(vec![EmailChanged { email: "b@example.com".into(), at: at() }]);
+        let mut user = User::default();
+        user.apply(with_email("a@example.com"));
+        user.apply(EmailChanged { email: "b@example.com".into(), at: at() });
+        assert_eq!((user.email(), user.email_verified()), (Some("b@example.com"), true));
+        assert_eq!(user.emails().collect::<Vec<_>>(), ["b@example.com", "a@example.com"], "the former one is remembered");
+        user.apply(PhoneNumberChanged { phone_number: "+14155550100".into(), at: at() });
+        assert_eq!(user.phone_number(), Some("+14155550100"));
+        T::with(())
+            .given_no_previous_events()
+            .when_async(ChangeEmail { email: "b@example.com".into(), at: at() })
+            .await
+            .then_expect_error(UserError::NotRegistered);
     }
 
     #[tokio::test]

@@ -97,6 +97,10 @@ pub enum PurposeKind {
     Activate,
     /// Lets a forgotten password be replaced.
     Reset,
+    /// Proves a signed-in account's new email address.
+    ChangeEmail,
+    /// Proves a signed-in account's new phone number (texted).
+    ChangePhone,
 }
 
 impl PurposeKind {
@@ -105,14 +109,16 @@ impl PurposeKind {
         match self {
             PurposeKind::Activate => "activate",
             PurposeKind::Reset => "reset",
+            PurposeKind::ChangeEmail => "change_email",
+            PurposeKind::ChangePhone => "change_phone",
         }
     }
 
-    /// How long such a code is valid: a day to activate, 15 minutes to reset.
+    /// How long such a code is valid: a day to activate, 15 minutes otherwise.
     pub fn ttl(self) -> Duration {
         match self {
             PurposeKind::Activate => Duration::hours(24),
-            PurposeKind::Reset => Duration::minutes(15),
+            PurposeKind::Reset | PurposeKind::ChangeEmail | PurposeKind::ChangePhone => Duration::minutes(15),
         }
     }
 }
@@ -124,6 +130,8 @@ impl PurposeKind {
 pub enum CodePurpose {
     Activate { profile_id: Uuid },
     Reset { profile_id: Uuid },
+    ChangeEmail { profile_id: Uuid },
+    ChangePhone { profile_id: Uuid },
 }
 
 impl CodePurpose {
@@ -131,6 +139,8 @@ impl CodePurpose {
         match kind {
             PurposeKind::Activate => CodePurpose::Activate { profile_id },
             PurposeKind::Reset => CodePurpose::Reset { profile_id },
+            PurposeKind::ChangeEmail => CodePurpose::ChangeEmail { profile_id },
+            PurposeKind::ChangePhone => CodePurpose::ChangePhone { profile_id },
         }
     }
 
@@ -138,12 +148,17 @@ impl CodePurpose {
         match self {
             CodePurpose::Activate { .. } => PurposeKind::Activate,
             CodePurpose::Reset { .. } => PurposeKind::Reset,
+            CodePurpose::ChangeEmail { .. } => PurposeKind::ChangeEmail,
+            CodePurpose::ChangePhone { .. } => PurposeKind::ChangePhone,
         }
     }
 
     pub fn profile_id(&self) -> Uuid {
         match *self {
-            CodePurpose::Activate { profile_id } | CodePurpose::Reset { profile_id } => profile_id,
+            CodePurpose::Activate { profile_id }
+            | CodePurpose::Reset { profile_id }
+            | CodePurpose::ChangeEmail { profile_id }
+            | CodePurpose::ChangePhone { profile_id } => profile_id,
         }
     }
 
@@ -163,6 +178,8 @@ impl CodePurpose {
         let kind = match payload.get("purpose")?.as_str()? {
             "activate" => PurposeKind::Activate,
             "reset" => PurposeKind::Reset,
+            "change_email" => PurposeKind::ChangeEmail,
+            "change_phone" => PurposeKind::ChangePhone,
             _ => return None,
         };
         let profile_id = Uuid::parse_str(payload.get("profile_id")?.as_str()?).ok()?;
@@ -174,7 +191,7 @@ impl CodePurpose {
     pub fn expect(payload: &Value, kind: PurposeKind) -> Result<Uuid, String> {
         match Self::from_payload(payload) {
             Some(purpose) if purpose.kind() == kind => Ok(purpose.profile_id()),
-            _ => Err(format!("is not a code to {} an account", kind.as_str())),
+            _ => Err(format!("is not a code to {} an account", kind.as_str().replace('_', " "))),
         }
     }
 }

@@ -221,7 +221,14 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                 "UPDATE users_view SET email_verified = $2 WHERE profile_id = $1",
                 vec![id(), Bool(true)],
             )],
-            UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } | UserEvent::SessionsRevoked { .. } => vec![],
+            UserEvent::EmailChanged { email, .. } => vec![stmt(
+                "UPDATE users_view SET email = $2, email_verified = $3 WHERE profile_id = $1",
+                vec![id(), Text(email), Bool(true)],
+            )],
+            UserEvent::PasswordReset { .. }
+            | UserEvent::PasswordChanged { .. }
+            | UserEvent::PhoneNumberChanged { .. }
+            | UserEvent::SessionsRevoked { .. } => vec![],
             UserEvent::UserRemoved { .. } => {
                 vec![stmt("DELETE FROM users_view WHERE profile_id = $1", vec![id()])]
             }

@@ -58,9 +58,15 @@ fn kind(path: &str) -> Option<Kind> {
     } else if path.starts_with("/v1/account/forgot")
         || path.starts_with("/v1/account/reset")
         || path.starts_with("/v1/account/recover")
+        || path == "/v1/user/email/change"
+        || path == "/v1/user/phone/change"
     {
         Some(Kind::Recovery)
-    } else if path == "/v1/account/activate" || (path.starts_with("/v1/methods/") && path.ends_with("/actions/validate")) {
+    } else if path == "/v1/account/activate"
+        || path == "/v1/user/email/verify"
+        || path == "/v1/user/phone/verify"
+        || (path.starts_with("/v1/methods/") && path.ends_with("/actions/validate"))
+    {
         Some(Kind::Validation)
     } else {
         None
@@ -138,6 +144,8 @@ mod tests {
         assert_eq!(kind("/v1/sign/up/finish"), Some(Kind::SignUp));
         assert_eq!(kind("/v1/account/forgot"), Some(Kind::Recovery));
         assert_eq!(kind("/v1/methods/email/verifiers/x/actions/validate"), Some(Kind::Validation));
+        assert_eq!(kind("/v1/user/email/change"), Some(Kind::Recovery), "a mail to any address");
+        assert_eq!(kind("/v1/user/phone/verify"), Some(Kind::Validation));
         assert_eq!(kind("/v1/token/refresh"), None);
         assert_eq!(kind("/v1/jwt/verify"), None);
     }

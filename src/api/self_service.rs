@@ -1,5 +1,5 @@
-//! Self-service for a signed-in holder: the account's sessions, and a password
-//! change (elevated).
+//! Self-service for a signed-in holder: the account's sessions, and (elevated)
+//! password, email and phone number changes.
 
 use std::sync::Arc;
 
@@ -68,6 +68,29 @@ pub struct PasswordChangeFinish {
     pub registration_record: String,
 }
 
+#[derive(Object)]
+pub struct EmailChange {
+    /// Gets a code; the address changes only when the code comes back.
+    #[oai(validator(max_length = 254, pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"))]
+    pub new_email: String,
+}
+
+#[derive(Object)]
+pub struct PhoneChange {
+    /// E.164 (`+` and up to 15 digits); gets a texted code.
+    #[oai(validator(max_length = 16))]
+    pub phone_number: String,
+}
+
+#[derive(Object)]
+pub struct CodeProof {
+    /// From the message with the code.
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub verification_id: String,
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub code: String,
+}
+
 #[derive(Default)]
 pub struct SelfServiceApi;
 
@@ -94,6 +117,42 @@ impl SelfServiceApi {
     ) -> Result<Done, ApiError> {
         let who = app.verify(&auth.0.token).await?;
         app.end_my_session(&who, &session_id.0, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Email change, step 1 (elevated): a code goes to the new address, a notice to
+    /// the old one. 403 `elevation_required` without a recent proof of presence.
+    #[oai(path = "/v1/user/email/change", method = "post", operation_id = "user_email_change")]
+    async fn email_change(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<EmailChange>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.change_email_start(&who, &body.0.new_email, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Email change, step 2: the code from the new address → it is the account's,
+    /// verified. 422 for a wrong code (attempts are counted) or a code of another
+    /// purpose; 404 unknown, expired or another account's.
+    #[oai(path = "/v1/user/email/verify", method = "post", operation_id = "user_email_verify")]
+    async fn email_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CodeProof>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.change_email_verify(&who, &body.0.verification_id, &body.0.code, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Phone number, step 1 (elevated): a code texted through the SMS webhook (503
+    /// `delivery_unavailable` when none is configured).
+    #[oai(path = "/v1/user/phone/change", method = "post", operation_id = "user_phone_change")]
+    async fn phone_change(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PhoneChange>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.change_phone_start(&who, &body.0.phone_number, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Phone number, step 2: the texted code → the number is the account's.
+    #[oai(path = "/v1/user/phone/verify", method = "post", operation_id = "user_phone_verify")]
+    async fn phone_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CodeProof>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.change_phone_verify(&who, &body.0.verification_id, &body.0.code, &metadata(request)).await?;
         Ok(Done::NoContent)
     }
 

@@ -71,6 +71,9 @@ pub struct Profile {
     #[oai(skip_serializing_if_is_none)]
     pub email: Option<String>,
     pub email_verified: bool,
+    /// The verified phone number (E.164), when the account has one.
+    #[oai(skip_serializing_if_is_none)]
+    pub phone_number: Option<String>,
     pub mfa_enabled: bool,
     /// RFC 3339.
     pub created_at: String,
@@ -146,6 +149,7 @@ impl SessionApi {
             username: user.username,
             email: user.email,
             email_verified: user.email_verified,
+            phone_number: app.phone_number(who.profile_id).await?,
             mfa_enabled: user.mfa_enabled,
             created_at: user.created_at,
         }))

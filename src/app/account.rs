@@ -40,6 +40,11 @@ impl App {
     }
 
 
+    /// The account's verified phone number (from the account itself, in memory).
+    pub async fn phone_number(&self, profile_id: Uuid) -> Result<Option<String>, AppError> {
+        Ok(self.store.load_current::<User>(&profile_id.to_string()).await?.phone_number().map(str::to_string))
+    }
+
     pub async fn user(&self, profile_id: Uuid) -> Result<Option<UserView>, AppError> {
         Ok(self.store.read_models().await?.user(&profile_id.to_string()).await?)
     }
@@ -236,6 +241,81 @@ impl App {
         Ok(())
     }
 
+    /// Email change, step 1 (elevated): a code to the new address (15 minutes), a
+    /// notice to the old one. Nothing changes until the code comes back.
+    pub async fn change_email_start(&self, who: &Verified, new_email: &str, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who)?;
+        let mut fields = Fields::default();
+        fields.check("new_email", Method::Email.check_consumer(new_email));
+        if !fields.is_empty() {
+            return Err(fields.error());
+        }
+        let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
+        let purpose = CodePurpose::ChangeEmail { profile_id: who.profile_id };
+        let body = "Your confirmation code is {{{CODE}}}.\nVerification id: {{{VERIFICATION_ID}}}\n";
+        self.send_email_code(new_email, "Confirm your new email address", body, purpose.to_payload(), purpose.ttl(), meta).await?;
+        if let Some(old) = user.email().filter(|old| *old != new_email) {
+            let notice = format!(
+                "A change of your account's email address to {new_email} was requested.\n\
+                 If that was not you, sign in, change your password and end your other sessions.\n"
+            );
+            self.notify_by_mail(old, "Your email address is being changed", &notice).await;
+        }
+        Ok(())
+    }
+
+    /// Email change, step 2: the code sent to the new address makes it the
+    /// account's, verified.
+    pub async fn change_email_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let email = self.redeem_own_code(who, Method::Email, PurposeKind::ChangeEmail, verification_id, code, meta).await?;
+        let change = UserCommand::ChangeEmail { email, at: Utc::now() };
+        self.store
+            .execute::<User>(&who.profile_id.to_string(), change, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
+        Ok(())
+    }
+
+    /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
+    /// webhook (503 `delivery_unavailable` without one).
+    pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who)?;
+        let purpose = CodePurpose::ChangePhone { profile_id: who.profile_id };
+        let body = "Your authd code is {{{CODE}}} (verification id {{{VERIFICATION_ID}}}).";
+        self.send_code(Method::Phone, phone_number, None, body, purpose.to_payload(), purpose.ttl(), meta).await?;
+        Ok(())
+    }
+
+    /// Phone number, step 2: the texted code makes the number the account's.
+    pub async fn change_phone_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        let phone_number = self.redeem_own_code(who, Method::Phone, PurposeKind::ChangePhone, verification_id, code, meta).await?;
+        let change = UserCommand::ChangePhoneNumber { phone_number, at: Utc::now() };
+        self.store
+            .execute::<User>(&who.profile_id.to_string(), change, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
+        Ok(())
+    }
+
+    /// Redeems a code of purpose `kind` sent for the holder's own account (checked
+    /// before the code is tried, so nobody spends another account's code): the
+    /// address it proves.
+    async fn redeem_own_code(
+        &self,
+        who: &Verified,
+        method: Method,
+        kind: PurposeKind,
+        verification_id: &str,
+        code: &str,
+        meta: &Metadata,
+    ) -> Result<String, AppError> {
+        let verifier = self.verifier(method, verification_id).await?;
+        if account_for(&verifier.payload, kind)? != who.profile_id {
+            return Err(AppError::NotFound(Missing::Verification));
+        }
+        Ok(self.redeem_code(method.as_str(), verification_id, code, meta).await?.consumer)
+    }
+
     /// Removes the account: the username becomes free and every session ends. Safe
     /// to repeat after a partial failure (each step accepts that it already ran).
     /// Needs a recent proof of presence (step-up).
@@ -254,8 +334,9 @@ impl App {
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
         self.end_all_sessions(who.profile_id, None, meta).await?;
-        // The account's mail in the outbox goes too (addresses, codes, links).
-        if let Some(email) = user.email() {
+        // The account's mail in the outbox goes too (addresses, codes, links), to
+        // every address it has had.
+        for email in user.emails() {
             self.forget_mail_to(email).await?;
         }
         // Last, so every step above could still read the account: from here on

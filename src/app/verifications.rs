@@ -153,6 +153,13 @@ impl App {
     /// Sets how verification messages are delivered and the most wrong codes a
     /// verifier takes (`AUTHD_VERIFICATION_MAX_ATTEMPTS`).
     /// Deletes the outbox's messages to `address` (see [`Delivery::forget_recipient`]).
+    /// A plain notice by mail (no code): logged, not failed, when it cannot go out.
+    pub(crate) async fn notify_by_mail(&self, to: &str, subject: &str, body: &str) {
+        if let Err(error) = self.verifications.delivery.email(to, subject, body).await {
+            tracing::warn!(%error, "a notice could not be mailed");
+        }
+    }
+
     pub(crate) async fn forget_mail_to(&self, address: &str) -> Result<(), AppError> {
         self.verifications.delivery.forget_recipient(address).await.map_err(|e| AppError::Delivery(Undeliverable::Failed(e)))?;
         Ok(())
@@ -294,12 +301,29 @@ impl App {
         ttl: chrono::Duration,
         meta: &Metadata,
     ) -> Result<String, AppError> {
+        self.send_code(Method::Email, to, Some(subject), body_template, payload, ttl, meta).await
+    }
+
+    /// Creates an `email` or `phone` verifier for `to` (6 digits, expires in `ttl`),
+    /// delivers it with the template (a mail, or a text through the SMS webhook),
+    /// returns the verification id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_code(
+        &self,
+        method: Method,
+        to: &str,
+        subject: Option<&str>,
+        body_template: &str,
+        payload: serde_json::Value,
+        ttl: chrono::Duration,
+        meta: &Metadata,
+    ) -> Result<String, AppError> {
         let mut fields = Fields::default();
-        fields.check("email", Method::Email.check_consumer(to));
+        fields.check(if method == Method::Phone { "phone_number" } else { "email" }, method.check_consumer(to));
         let ttl = fields.check("ttl", rules::check_ttl(ttl));
         let payload = fields.check("payload", rules::check_payload(payload));
         let (Some(ttl), Some(payload), true) = (ttl, payload, fields.is_empty()) else { return Err(fields.error()) };
-        let template = Template { subject: Some(subject.to_string()), body: body_template.to_string() };
+        let template = Template { subject: subject.map(str::to_string), body: body_template.to_string() };
         let plan = Plan {
             verification_id: None,
             consumer: to.to_string(),
@@ -309,7 +333,7 @@ impl App {
             max_attempts: self.verifications.max_attempts,
             payload,
         };
-        Ok(self.start(Method::Email, plan, meta).await?.verification_id)
+        Ok(self.start(method, plan, meta).await?.verification_id)
     }
 
     /// Checks an emailed or texted code without spending it; a wrong one counts.

@@ -37,6 +37,27 @@ fn an_unreachable_store_is_one_clear_line_and_a_failure() {
 }
 
 #[test]
+fn an_inconsistent_relying_party_refuses_to_start() {
+    let data = std::env::temp_dir().join(unique("authd-rp"));
+    for (rp_id, origins, why) in [
+        ("example.com", "https://evil.example.org", "is not on the RP ID example.com"),
+        ("example.com", "http://example.com", "must be https"),
+    ] {
+        let output = authd()
+            .env("AUTHD_DATA_DIR", &data)
+            .env("AUTHD_LISTEN", "127.0.0.1:0")
+            .env("AUTHD_WEBAUTHN_RP_ID", rp_id)
+            .env("AUTHD_WEBAUTHN_ORIGINS", origins)
+            .output()
+            .expect("run authd");
+        assert!(!output.status.success(), "{rp_id} / {origins} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.lines().last().unwrap_or_default().contains(why), "{stderr}");
+    }
+    std::fs::remove_dir_all(data).ok();
+}
+
+#[test]
 fn an_unknown_store_scheme_is_refused() {
     let output = authd().env("DATABASE_URL", "mysql://localhost/x").output().expect("run authd");
     assert!(!output.status.success());

@@ -21,8 +21,8 @@ both_stores!(
 /// Seconds a proof counts as recent in these tests.
 const MAX_AGE: &str = "2";
 
-pub(crate) async fn stale_server(backend: Backend, extra: &[(&'static str, &'static str)]) -> Server {
-    let mut env = vec![("AUTHD_ELEVATION_MAX_AGE", MAX_AGE)];
+pub(crate) async fn stale_server(backend: Backend, extra: &[(&str, &str)]) -> Server {
+    let mut env: Vec<(&str, &str)> = vec![("AUTHD_ELEVATION_MAX_AGE", MAX_AGE)];
     env.extend_from_slice(extra);
     Server::start_with(backend, &env).await
 }

@@ -93,7 +93,7 @@ struct Key {
 
 /// A platform authenticator in software: keeps its credentials (all discoverable),
 /// signs with user presence and verification, counts signatures.
-struct SoftAuthenticator {
+pub(crate) struct SoftAuthenticator {
     origin: String,
     rp_id: String,
     keys: Vec<Key>,
@@ -101,7 +101,7 @@ struct SoftAuthenticator {
 }
 
 impl SoftAuthenticator {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::at(ORIGIN, RP_ID)
     }
 
@@ -116,7 +116,7 @@ impl SoftAuthenticator {
     }
 
     /// `navigator.credentials.create()` then `toJSON()`.
-    fn create(&mut self, options: &Value) -> Value {
+    pub(crate) fn create(&mut self, options: &Value) -> Value {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng).expect("key");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &self.rng).expect("pair");
         let point = pair.public_key().as_ref().to_vec();
@@ -155,7 +155,7 @@ impl SoftAuthenticator {
 
     /// `navigator.credentials.get()` then `toJSON()`, with the key the options allow
     /// (or, discoverable, the newest one).
-    fn get(&mut self, options: &Value) -> Value {
+    pub(crate) fn get(&mut self, options: &Value) -> Value {
         let allowed: Vec<Vec<u8>> = options["publicKey"]["allowCredentials"]
             .as_array()
             .map(|list| list.iter().map(|c| unb64(c["id"].as_str().expect("id"))).collect())

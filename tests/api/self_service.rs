@@ -5,11 +5,13 @@ use client::{Api, Registration, SignInOutcome};
 use serde_json::json;
 
 use crate::elevation::{elevate_with_password, error_of, let_it_grow_old, stale_server};
-use crate::helpers::{detail_paths, unique, Backend, Server, PASSWORD};
+use crate::helpers::{code_and_id, detail_paths, outbox_mail, unique, Backend, Server, PASSWORD};
+use crate::verifications::webhook;
 
 both_stores!(
     the_session_list_shows_devices_and_ends_one,
     a_password_change_needs_a_recent_proof_and_ends_every_other_session,
+    email_and_phone_changes_need_a_recent_proof_and_a_code,
 );
 
 async fn the_session_list_shows_devices_and_ends_one(backend: Backend) {
@@ -131,4 +133,73 @@ async fn a_password_change_needs_a_recent_proof_and_ends_every_other_session(bac
     let Ok(SignInOutcome::Session(fresh)) = Api::new(&server.base).sign_in(&username, NEW_PASSWORD).await else { panic!("sign in") };
     api.change_password(&fresh.access_token, PASSWORD).await.expect("change back");
     server.sign_in(&username).await;
+}
+
+async fn email_and_phone_changes_need_a_recent_proof_and_a_code(backend: Backend) {
+    let hook = webhook(200).await;
+    let server = stale_server(backend, &[("AUTHD_SMS_WEBHOOK_URL", &hook.url)]).await;
+    let (alice, bob) = (unique("move-a"), unique("move-b"));
+    let (old, new) = (format!("{alice}@old.example.com"), format!("{alice}@new.example.com"));
+    let token = server.invitation().await;
+    server.api().sign_up(&alice, PASSWORD, Some(&token), Some(&old)).await.expect("sign up");
+    server.sign_up(&bob).await;
+    let session = server.sign_in(&alice).await;
+    let bobs = server.sign_in(&bob).await;
+    let_it_grow_old().await;
+
+    // A stale proof (a stolen token) changes neither.
+    let bearer = Some(session.access_token.as_str());
+    let (status, body) = server.call("POST", "/v1/user/email/change", bearer, Some(json!({"new_email": new}))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("elevation_required")), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": "+14155550100"}))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("elevation_required")), "{body}");
+    for path in ["/v1/user/email/change", "/v1/user/email/verify", "/v1/user/phone/change", "/v1/user/phone/verify"] {
+        let (status, _) = server.call("POST", path, None, Some(json!({}))).await;
+        assert_eq!(status, 401, "{path}");
+    }
+
+    let (status, elevated) = elevate_with_password(&server, &session.access_token, PASSWORD).await;
+    assert_eq!(status, 200, "{elevated}");
+    let bearer = elevated["access_token"].as_str();
+    let (status, body) = server.call("POST", "/v1/user/email/change", bearer, Some(json!({"new_email": "not an address"}))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["new_email".to_string()]), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/email/change", bearer, Some(json!({"new_email": new}))).await;
+    assert_eq!(status, 204, "{body}");
+    let (_, notice) = outbox_mail(&server, &old, |subject| subject == "Your email address is being changed").await;
+    assert!(notice.contains(&new), "the old address is told: {notice}");
+    let (_, mail) = outbox_mail(&server, &new, |subject| subject == "Confirm your new email address").await;
+    let (verification_id, code) = code_and_id(&mail);
+    let profile = server.api().user(bearer.expect("bearer")).await.expect("user");
+    assert_eq!(profile.email.as_deref(), Some(old.as_str()), "unchanged until the code comes back");
+
+    // Bob cannot spend Alice's code; a wrong code is 422; the right one moves the address.
+    let proof = |code: &str| json!({"verification_id": verification_id, "code": code});
+    let (status, body) = server.call("POST", "/v1/user/email/verify", Some(&bobs.access_token), Some(proof(&code))).await;
+    assert_eq!((status, error_of(&body)), (404, Some("verification_not_found")), "{body}");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let (status, body) = server.call("POST", "/v1/user/email/verify", bearer, Some(proof(wrong))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["code".to_string()]), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/email/verify", bearer, Some(proof(&code))).await;
+    assert_eq!(status, 204, "{body}");
+    let profile = server.api().user(bearer.expect("bearer")).await.expect("user");
+    assert_eq!((profile.email.as_deref(), profile.email_verified), (Some(new.as_str()), true));
+    let (status, _) = server.call("POST", "/v1/user/email/verify", bearer, Some(proof(&code))).await;
+    assert_eq!(status, 404, "a code changes the address once");
+
+    // The phone number: E.164 only, then a texted code.
+    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": "555-0100"}))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["phone_number".to_string()]), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": "+14155550100"}))).await;
+    assert_eq!(status, 204, "{body}");
+    let text = hook.received().last().cloned().expect("a text message");
+    assert_eq!(text["to"], "+14155550100");
+    let body = text["body"].as_str().expect("body");
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
+    let verification_id = body.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
+    // An email code's id is no phone code, and the other way round.
+    let (status, _) = server.call("POST", "/v1/user/email/verify", bearer, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 404);
+    let (status, body) = server.call("POST", "/v1/user/phone/verify", bearer, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(server.api().user(bearer.expect("bearer")).await.expect("user").phone_number.as_deref(), Some("+14155550100"));
 }

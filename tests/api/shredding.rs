@@ -255,13 +255,29 @@ async fn removal_leaves_nothing_personal(backend: Backend) {
     let (status, _) = call("POST", "/v1/account/forgot", None, Some(json!({"username": username}))).await;
     assert_eq!(status, 204);
     crate::helpers::outbox_mail(&server, &email, |subject| subject != "Activate your account").await;
+    // A passkey with a nickname, and a second address (the sign-in is recent: elevated).
+    let nickname = format!("shred-nick-{id}");
+    let mut device = crate::passkeys::SoftAuthenticator::new();
+    let (status, started) = call("POST", "/v1/user/webauthn/add", bearer.clone(), Some(json!({"nickname": nickname}))).await;
+    assert_eq!(status, 200, "{started}");
+    let body = json!({"challenge_id": started["challenge_id"], "credential": device.create(&started["options"])});
+    let (status, added) = call("POST", "/v1/user/webauthn/verify", bearer.clone(), Some(body)).await;
+    assert_eq!(status, 200, "{added}");
+    let second = format!("second-{username}@example.com");
+    let (status, _) = call("POST", "/v1/user/email/change", bearer.clone(), Some(json!({"new_email": second}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = crate::helpers::outbox_mail(&server, &second, |subject| subject == "Confirm your new email address").await;
+    let (verification_id, code) = crate::helpers::code_and_id(&mail);
+    let body = json!({"verification_id": verification_id, "code": code});
+    let (status, _) = call("POST", "/v1/user/email/verify", bearer.clone(), Some(body)).await;
+    assert_eq!(status, 204);
     // Another account's mail, which the removal must leave alone.
     let other_email = format!("{}@example.com", unique("bystander"));
     let invitation = server.invitation().await;
     server.api().sign_up(&unique("bystander"), crate::helpers::PASSWORD, Some(&invitation), Some(&other_email)).await.expect("sign up");
     crate::helpers::outbox_message(&server, &other_email).await;
 
-    let personal = [address.as_str(), agent.as_str(), username.as_str(), email.as_str()];
+    let personal = [address.as_str(), agent.as_str(), username.as_str(), email.as_str(), nickname.as_str(), second.as_str()];
     // The log (the read models show a live account in clear, by design).
     let log: Vec<String> = every_cell(&server).await.into_iter().filter(|c| c.starts_with("events")).collect();
     assert!(!log.is_empty(), "the store has events");
@@ -287,7 +303,7 @@ async fn removal_leaves_nothing_personal(backend: Backend) {
     let published = stream_messages(&server, &js, &stream).await;
     assert_eq!(holding(&published, &personal), Vec::<String>::new());
     assert_eq!(stored_key(&server, &profile_id).await, None, "a tombstone without a key");
-    assert!(crate::helpers::outbox(&server).iter().all(|(to, _, _)| to != &email), "the account's mail is deleted");
+    assert!(crate::helpers::outbox(&server).iter().all(|(to, _, _)| to != &email && to != &second), "the account's mail is deleted");
     assert!(crate::helpers::outbox(&server).iter().any(|(to, _, _)| to == &other_email), "others' mail stays");
 
     // The deleted key left no bytes behind where the database keeps old data.

@@ -156,8 +156,8 @@ async fn generated_codes_follow_length_and_symbol_sets(backend: Backend) {
 }
 
 /// A webhook that records every text message and answers with `status`.
-struct Webhook {
-    url: String,
+pub(crate) struct Webhook {
+    pub(crate) url: String,
     messages: Arc<Mutex<Vec<Value>>>,
 }
 
@@ -170,7 +170,7 @@ async fn receive_text(
     poem::http::StatusCode::from_u16(state.1).expect("status")
 }
 
-async fn webhook(status: u16) -> Webhook {
+pub(crate) async fn webhook(status: u16) -> Webhook {
     use poem::listener::{Acceptor, Listener};
     use poem::EndpointExt;
     let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind webhook");
@@ -182,7 +182,7 @@ async fn webhook(status: u16) -> Webhook {
 }
 
 impl Webhook {
-    fn received(&self) -> Vec<Value> {
+    pub(crate) fn received(&self) -> Vec<Value> {
         self.messages.lock().expect("lock").clone()
     }
 }

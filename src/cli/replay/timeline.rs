@@ -184,6 +184,8 @@ pub fn describe(event: &Event) -> String {
             UserEvent::SignInFailuresReset { .. } => "failed sign-in count reset".to_string(),
             UserEvent::AccountLocked { until, .. } => format!("account locked until {}", until.to_rfc3339()),
             UserEvent::EmailVerified { email, .. } => format!("email {email} verified"),
+            UserEvent::EmailChanged { email, .. } => format!("email changed to {email} (verified by a code)"),
+            UserEvent::PhoneNumberChanged { phone_number, .. } => format!("phone number {phone_number} verified"),
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
             UserEvent::PasswordChanged { kept_session, .. } => {
                 format!("password changed while signed in (new OPAQUE registration; every session but {kept_session} ends)")
