@@ -290,12 +290,16 @@ pub struct SignUpArgs {
 pub struct SignInArgs {
     #[command(flatten)]
     pub target: Target,
-    #[arg(long)]
+    #[arg(long, required_unless_present = "pat", default_value = "")]
     pub username: String,
     /// Private sign-in (`/v1/step/*`): the username travels only encrypted under an
     /// ephemeral key agreement, and the session comes back encrypted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pat")]
     pub private: bool,
+    /// Sign in with a personal access token (read like a password, never from an
+    /// argument) instead of a username and password.
+    #[arg(long)]
+    pub pat: bool,
 }
 
 #[derive(Debug, Args)]

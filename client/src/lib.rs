@@ -536,6 +536,12 @@ impl Api {
             .await
     }
 
+    /// POST /v1/sign/in/pat: a session for a personal access token.
+    pub async fn sign_in_pat(&self, personal_access_token: &str) -> Result<Session, Error> {
+        let body = json!({ "personal_access_token": personal_access_token });
+        self.call(Method::POST, "/v1/sign/in/pat", None, Some(body)).await
+    }
+
     /// GET /v1/user/sessions: the account's open sessions, newest first.
     pub async fn sessions(&self, access_token: &str) -> Result<Vec<SessionEntry>, Error> {
         #[derive(Deserialize)]

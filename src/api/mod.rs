@@ -14,6 +14,7 @@ mod headers;
 mod health;
 mod mfa;
 mod passkeys;
+mod pats;
 mod private_sign_in;
 mod rate_limit;
 mod self_service;
@@ -62,6 +63,8 @@ pub enum Tag {
     /// Passkeys (WebAuthn): sign-up without a password, sign-in by username or
     /// discoverable, adding, listing and removing them.
     Passkeys,
+    /// Personal access tokens: long-lived secrets that sign machines in.
+    Pats,
     /// Liveness and readiness.
     Health,
     /// Verification codes by email, phone or authenticator app (admin; reference 004).
@@ -108,7 +111,7 @@ pub type Apis = (
     elevation::ElevationApi,
     account::AccountApi,
     // A tuple has `Default` up to 12 members: the newer APIs nest.
-    (self_service::SelfServiceApi, passkeys::PasskeyApi),
+    (self_service::SelfServiceApi, passkeys::PasskeyApi, pats::PatApi),
     verifications::VerificationApi,
     events::EventsApi,
 );

@@ -87,6 +87,8 @@ pub enum Missing {
     Challenge,
     #[error("no such passkey on this account")]
     Passkey,
+    #[error("no such live personal access token on this account")]
+    Pat,
 }
 
 /// 403: why the request is not allowed.
@@ -132,6 +134,7 @@ impl Missing {
             Missing::Session => "session_not_found",
             Missing::Challenge => "challenge_not_found",
             Missing::Passkey => "passkey_not_found",
+            Missing::Pat => "pat_not_found",
         }
     }
 }

@@ -27,6 +27,7 @@ mod buckets;
 mod elevation;
 mod mfa;
 mod passkeys;
+mod pats;
 mod private_sign_in;
 mod sessions;
 mod sign_in;

@@ -30,6 +30,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 api.sign_up(&args.username, password.as_bytes(), args.token.as_deref(), args.email.as_deref()).await?;
             println!("{}", serde_json::json!({ "profile_id": profile_id }));
         }
+        Command::SignIn(args) if args.pat => {
+            let token = read_secret("Personal access token: ")?;
+            let session = Api::new(&args.target.url).sign_in_pat(token.trim()).await?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
+        }
         Command::SignIn(args) => {
             let password = read_secret("Password: ")?;
             let api = Api::new(&args.target.url);

@@ -55,7 +55,7 @@ pub const PREFIX: &str = "enc:v1:";
 /// What an encrypted value reads as once its key is destroyed.
 pub const ERASED: &str = "[erased]";
 
-const PAYLOAD_FIELDS: [&str; 7] = ["username", "email", "consumer", "client_address", "user_agent", "nickname", "phone_number"];
+const PAYLOAD_FIELDS: [&str; 8] = ["username", "email", "consumer", "client_address", "user_agent", "nickname", "phone_number", "name"];
 const METADATA_FIELDS: [&str; 2] = ["client_address", "user_agent"];
 const NONCE_LEN: usize = 24;
 

@@ -65,7 +65,7 @@ fn an_unknown_store_scheme_is_refused() {
 }
 
 /// Runs a client subcommand against `server`, feeding `stdin`; returns stdout.
-fn run(server: &Server, args: &[&str], stdin: &str) -> String {
+pub(crate) fn run(server: &Server, args: &[&str], stdin: &str) -> String {
     let output = output_of(server, args, stdin);
     assert!(output.status.success(), "authd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8")
