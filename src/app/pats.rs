@@ -5,11 +5,11 @@
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use domain::pat::{Pat, PatsCommand, PatsError};
-use domain::throttle::{ThrottleCommand, ThrottleEvent};
 use domain::{Pats, Throttle, User};
 use uuid::Uuid;
 
 use crate::store::{CommandError, Metadata};
+use super::mfa::Proof;
 use super::{random_token, rejected, App, AppError, Fields, Missing, Tokens, Verified};
 
 /// Every token starts so (and names its account and itself before the secret), so
@@ -93,16 +93,12 @@ impl App {
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
-            let prove = ThrottleCommand::Prove { address: address.clone(), profile_id: Some(profile_id), valid, at, policy: self.policy.throttle };
-            let (events, _) = unit.decide::<Throttle>(&throttle_id, prove, &()).await.map_err(|e| rejected(e, |never| match never {}))?;
-            let outcome = match events.first() {
-                Some(ThrottleEvent::ProofAttempted { allowed: false, blocked_until, .. }) => {
+            let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &address, valid, at).await? {
+                Proof::Valid => self.open_session_in(&mut unit, profile_id, vec!["pat".into()], at).await,
+                refused => {
                     unit.undo::<Pats>(&profile);
-                    let retry_after_secs = blocked_until.map_or(1, |until| (until - at).num_seconds().max(1) as u64);
-                    Err(AppError::TooManyAttempts { retry_after_secs })
+                    Err(refused.refusal(AppError::InvalidCredentials))
                 }
-                _ if valid => self.open_session_in(&mut unit, profile_id, vec!["pat".into()], at).await,
-                _ => Err(AppError::InvalidCredentials),
             };
             if unit.commit().await? {
                 return outcome;
