@@ -290,7 +290,7 @@ pub struct SignUpArgs {
 pub struct SignInArgs {
     #[command(flatten)]
     pub target: Target,
-    #[arg(long, required_unless_present = "pat", default_value = "")]
+    #[arg(long, required_unless_present_any = ["pat", "email_code"], default_value = "")]
     pub username: String,
     /// Private sign-in (`/v1/step/*`): the username travels only encrypted under an
     /// ephemeral key agreement, and the session comes back encrypted.
@@ -298,8 +298,12 @@ pub struct SignInArgs {
     pub private: bool,
     /// Sign in with a personal access token (read like a password, never from an
     /// argument) instead of a username and password.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "email_code")]
     pub pat: bool,
+    /// Sign in with a code mailed to this (verified) address; the code is read like
+    /// a password.
+    #[arg(long, value_name = "EMAIL", conflicts_with = "private")]
+    pub email_code: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -536,6 +536,18 @@ impl Api {
             .await
     }
 
+    /// POST /v1/sign/in/otp/email: asks for a sign-in code by mail (always succeeds
+    /// for a well-formed address).
+    pub async fn sign_in_email_code_start(&self, email: &str) -> Result<(), Error> {
+        self.call::<Value>(Method::POST, "/v1/sign/in/otp/email", None, Some(json!({ "email": email }))).await.map(drop)
+    }
+
+    /// POST /v1/sign/in/otp/email/verify: a session for the mailed code.
+    pub async fn sign_in_email_code(&self, email: &str, otp: &str) -> Result<Session, Error> {
+        let body = json!({ "email": email, "otp": otp });
+        self.call(Method::POST, "/v1/sign/in/otp/email/verify", None, Some(body)).await
+    }
+
     /// POST /v1/sign/in/pat: a session for a personal access token.
     pub async fn sign_in_pat(&self, personal_access_token: &str) -> Result<Session, Error> {
         let body = json!({ "personal_access_token": personal_access_token });

@@ -528,6 +528,14 @@ impl ReadModels {
         }))
     }
 
+    /// The account whose verified email is `email` (case-insensitively), if any.
+    pub async fn verified_email_owner(&self, email: &str) -> Result<Option<String>, Error> {
+        let sql = "SELECT profile_id FROM users_view WHERE lower(email) = lower($1) AND email_verified = $2";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar(sql).bind(email).bind(true).fetch_optional(pool).await?
+        }))
+    }
+
     /// Ids of the sessions of an account that are still open.
     pub async fn active_sessions(&self, profile_id: &str) -> Result<Vec<String>, Error> {
         let sql = "SELECT session_id FROM sessions_view WHERE profile_id = $1 AND active = $2";

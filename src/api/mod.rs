@@ -111,7 +111,7 @@ pub type Apis = (
     elevation::ElevationApi,
     account::AccountApi,
     // A tuple has `Default` up to 12 members: the newer APIs nest.
-    (self_service::SelfServiceApi, passkeys::PasskeyApi, pats::PatApi),
+    (self_service::SelfServiceApi, passkeys::PasskeyApi, pats::PatApi, sign_in::PasswordlessApi),
     verifications::VerificationApi,
     events::EventsApi,
 );

@@ -5,6 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Union};
 
+use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{metadata, ApiError, JsonBody, Tag};
 use crate::app::{App, SignInResult};
@@ -137,5 +138,43 @@ impl SignInApi {
     async fn verify(&self, app: Data<&Arc<App>>, body: JsonBody<VerifyRequest>) -> Result<Json<VerifiedProfile>, ApiError> {
         let verified = app.verify(&body.0.jwt).await?;
         Ok(Json(VerifiedProfile { profile_id: verified.profile_id.to_string() }))
+    }
+}
+
+#[derive(Object)]
+pub struct EmailOtpStart {
+    #[oai(validator(max_length = 254))]
+    pub email: String,
+}
+
+#[derive(Object)]
+pub struct EmailOtpVerify {
+    #[oai(validator(max_length = 254))]
+    pub email: String,
+    /// The 6-digit code from the mail.
+    #[oai(validator(min_length = 1, max_length = 16))]
+    pub otp: String,
+}
+
+#[derive(Default)]
+pub struct PasswordlessApi;
+
+#[OpenApi(tag = "Tag::SignIn")]
+impl PasswordlessApi {
+    /// Sign in by email code, step 1: always 204 for a well-formed address; when it
+    /// is an account's verified email, a 6-digit code (10 minutes, single-use) goes
+    /// there.
+    #[oai(path = "/v1/sign/in/otp/email", method = "post", operation_id = "sign_in_otp_email")]
+    async fn start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
+        app.email_otp_start(&body.0.email, &metadata(request))?;
+        Ok(Done::NoContent)
+    }
+
+    /// Sign in by email code, step 2: the address and its code → a session (`amr`
+    /// `["otp"]`). 401 `invalid_credentials` for a wrong, used or expired code
+    /// (counted on the account's throttle), 429 when this address is throttled.
+    #[oai(path = "/v1/sign/in/otp/email/verify", method = "post", operation_id = "sign_in_otp_email_verify")]
+    async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SessionBody>, ApiError> {
+        Ok(Json(app.email_otp_verify(&body.0.email, &body.0.otp, &metadata(request)).await?.into()))
     }
 }

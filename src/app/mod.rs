@@ -27,6 +27,7 @@ mod buckets;
 mod elevation;
 mod mfa;
 mod passkeys;
+mod passwordless;
 mod pats;
 mod private_sign_in;
 mod sessions;

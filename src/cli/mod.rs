@@ -35,6 +35,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let session = Api::new(&args.target.url).sign_in_pat(token.trim()).await?;
             println!("{}", serde_json::to_string_pretty(&session)?);
         }
+        Command::SignIn(args) if args.email_code.is_some() => {
+            let (api, email) = (Api::new(&args.target.url), args.email_code.unwrap_or_default());
+            api.sign_in_email_code_start(&email).await?;
+            eprintln!("a code was mailed to {email} if it is an account's verified address");
+            let code = read_secret("Code from the mail: ")?;
+            let session = api.sign_in_email_code(&email, code.trim()).await?;
+            println!("{}", serde_json::to_string_pretty(&session)?);
+        }
         Command::SignIn(args) => {
             let password = read_secret("Password: ")?;
             let api = Api::new(&args.target.url);

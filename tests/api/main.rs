@@ -13,6 +13,7 @@ mod contract;
 mod elevation;
 mod hardening;
 mod passkeys;
+mod passwordless;
 mod pats;
 mod private_sign_in;
 mod replay;

@@ -1,0 +1,101 @@
+//! Sign-in by an emailed code: through the outbox (the real SMTP path is covered by
+//! the verification tests), with every refusal — wrong, reused, unknown address,
+//! unverified address, throttled — on both stores.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{activation_code, outbox, outbox_mail, unique, Backend, Server, PASSWORD};
+use crate::security::claims;
+
+both_stores!(an_emailed_code_signs_in_once, email_code_refusals_and_throttling,);
+
+/// An account with a verified email; returns the address.
+async fn verified_account(server: &Server, prefix: &str) -> String {
+    let username = unique(prefix);
+    let email = format!("{username}@example.com");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let (verification_id, code) = activation_code(server, &email).await;
+    let (status, _) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204);
+    email
+}
+
+async fn request_code(server: &Server, email: &str) -> String {
+    let (status, body) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
+    assert_eq!(status, 204, "{body}");
+    let (_, mail) = outbox_mail(server, email, |subject| subject == "Your sign-in code").await;
+    mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code").to_string()
+}
+
+async fn verify(server: &Server, email: &str, otp: &str) -> (u16, Value) {
+    server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": otp}))).await
+}
+
+fn wrong(code: &str) -> String {
+    if code == "000000" { "111111".into() } else { "000000".into() }
+}
+
+async fn an_emailed_code_signs_in_once(backend: Backend) {
+    let server = Server::start(backend).await;
+    let email = verified_account(&server, "otp").await;
+    let code = request_code(&server, &email).await;
+    let (status, _) = verify(&server, &email, &wrong(&code)).await;
+    assert_eq!(status, 401);
+    // The address is matched without regard to case.
+    let (status, session) = verify(&server, &email.to_uppercase(), &code).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["otp"]));
+    let (status, body) = verify(&server, &email, &code).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")), "a code signs in once: {body}");
+
+    // The CLI: `authd sign-in --email-code <address>` asks for the code, then reads
+    // it from stdin (another account: one account mail a minute).
+    let email = verified_account(&server, "otp-cli").await;
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .args(["sign-in", "--email-code", &email])
+        .env("AUTHD_URL", &server.base)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Your sign-in code").await;
+    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    std::io::Write::write_all(&mut cli.stdin.take().expect("stdin"), format!("{code}\n").as_bytes()).expect("write");
+    let output = cli.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let session: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["otp"]));
+}
+
+async fn email_code_refusals_and_throttling(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_LOCKOUT_THRESHOLD", "2"), ("AUTHD_LOCKOUT_DURATION", "600")]).await;
+    // Unknown and unverified addresses: 204 all the same, and no mail.
+    let unknown = format!("{}@example.com", unique("nobody"));
+    let unverified = format!("{}@example.com", unique("unverified"));
+    let token = server.invitation().await;
+    server.api().sign_up(&unique("unverified"), PASSWORD, Some(&token), Some(&unverified)).await.expect("sign up");
+    for email in [&unknown, &unverified] {
+        let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
+        assert_eq!(status, 204);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(outbox(&server).iter().all(|(to, subject, _)| !(subject == "Your sign-in code" && (to == &unknown || to == &unverified))));
+    let (status, _) = verify(&server, &unknown, "123456").await;
+    assert_eq!(status, 401);
+    // Bad input names its field.
+    let (status, body) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": "not an address"}))).await;
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["email".to_string()]), "{body}");
+
+    // Guesses count on the account's throttle: past the threshold, even the right
+    // code is refused (429) and not spent.
+    let email = verified_account(&server, "otp-guess").await;
+    let code = request_code(&server, &email).await;
+    for _ in 0..2 {
+        let (status, _) = verify(&server, &email, &wrong(&code)).await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = verify(&server, &email, &code).await;
+    assert_eq!(status, 429, "{body}");
+}
