@@ -4,16 +4,17 @@
 //! that decides an outcome (OPAQUE) is reached through the small traits in
 //! [`services`], so every rule can be driven by given/when/then tests.
 
-pub mod email_otp;
 pub mod invite_token;
 pub mod mfa;
 pub mod mfa_challenge;
 pub mod passkey;
+pub mod phone_number;
 pub mod pat;
 pub mod reset_mail;
 pub mod services;
 pub mod session;
 pub mod sign_in;
+pub mod sign_in_code;
 pub mod throttle;
 pub mod totp_secret;
 pub mod user;
@@ -21,15 +22,16 @@ pub mod username;
 pub mod verification_rules;
 pub mod verifier;
 
-pub use email_otp::EmailOtp;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
 pub use mfa_challenge::MfaChallenge;
 pub use passkey::{PasskeyCredential, Passkeys, WebauthnChallenge};
 pub use pat::Pats;
+pub use phone_number::PhoneNumber;
 pub use reset_mail::ResetMail;
 pub use session::Session;
 pub use sign_in::SignIn;
+pub use sign_in_code::SignInCode;
 pub use throttle::Throttle;
 pub use user::User;
 pub use username::Username;

@@ -8,7 +8,7 @@ use poem_openapi::{Object, OpenApi, Union};
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{metadata, ApiError, JsonBody, Tag};
-use crate::app::{App, SignInResult};
+use crate::app::{App, Channel, SignInResult};
 
 #[derive(Object)]
 pub struct SignInStart {
@@ -166,7 +166,7 @@ impl PasswordlessApi {
     /// there.
     #[oai(path = "/v1/sign/in/otp/email", method = "post", operation_id = "sign_in_otp_email")]
     async fn start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
-        app.email_otp_start(&body.0.email, &metadata(request))?;
+        app.sign_in_code_start(Channel::Email, &body.0.email, &metadata(request))?;
         Ok(Done::NoContent)
     }
 
@@ -175,6 +175,38 @@ impl PasswordlessApi {
     /// (counted on the account's throttle), 429 when this address is throttled.
     #[oai(path = "/v1/sign/in/otp/email/verify", method = "post", operation_id = "sign_in_otp_email_verify")]
     async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SessionBody>, ApiError> {
-        Ok(Json(app.email_otp_verify(&body.0.email, &body.0.otp, &metadata(request)).await?.into()))
+        Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &metadata(request)).await?.into()))
     }
+
+    /// Sign in by text message, step 1: always 204 for an E.164 number; when it is an
+    /// account's verified number, a 6-digit code (10 minutes, single-use) is texted
+    /// through the SMS webhook.
+    #[oai(path = "/v1/sign/in/passwordless/sms", method = "post", operation_id = "sign_in_sms")]
+    async fn sms_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsStart>) -> Result<Done, ApiError> {
+        app.sign_in_code_start(Channel::Sms, &body.0.phone_number, &metadata(request))?;
+        Ok(Done::NoContent)
+    }
+
+    /// Sign in by text message, step 2: the number and its code → a session (`amr`
+    /// `["sms"]`); refusals as for the email code.
+    #[oai(path = "/v1/sign/in/passwordless/sms/otp", method = "post", operation_id = "sign_in_sms_otp")]
+    async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SessionBody>, ApiError> {
+        Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &metadata(request)).await?.into()))
+    }
+}
+
+#[derive(Object)]
+pub struct SmsStart {
+    /// E.164.
+    #[oai(validator(max_length = 16))]
+    pub phone_number: String,
+}
+
+#[derive(Object)]
+pub struct SmsVerify {
+    #[oai(validator(max_length = 16))]
+    pub phone_number: String,
+    /// The 6-digit code from the text message.
+    #[oai(validator(min_length = 1, max_length = 16))]
+    pub otp: String,
 }

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
+use cqrs_es::Aggregate;
 use domain::invite_token::InviteTokenCommand;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
 use domain::verifier::{CodePurpose, Method, PurposeKind};
-use domain::{Bucket, InviteToken, ResetMail, User, Username};
+use domain::phone_number::PhoneNumberCommand;
+use domain::{Bucket, InviteToken, PhoneNumber, ResetMail, User, Username};
 use projections::UserView;
 use protocol::message;
 use uuid::Uuid;
@@ -287,14 +289,30 @@ impl App {
     }
 
     /// Phone number, step 2: the texted code makes the number the account's.
+    /// The number becomes the account's only if no other account holds it (409
+    /// `phone_number_taken`); the account's former number is free again.
     pub async fn change_phone_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
         let phone_number = self.redeem_own_code(who, Method::Phone, PurposeKind::ChangePhone, verification_id, code, meta).await?;
-        let change = UserCommand::ChangePhoneNumber { phone_number, at: Utc::now() };
-        self.store
-            .execute::<User>(&who.profile_id.to_string(), change, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
-        Ok(())
+        let (profile_id, profile) = (who.profile_id, who.profile_id.to_string());
+        let new_id = self.keys.aggregate_id("phone", &phone_number);
+        let user = self.store.load_current::<User>(&profile).await?;
+        let old_id = user.phone_number().map(|old| self.keys.aggregate_id("phone", old)).filter(|old| *old != new_id);
+        let mut locked = vec![(User::TYPE, profile.as_str()), (PhoneNumber::TYPE, new_id.as_str())];
+        locked.extend(old_id.as_deref().map(|old| (PhoneNumber::TYPE, old)));
+        let mut unit = self.store.unit(&locked, meta).await?;
+        loop {
+            unit.decide::<PhoneNumber>(&new_id, PhoneNumberCommand::Claim { profile_id }, &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::PhoneNumberTaken)))?;
+            if let Some(old_id) = &old_id {
+                unit.decide::<PhoneNumber>(old_id, PhoneNumberCommand::Release { profile_id }, &()).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+            }
+            let change = UserCommand::ChangePhoneNumber { phone_number: phone_number.clone(), at: Utc::now() };
+            unit.decide::<User>(&profile, change, &()).await.map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
+            if unit.commit().await? {
+                return Ok(());
+            }
+        }
     }
 
     /// Redeems a code of purpose `kind` sent for the holder's own account (checked
@@ -332,6 +350,10 @@ impl App {
         match self.store.execute::<Username>(&name_id, release, &(), meta).await {
             Ok(_) | Err(CommandError::Rejected(_)) => {}
             Err(CommandError::Store(error)) => return Err(error.into()),
+        }
+        if let Some(number) = user.phone_number() {
+            let release = PhoneNumberCommand::Release { profile_id: who.profile_id };
+            self.store.execute::<PhoneNumber>(&self.keys.aggregate_id("phone", number), release, &(), meta).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
         }
         self.end_all_sessions(who.profile_id, None, meta).await?;
         // The account's mail in the outbox goes too (addresses, codes, links), to

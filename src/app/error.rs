@@ -69,6 +69,8 @@ pub enum Conflict {
     LastSignInMethod,
     #[error("the account has no passkey")]
     NoPasskeys,
+    #[error("this phone number is another account's")]
+    PhoneNumberTaken,
     /// A fresh random id already had history: retrying the request succeeds.
     #[error("the new {0} collided with an existing one; try again")]
     IdCollision(&'static str),
@@ -121,6 +123,7 @@ impl Conflict {
             Conflict::PasskeyRegistered => "passkey_registered",
             Conflict::LastSignInMethod => "last_sign_in_method",
             Conflict::NoPasskeys => "no_passkeys",
+            Conflict::PhoneNumberTaken => "phone_number_taken",
             Conflict::IdCollision(_) => "id_collision",
         }
     }

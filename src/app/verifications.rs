@@ -160,6 +160,14 @@ impl App {
         }
     }
 
+    /// A plain text message through the SMS webhook: logged, not failed, when it
+    /// cannot go out.
+    pub(crate) async fn notify_by_text(&self, to: &str, body: &str) {
+        if let Err(error) = self.verifications.delivery.text(to, body).await {
+            tracing::warn!(%error, "a text message could not be sent");
+        }
+    }
+
     pub(crate) async fn forget_mail_to(&self, address: &str) -> Result<(), AppError> {
         self.verifications.delivery.forget_recipient(address).await.map_err(|e| AppError::Delivery(Undeliverable::Failed(e)))?;
         Ok(())

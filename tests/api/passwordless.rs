@@ -1,13 +1,14 @@
-//! Sign-in by an emailed code: through the outbox (the real SMTP path is covered by
-//! the verification tests), with every refusal — wrong, reused, unknown address,
-//! unverified address, throttled — on both stores.
+//! Sign-in by an emailed code (through the outbox; the real SMTP path is covered by
+//! the verification tests) or a texted one (through a webhook started here), with
+//! every refusal — wrong, reused, unknown address, unverified address, a number
+//! another account holds, throttled — on both stores.
 
 use serde_json::{json, Value};
 
 use crate::helpers::{activation_code, outbox, outbox_mail, unique, Backend, Server, PASSWORD};
 use crate::security::claims;
 
-both_stores!(an_emailed_code_signs_in_once, email_code_refusals_and_throttling,);
+both_stores!(an_emailed_code_signs_in_once, email_code_refusals_and_throttling, a_texted_code_signs_in_to_the_number_s_account,);
 
 /// An account with a verified email; returns the address.
 async fn verified_account(server: &Server, prefix: &str) -> String {
@@ -98,4 +99,77 @@ async fn email_code_refusals_and_throttling(backend: Backend) {
     }
     let (status, body) = verify(&server, &email, &code).await;
     assert_eq!(status, 429, "{body}");
+}
+
+/// The last text message the webhook got for `to`: its code (the first 6 digits).
+fn texted_code(hook: &crate::verifications::Webhook, to: &str) -> String {
+    let text = hook.received().into_iter().rev().find(|m| m["to"] == to).expect("a text message");
+    let body = text["body"].as_str().expect("body");
+    body.split("code is ").nth(1).map(|rest| rest.chars().take_while(char::is_ascii_digit).collect()).expect("code")
+}
+
+async fn a_texted_code_signs_in_to_the_number_s_account(backend: Backend) {
+    let hook = crate::verifications::webhook(200).await;
+    let server = Server::start_with(backend, &[("AUTHD_SMS_WEBHOOK_URL", &hook.url)]).await;
+    let (alice, bob) = (unique("sms-a"), unique("sms-b"));
+    let profile = server.sign_up(&alice).await;
+    server.sign_up(&bob).await;
+    let number = format!("+1415555{:04}", rand_digits());
+    // Alice verifies the number (a fresh sign-in is recent enough to change it).
+    let session = server.sign_in(&alice).await;
+    let bearer = Some(session.access_token.as_str());
+    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204, "{body}");
+    let text = hook.received().last().cloned().expect("text");
+    let body = text["body"].as_str().expect("body");
+    let id = body.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
+    let (status, body) = server.call("POST", "/v1/user/phone/verify", bearer, Some(json!({"verification_id": id, "code": code}))).await;
+    assert_eq!(status, 204, "{body}");
+    // Bob cannot take Alice's number.
+    let bobs = server.sign_in(&bob).await;
+    let (status, _) = server.call("POST", "/v1/user/phone/change", Some(&bobs.access_token), Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204);
+    let text = hook.received().last().cloned().expect("text");
+    let body = text["body"].as_str().expect("body");
+    let id = body.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
+    let (status, body) = server.call("POST", "/v1/user/phone/verify", Some(&bobs.access_token), Some(json!({"verification_id": id, "code": code}))).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("phone_number_taken")), "{body}");
+
+    // Sign-in by text message.
+    let start = |number: &str| json!({"phone_number": number});
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(start(&number))).await;
+    assert_eq!(status, 204);
+    let mut code = String::new();
+    for _ in 0..50 {
+        if hook.received().iter().any(|m| m["to"] == number.as_str() && m["body"].as_str().is_some_and(|b| b.starts_with("Your sign-in code"))) {
+            code = texted_code(&hook, &number);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(code.len(), 6, "a sign-in code was texted");
+    let verify = |otp: &str| json!({"phone_number": number, "otp": otp});
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(&wrong(&code)))).await;
+    assert_eq!(status, 401);
+    let (status, session) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(&code))).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["profile_id"], profile);
+    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["sms"]));
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(&code))).await;
+    assert_eq!(status, 401, "a code signs in once");
+
+    // An unknown number: 204 all the same, and nothing is texted; a malformed one: 422.
+    let before = hook.received().len();
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(start("+442071838750"))).await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(hook.received().len(), before);
+    let (status, body) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(start("555-0100"))).await;
+    assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["phone_number".to_string()]), "{body}");
+}
+
+fn rand_digits() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() % 10_000) as u16
 }
