@@ -111,6 +111,13 @@ pub struct ServerConfig {
     /// Seconds a proof of presence counts as recent for sensitive routes (step-up).
     #[arg(long, env = "AUTHD_ELEVATION_MAX_AGE", default_value_t = 300)]
     pub elevation_max_age: u32,
+    /// The base URL of this server as browsers reach it: links in mail point there.
+    #[arg(long, env = "AUTHD_PUBLIC_URL", default_value = "http://localhost:8080")]
+    pub public_url: String,
+    /// Comma-separated URLs a sign-in link may redirect to: a `redirect_to` must have
+    /// the same scheme, host and port as one of them and a path at or below its path.
+    #[arg(long, env = "AUTHD_ALLOWED_REDIRECT_URLS", value_delimiter = ',')]
+    pub allowed_redirect_urls: Vec<String>,
     /// The WebAuthn relying party ID (passkeys): the domain the origins are on.
     #[arg(long, env = "AUTHD_WEBAUTHN_RP_ID", default_value = "localhost")]
     pub webauthn_rp_id: String,

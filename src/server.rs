@@ -72,6 +72,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         },
         mfa_ticket_ttl: chrono::Duration::seconds(config.mfa_ticket_ttl.into()),
         require_verified_email: config.require_verified_email,
+        public_url: config.public_url.clone(),
+        allowed_redirects: config
+            .allowed_redirect_urls
+            .iter()
+            .map(|url| url.trim())
+            .filter(|url| !url.is_empty())
+            .map(|url| url.parse().map_err(|e| anyhow::anyhow!("AUTHD_ALLOWED_REDIRECT_URLS: {url}: {e}")))
+            .collect::<anyhow::Result<_>>()?,
     };
     let delivery = Delivery::new(
         config.smtp_url.as_deref().filter(|url| !url.trim().is_empty()),

@@ -42,6 +42,10 @@ pub enum SignInCodeError {
 }
 
 impl SignInCode {
+    /// The account a code was issued for.
+    pub fn profile_id(&self) -> Option<Uuid> {
+        self.profile_id
+    }
     fn live(&self, at: DateTime<Utc>) -> bool {
         self.code_hash.is_some() && self.expires_at.is_some_and(|expires| at < expires)
     }

@@ -63,6 +63,7 @@ fn kind(path: &str) -> Option<Kind> {
     {
         Some(Kind::Recovery)
     } else if path == "/v1/account/activate"
+        || path == "/v1/verify"
         || path == "/v1/user/email/verify"
         || path == "/v1/user/phone/verify"
         || (path.starts_with("/v1/methods/") && path.ends_with("/actions/validate"))

@@ -3,12 +3,14 @@ use std::sync::Arc;
 use poem::web::Data;
 use poem::Request;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi, Union};
+use poem_openapi::param::Query;
+use poem_openapi::{ApiResponse, Object, OpenApi, Union};
+use webauthn_rs::prelude::Url;
 
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{metadata, ApiError, JsonBody, Tag};
-use crate::app::{App, Channel, SignInResult};
+use crate::app::{App, AppError, Channel, SignInResult};
 
 #[derive(Object)]
 pub struct SignInStart {
@@ -166,7 +168,7 @@ impl PasswordlessApi {
     /// there.
     #[oai(path = "/v1/sign/in/otp/email", method = "post", operation_id = "sign_in_otp_email")]
     async fn start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
-        app.sign_in_code_start(Channel::Email, &body.0.email, &metadata(request))?;
+        app.sign_in_code_start(Channel::Email, &body.0.email, None, &metadata(request))?;
         Ok(Done::NoContent)
     }
 
@@ -178,12 +180,49 @@ impl PasswordlessApi {
         Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &metadata(request)).await?.into()))
     }
 
+    /// Sign in by link, step 1: always 204 for a well-formed address (422 for a
+    /// `redirect_to` outside `AUTHD_ALLOWED_REDIRECT_URLS`); when it is an account's
+    /// verified email, a link to `/v1/verify` (10 minutes, single-use) goes there.
+    #[oai(path = "/v1/sign/in/passwordless/email", method = "post", operation_id = "sign_in_passwordless_email")]
+    async fn link_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<LinkStart>) -> Result<Done, ApiError> {
+        let body = body.0;
+        app.sign_in_code_start(Channel::Link, &body.email, body.redirect_to.as_deref(), &metadata(request))?;
+        Ok(Done::NoContent)
+    }
+
+    /// The link in the mail: its ticket → 302 to `redirect_to` with the session's
+    /// refresh token in the fragment. 422 for a `redirect_to` outside
+    /// `AUTHD_ALLOWED_REDIRECT_URLS` (no redirect, the ticket unspent); 401 for a
+    /// used, expired or unknown ticket.
+    #[oai(path = "/v1/verify", method = "get", operation_id = "verify_link")]
+    async fn link_follow(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        #[oai(validator(max_length = 256))] ticket: Query<String>,
+        #[oai(validator(max_length = 2048))] redirect_to: Query<String>,
+    ) -> Result<Redirect, ApiError> {
+        let mut target = app
+            .allowed_redirect(&redirect_to.0)
+            .and_then(|()| redirect_to.0.parse::<Url>().map_err(|e| e.to_string()))
+            .map_err(|why| ApiError::from(AppError::Invalid(vec![("redirect_to".into(), why)])))?;
+        let tokens = app.sign_in_link_verify(&ticket.0, &metadata(request)).await?;
+        target.set_fragment(Some(&format!("refresh_token={}", tokens.refresh_token)));
+        Ok(Redirect::Found(target.to_string()))
+    }
+
+    /// The link's ticket, for API clients → a session (`amr` `["email"]`).
+    #[oai(path = "/v1/verify", method = "post", operation_id = "verify_ticket")]
+    async fn link_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<TicketBody>) -> Result<Json<SessionBody>, ApiError> {
+        Ok(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))
+    }
+
     /// Sign in by text message, step 1: always 204 for an E.164 number; when it is an
     /// account's verified number, a 6-digit code (10 minutes, single-use) is texted
     /// through the SMS webhook.
     #[oai(path = "/v1/sign/in/passwordless/sms", method = "post", operation_id = "sign_in_sms")]
     async fn sms_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsStart>) -> Result<Done, ApiError> {
-        app.sign_in_code_start(Channel::Sms, &body.0.phone_number, &metadata(request))?;
+        app.sign_in_code_start(Channel::Sms, &body.0.phone_number, None, &metadata(request))?;
         Ok(Done::NoContent)
     }
 
@@ -193,6 +232,30 @@ impl PasswordlessApi {
     async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SessionBody>, ApiError> {
         Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &metadata(request)).await?.into()))
     }
+}
+
+#[derive(Object)]
+pub struct LinkStart {
+    #[oai(validator(max_length = 254))]
+    pub email: String,
+    /// Where `/v1/verify` sends the browser (within `AUTHD_ALLOWED_REDIRECT_URLS`).
+    #[oai(validator(max_length = 2048))]
+    pub redirect_to: Option<String>,
+}
+
+#[derive(Object)]
+pub struct TicketBody {
+    /// The `ticket` of the link in the mail.
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub ticket: String,
+}
+
+#[derive(ApiResponse)]
+pub enum Redirect {
+    /// To `redirect_to`, the refresh token in the fragment (`#refresh_token=…`), never
+    /// in the query: exchange it at `/v1/token/refresh`.
+    #[oai(status = 302)]
+    Found(#[oai(header = "Location")] String),
 }
 
 #[derive(Object)]

@@ -122,6 +122,10 @@ pub struct Policy {
     pub mfa_ticket_ttl: Duration,
     /// Sign-in needs a verified email.
     pub require_verified_email: bool,
+    /// The base URL links in mail point to (`AUTHD_PUBLIC_URL`).
+    pub public_url: String,
+    /// Where a sign-in link may send the browser (`AUTHD_ALLOWED_REDIRECT_URLS`).
+    pub allowed_redirects: Vec<webauthn_rs::prelude::Url>,
 }
 
 pub struct App {

@@ -1,5 +1,6 @@
 //! Passwordless sign-in by a code sent to an address the account has verified: by
-//! email (`/v1/sign/in/otp/email`) or text message (`/v1/sign/in/passwordless/sms`).
+//! email (`/v1/sign/in/otp/email`), text message (`/v1/sign/in/passwordless/sms`), or
+//! a link in a mail (`/v1/sign/in/passwordless/email`, answered at `/v1/verify`).
 //! The start answers at once whether or not the address belongs to an account, and
 //! sends in the background; a code is single-use, expires, and every guess counts on
 //! the account's throttle like a wrong password. The rules are in
@@ -15,10 +16,11 @@ use domain::verifier::Method;
 use domain::{PhoneNumber, ResetMail, SignInCode, Throttle, User};
 use rand::Rng;
 use uuid::Uuid;
+use webauthn_rs::prelude::Url;
 
 use crate::store::{CommandError, Metadata};
 use super::mfa::Proof;
-use super::{rejected, App, AppError, Fields, Tokens};
+use super::{random_token, rejected, App, AppError, Fields, Tokens};
 
 /// How long a sign-in code is valid.
 const CODE_TTL: Duration = Duration::minutes(10);
@@ -28,50 +30,86 @@ const CODE_TTL: Duration = Duration::minutes(10);
 pub enum Channel {
     Email,
     Sms,
+    /// A link with a ticket, by email.
+    Link,
 }
 
 impl Channel {
     /// The request field that names the address.
     fn field(self) -> &'static str {
         match self {
-            Channel::Email => "email",
+            Channel::Email | Channel::Link => "email",
             Channel::Sms => "phone_number",
         }
     }
     fn method(self) -> Method {
         match self {
-            Channel::Email => Method::Email,
+            Channel::Email | Channel::Link => Method::Email,
             Channel::Sms => Method::Phone,
         }
     }
-    /// The RFC 8176 name a session opened with such a code carries.
+    /// The name a session opened with such a code carries in `amr` (RFC 8176's
+    /// `otp` and `sms`; `email` for a link).
     fn amr(self) -> &'static str {
         match self {
             Channel::Email => "otp",
             Channel::Sms => "sms",
+            Channel::Link => "email",
         }
     }
     fn normalise(self, address: &str) -> String {
         match self {
-            Channel::Email => address.trim().to_lowercase(),
+            Channel::Email | Channel::Link => address.trim().to_lowercase(),
             Channel::Sms => address.trim().to_string(),
+        }
+    }
+    /// The key a code id is derived under.
+    fn kind(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "phone_number",
+            Channel::Link => "link",
         }
     }
 }
 
+/// Whether `candidate` is at or below one of the `allowed` URLs: the same scheme, host
+/// and port, and a path that is the allowed one or inside it (so
+/// `https://app.example.com.evil.test` is not `https://app.example.com`).
+pub fn redirect_allowed(allowed: &[Url], candidate: &str) -> bool {
+    let Ok(candidate) = Url::parse(candidate) else { return false };
+    let plain = candidate.username().is_empty() && candidate.password().is_none();
+    plain
+        && matches!(candidate.scheme(), "https" | "http")
+        && allowed.iter().any(|allowed| {
+            let base = allowed.path().trim_end_matches('/');
+            allowed.scheme() == candidate.scheme()
+                && allowed.host_str() == candidate.host_str()
+                && allowed.port_or_known_default() == candidate.port_or_known_default()
+                && (candidate.path() == allowed.path() || base.is_empty() || candidate.path() == base || candidate.path().starts_with(&format!("{base}/")))
+        })
+}
+
 impl App {
+    /// `redirect_to` as a field check.
+    pub(crate) fn allowed_redirect(&self, redirect_to: &str) -> Result<(), String> {
+        redirect_allowed(&self.policy.allowed_redirects, redirect_to)
+            .then_some(())
+            .ok_or_else(|| "is not within AUTHD_ALLOWED_REDIRECT_URLS".to_string())
+    }
+
     fn sign_in_code_id(&self, channel: Channel, address: &str) -> String {
-        self.keys.aggregate_id("sign-in-code", &format!("{}\n{}", channel.field(), channel.normalise(address)))
+        self.keys.aggregate_id("sign-in-code", &format!("{}\n{}", channel.kind(), channel.normalise(address)))
     }
 
     fn sign_in_code_hash(&self, channel: Channel, address: &str, code: &str) -> String {
-        self.keys.aggregate_id("sign-in-code-hash", &format!("{}\n{}\n{}", channel.field(), channel.normalise(address), code.trim()))
+        self.keys.aggregate_id("sign-in-code-hash", &format!("{}\n{}\n{}", channel.kind(), channel.normalise(address), code.trim()))
     }
 
     /// The account that verified this address.
     async fn owner_of(&self, channel: Channel, address: &str) -> Result<Option<Uuid>, AppError> {
         Ok(match channel {
-            Channel::Email => {
+            Channel::Email | Channel::Link => {
                 let owner = self.store.read_models().await?.verified_email_owner(address).await?;
                 owner.and_then(|id| Uuid::parse_str(&id).ok())
             }
@@ -82,22 +120,34 @@ impl App {
     /// Step 1: a well-formed address gets 204 at once; when an account verified it,
     /// a code goes there (at most one account message a minute: reset mails and
     /// sign-in codes share the `ResetMail` limit).
-    pub fn sign_in_code_start(self: &Arc<Self>, channel: Channel, address: &str, meta: &Metadata) -> Result<(), AppError> {
+    /// A link (`Channel::Link`) may send the browser on to `redirect_to`, which must
+    /// be allowed (`AUTHD_ALLOWED_REDIRECT_URLS`; 422 otherwise).
+    pub fn sign_in_code_start(
+        self: &Arc<Self>,
+        channel: Channel,
+        address: &str,
+        redirect_to: Option<&str>,
+        meta: &Metadata,
+    ) -> Result<(), AppError> {
         let mut fields = Fields::default();
         fields.check(channel.field(), channel.method().check_consumer(address.trim()));
+        if let Some(redirect_to) = redirect_to {
+            fields.check("redirect_to", self.allowed_redirect(redirect_to));
+        }
         if !fields.is_empty() {
             return Err(fields.error());
         }
         let (app, address, meta) = (self.clone(), address.trim().to_string(), meta.clone());
+        let redirect_to = redirect_to.map(str::to_string);
         tokio::spawn(async move {
-            if let Err(error) = app.send_sign_in_code(channel, &address, &meta).await {
+            if let Err(error) = app.send_sign_in_code(channel, &address, redirect_to.as_deref(), &meta).await {
                 tracing::warn!(%error, ?channel, "a sign-in code could not be sent");
             }
         });
         Ok(())
     }
 
-    async fn send_sign_in_code(&self, channel: Channel, address: &str, meta: &Metadata) -> Result<(), AppError> {
+    async fn send_sign_in_code(&self, channel: Channel, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         let Some(profile_id) = self.owner_of(channel, address).await? else { return Ok(()) };
         let at = Utc::now();
         match self.store.execute::<ResetMail>(&profile_id.to_string(), ResetMailCommand::Send { profile_id, at }, &(), meta).await {
@@ -105,11 +155,16 @@ impl App {
             Err(CommandError::Rejected(ResetMailError::TooSoon)) => return Ok(()),
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
-        let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000));
+        let code_id = self.sign_in_code_id(channel, address);
+        let code = match channel {
+            // A ticket names its code's id, so the link alone finds it.
+            Channel::Link => format!("{code_id}.{}", random_token()),
+            Channel::Email | Channel::Sms => format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000)),
+        };
         let code_hash = self.sign_in_code_hash(channel, address, &code);
         let issue = SignInCodeCommand::Issue { profile_id, code_hash, expires_at: at + CODE_TTL, at };
         self.store
-            .execute::<SignInCode>(&self.sign_in_code_id(channel, address), issue, &(), meta)
+            .execute::<SignInCode>(&code_id, issue, &(), meta)
             .await
             .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
         match channel {
@@ -118,6 +173,16 @@ impl App {
                 self.notify_by_mail(address, "Your sign-in code", &body).await;
             }
             Channel::Sms => self.notify_by_text(address, &format!("Your sign-in code is {code}. It expires in 10 minutes.")).await,
+            Channel::Link => {
+                let mut link = Url::parse(&format!("{}/v1/verify", self.policy.public_url.trim_end_matches('/')))
+                    .map_err(|e| AppError::Internal(format!("AUTHD_PUBLIC_URL: {e}")))?;
+                link.query_pairs_mut().append_pair("ticket", &code);
+                if let Some(redirect_to) = redirect_to {
+                    link.query_pairs_mut().append_pair("redirect_to", redirect_to);
+                }
+                let body = format!("Sign in: {link}\nThe link works once, for 10 minutes. If you did not ask for it, ignore this mail.\n");
+                self.notify_by_mail(address, "Your sign-in link", &body).await;
+            }
         }
         Ok(())
     }
@@ -127,18 +192,41 @@ impl App {
     /// unit. Wrong, used or expired: 401; a throttled address: 429, even with the
     /// right code (not spent).
     pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
-        let at = Utc::now();
         let (code_hash, code_id) = (self.sign_in_code_hash(channel, address, code), self.sign_in_code_id(channel, address));
         let Some(profile_id) = self.owner_of(channel, address).await? else { return Err(AppError::InvalidCredentials) };
+        self.redeem_sign_in_code(channel, &code_id, code_hash, profile_id, meta).await
+    }
+
+    /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`).
+    pub async fn sign_in_link_verify(&self, ticket: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        let code_id = ticket
+            .split_once('.')
+            .map(|(id, _)| id)
+            .filter(|id| id.len() == 43 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let code_id = code_id.ok_or(AppError::InvalidCredentials)?;
+        let pending = self.store.load::<SignInCode>(code_id).await?;
+        let profile_id = pending.profile_id().ok_or(AppError::InvalidCredentials)?;
+        // The hash of a link's code binds it to its address, which the ticket does
+        // not carry: the account's current verified email stands in for it.
+        let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
+        let address = user.email().filter(|_| user.email_verified()).ok_or(AppError::InvalidCredentials)?;
+        let code_hash = self.sign_in_code_hash(Channel::Link, address, ticket);
+        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, meta).await
+    }
+
+    /// Redeems the code `code_id` for `profile_id`, counted on the account's throttle
+    /// in one unit with the session it opens.
+    async fn redeem_sign_in_code(&self, channel: Channel, code_id: &str, code_hash: String, profile_id: Uuid, meta: &Metadata) -> Result<Tokens, AppError> {
+        let at = Utc::now();
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
         if !user.is_registered() {
             return Err(AppError::InvalidCredentials);
         }
         let (throttle_id, client) = (self.account_throttle_id(&user, at), self.address_of(meta));
-        let mut unit = self.store.unit(&[(SignInCode::TYPE, code_id.as_str()), (Throttle::TYPE, throttle_id.as_str())], meta).await?;
+        let mut unit = self.store.unit(&[(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str())], meta).await?;
         loop {
             let redeem = SignInCodeCommand::Redeem { code_hash: code_hash.clone(), at };
-            let valid = match unit.decide::<SignInCode>(&code_id, redeem, &()).await {
+            let valid = match unit.decide::<SignInCode>(code_id, redeem, &()).await {
                 Ok((events, _)) => matches!(events.first(), Some(SignInCodeEvent::SignInCodeRedeemed { profile_id: owner, .. }) if *owner == profile_id),
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
@@ -147,7 +235,7 @@ impl App {
                 Proof::Valid => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
                 refused => {
                     if matches!(refused, Proof::Blocked { .. }) {
-                        unit.undo::<SignInCode>(&code_id);
+                        unit.undo::<SignInCode>(code_id);
                     }
                     Err(refused.refusal(AppError::InvalidCredentials))
                 }
@@ -156,5 +244,32 @@ impl App {
                 return outcome;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redirect_allowed, Url};
+
+    #[test]
+    fn only_allowed_redirects_pass() {
+        let allowed: Vec<Url> = ["https://app.example.com/auth", "http://localhost:3000/"].iter().map(|u| u.parse().expect("url")).collect();
+        for ok in ["https://app.example.com/auth", "https://app.example.com/auth/done?x=1", "http://localhost:3000/anything"] {
+            assert!(redirect_allowed(&allowed, ok), "{ok}");
+        }
+        for bad in [
+            "https://app.example.com.evil.test/auth",
+            "https://app.example.com/authx",
+            "https://app.example.com/",
+            "http://app.example.com/auth",
+            "https://app.example.com:8443/auth",
+            "https://user@app.example.com/auth",
+            "javascript:alert(1)",
+            "//app.example.com/auth",
+            "http://localhost:3001/",
+        ] {
+            assert!(!redirect_allowed(&allowed, bad), "{bad}");
+        }
+        assert!(!redirect_allowed(&[], "https://app.example.com/auth"), "nothing is allowed by default");
     }
 }

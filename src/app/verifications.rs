@@ -605,6 +605,8 @@ mod tests {
             },
             mfa_ticket_ttl: Duration::minutes(5),
             require_verified_email: false,
+            public_url: "http://localhost:8080".into(),
+            allowed_redirects: vec![],
         };
         let delivery = Delivery::new(None, "authd@localhost", dir.join("outbox"), None).expect("delivery");
         App::new(crate::store::Store::new(db, keys.subject_kek()), keys, policy).with_verifications(delivery, max_attempts)

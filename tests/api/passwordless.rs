@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 use crate::helpers::{activation_code, outbox, outbox_mail, unique, Backend, Server, PASSWORD};
 use crate::security::claims;
 
-both_stores!(an_emailed_code_signs_in_once, email_code_refusals_and_throttling, a_texted_code_signs_in_to_the_number_s_account,);
+both_stores!(
+    an_emailed_code_signs_in_once,
+    email_code_refusals_and_throttling,
+    a_texted_code_signs_in_to_the_number_s_account,
+    a_sign_in_link_redirects_once_and_only_where_allowed,
+);
 
 /// An account with a verified email; returns the address.
 async fn verified_account(server: &Server, prefix: &str) -> String {
@@ -172,4 +177,65 @@ async fn a_texted_code_signs_in_to_the_number_s_account(backend: Backend) {
 
 fn rand_digits() -> u16 {
     (uuid::Uuid::new_v4().as_u128() % 10_000) as u16
+}
+
+/// The link in the last sign-in mail to `email`: its ticket and `redirect_to`.
+async fn link_in_mail(server: &Server, email: &str) -> (String, Option<String>) {
+    let (_, mail) = outbox_mail(server, email, |subject| subject == "Your sign-in link").await;
+    let link = mail.split("Sign in: ").nth(1).and_then(|rest| rest.lines().next()).expect("link");
+    assert!(link.starts_with("http://localhost:8080/v1/verify?"), "AUTHD_PUBLIC_URL: {link}");
+    let url = reqwest::Url::parse(link).expect("url");
+    let get = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.to_string());
+    (get("ticket").expect("ticket"), get("redirect_to"))
+}
+
+async fn a_sign_in_link_redirects_once_and_only_where_allowed(backend: Backend) {
+    let allowed = ("AUTHD_ALLOWED_REDIRECT_URLS", "https://app.example.com/auth,http://localhost:3000/");
+    let server = Server::start_with(backend, &[allowed]).await;
+    let email = verified_account(&server, "link").await;
+    let start = |redirect_to: &str| json!({"email": email, "redirect_to": redirect_to});
+    // No open redirect: lookalikes and neighbours are refused before anything is sent.
+    for bad in ["https://app.example.com.evil.test/auth", "https://app.example.com/authx", "https://evil.test/"] {
+        let (status, body) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(start(bad))).await;
+        assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["redirect_to".to_string()]), "{bad}: {body}");
+    }
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(start("https://app.example.com/auth/done"))).await;
+    assert_eq!(status, 204);
+    let (ticket, redirect_to) = link_in_mail(&server, &email).await;
+    assert_eq!(redirect_to.as_deref(), Some("https://app.example.com/auth/done"));
+
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let follow = |redirect_to: &str| {
+        let url = reqwest::Url::parse_with_params(&format!("{}/v1/verify", server.base), &[("ticket", ticket.as_str()), ("redirect_to", redirect_to)]).expect("url");
+        let browser = browser.clone();
+        async move { browser.get(url).send().await.expect("get") }
+    };
+    // A redirect_to changed in the link: 422, no redirect, the ticket unspent.
+    let response = follow("https://evil.test/").await;
+    assert_eq!(response.status(), 422);
+    let response = follow("https://app.example.com/auth/done").await;
+    assert_eq!(response.status(), 302);
+    let location = response.headers()["location"].to_str().expect("location").to_string();
+    let (before, fragment) = location.split_once('#').expect("a fragment");
+    assert_eq!(before, "https://app.example.com/auth/done", "the token never goes in the query");
+    let refresh_token = fragment.strip_prefix("refresh_token=").expect("refresh token");
+    let session = server.api().refresh(refresh_token).await.expect("the refresh token works");
+    assert_eq!(claims(&session.access_token)["amr"], json!(["email"]));
+    // Used once: followed again, or posted, it is 401.
+    assert_eq!(follow("https://app.example.com/auth/done").await.status(), 401);
+    let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 401);
+    for forged in [format!("{}x", &ticket[..ticket.len() - 1]), "nothing".to_string()] {
+        let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": forged}))).await;
+        assert_eq!(status, 401, "{forged}");
+    }
+
+    // For API clients: POST /v1/verify with the ticket (another account: one mail a minute).
+    let email = verified_account(&server, "link-api").await;
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(json!({"email": email}))).await;
+    assert_eq!(status, 204);
+    let (ticket, redirect_to) = link_in_mail(&server, &email).await;
+    assert_eq!(redirect_to, None);
+    let (status, session) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 200, "{session}");
 }
