@@ -118,6 +118,10 @@ pub struct ServerConfig {
     /// the same scheme, host and port as one of them and a path at or below its path.
     #[arg(long, env = "AUTHD_ALLOWED_REDIRECT_URLS", value_delimiter = ',')]
     pub allowed_redirect_urls: Vec<String>,
+    /// Comma-separated ways of signing in this server offers: password, passkey,
+    /// email_code, sms_code, email_link, pat. The routes of the others answer 403.
+    #[arg(long, env = "AUTHD_SIGN_IN_METHODS", value_delimiter = ',', default_value = "password,passkey,email_code,sms_code,email_link,pat")]
+    pub sign_in_methods: Vec<String>,
     /// The WebAuthn relying party ID (passkeys): the domain the origins are on.
     #[arg(long, env = "AUTHD_WEBAUTHN_RP_ID", default_value = "localhost")]
     pub webauthn_rp_id: String,

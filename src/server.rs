@@ -17,6 +17,7 @@ use crate::store::{self, Store};
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Refused before anything is touched.
     let webauthn = crate::app::relying_party(&config.webauthn_rp_id, &config.webauthn_origins).map_err(anyhow::Error::msg)?;
+    let methods = crate::api::Methods::parse(&config.sign_in_methods).map_err(anyhow::Error::msg)?;
     let url = config.database_url();
     if url.starts_with("sqlite:") || !config.data_dir.exists() {
         create_private_dir(&config.data_dir)?;
@@ -96,7 +97,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
-        .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone()), crate::api::BodyLimit(config.max_body_bytes), &config.cors_origins).data(relay), shutdown(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone()), crate::api::BodyLimit(config.max_body_bytes), &config.cors_origins, methods).data(relay), shutdown(), Some(Duration::from_secs(10)))
         .await
         .with_context(|| format!("cannot serve on {}", config.listen))
 }

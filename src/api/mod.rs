@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod headers;
 mod health;
+mod methods;
 mod mfa;
 mod passkeys;
 mod pats;
@@ -33,6 +34,7 @@ pub use body::JsonBody;
 pub use body_limit::BodyLimit;
 pub use client_address::{parse_proxy, ClientAddress, TrustedProxies};
 pub use error::ApiError;
+pub use methods::Methods;
 pub use rate_limit::{RateLimitSetting, RateLimits};
 
 use crate::app::App;
@@ -116,19 +118,21 @@ pub type Apis = (
     events::EventsApi,
 );
 
-/// The API description; needs no server, so `authd openapi` can print it.
-pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(Apis::default(), "authd", env!("CARGO_PKG_VERSION")).description(
+/// The API description; needs no server, so `authd openapi` can print it (with every
+/// sign-in method on).
+pub fn service(methods: &Methods) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(Apis::default(), "authd", env!("CARGO_PKG_VERSION")).description(format!(
         "Event-sourced, password-blind authentication: OPAQUE (RFC 9807) sign-up and sign-in, \
          EdDSA access tokens verifiable with the JWKS, rotating refresh tokens. \
          Protocol messages are base64url without padding. Every error is \
-         {\"status\", \"error\", \"message\", \"details\"}.",
-    )
+         {{\"status\", \"error\", \"message\", \"details\"}}. {}",
+        methods.describe()
+    ))
 }
 
 /// The spec as YAML, exactly as committed in `openapi/openapi.yaml`.
 pub fn spec_yaml() -> String {
-    service().spec_yaml()
+    service(&Methods::default()).spec_yaml()
 }
 
 /// A page of `examples/`, compiled in.
@@ -137,8 +141,8 @@ fn example(body: &'static str, content_type: &'static str) -> impl Endpoint {
 }
 
 /// Every route: the API, its spec and the interactive UI at `/docs`.
-pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit, cors_origins: &[String]) -> impl Endpoint {
-    let api = service();
+pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_limit: BodyLimit, cors_origins: &[String], methods: Methods) -> impl Endpoint {
+    let api = service(&methods);
     let ui = api.swagger_ui();
     let yaml = api.spec_endpoint_yaml();
     let json = api.spec_endpoint();
@@ -160,6 +164,10 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_l
             async move { proxies.call(endpoint, request).await }
         })
         .around(move |endpoint, request| async move { body_limit.call(endpoint, request).await })
+        .around(move |endpoint, request| {
+            let methods = methods.clone();
+            async move { methods.call(endpoint, request).await }
+        })
         .after(error::json_errors)
         .with_if(cors.is_some(), cors.unwrap_or_else(poem::middleware::Cors::new))
         .around(headers::secure)

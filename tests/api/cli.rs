@@ -57,6 +57,35 @@ fn an_inconsistent_relying_party_refuses_to_start() {
     std::fs::remove_dir_all(data).ok();
 }
 
+#[tokio::test]
+async fn switched_off_methods_answer_403_and_the_spec_says_so() {
+    let server = Server::start_with(Backend::Sqlite, &[("AUTHD_SIGN_IN_METHODS", "password,pat")]).await;
+    for (path, body) in [
+        ("/v1/sign/in/webauthn", serde_json::json!({})),
+        ("/v1/sign/up/webauthn", serde_json::json!({"username": "someone"})),
+        ("/v1/sign/in/otp/email", serde_json::json!({"email": "a@example.com"})),
+        ("/v1/sign/in/passwordless/sms", serde_json::json!({"phone_number": "+14155550100"})),
+        ("/v1/sign/in/passwordless/email", serde_json::json!({"email": "a@example.com"})),
+        ("/v1/verify", serde_json::json!({"ticket": "x"})),
+    ] {
+        let (status, answer) = server.call("POST", path, None, Some(body)).await;
+        assert_eq!((status, answer["error"].as_str()), (403, Some("method_disabled")), "{path}: {answer}");
+    }
+    let username = unique("methods");
+    server.sign_up(&username).await;
+    server.sign_in(&username).await;
+    let (status, _) = server.call("POST", "/v1/sign/in/pat", None, Some(serde_json::json!({"personal_access_token": "x"}))).await;
+    assert_eq!(status, 401, "pat is on");
+    let (_, spec) = server.call("GET", "/openapi.json", None, None).await;
+    let description = spec["info"]["description"].as_str().expect("description");
+    assert!(description.contains("Sign-in methods on: password, pat; off"), "{description}");
+    assert!(description.contains("passkey, email_code, sms_code, email_link"), "{description}");
+
+    let output = authd().env("AUTHD_LISTEN", "127.0.0.1:0").env("AUTHD_SIGN_IN_METHODS", "password,carrier-pigeon").output().expect("run authd");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown method \"carrier-pigeon\""));
+}
+
 #[test]
 fn an_unknown_store_scheme_is_refused() {
     let output = authd().env("DATABASE_URL", "mysql://localhost/x").output().expect("run authd");

@@ -1,0 +1,108 @@
+//! Which ways of signing in this server offers (`AUTHD_SIGN_IN_METHODS`). A route of a
+//! method that is off answers 403 `method_disabled`, whatever its body; the served
+//! spec's description lists the methods that are on.
+
+use poem::{Endpoint, IntoResponse, Request, Response};
+
+use super::ApiError;
+
+/// Every method, by its configuration name.
+pub const ALL: [&str; 6] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat"];
+
+/// The methods that are on.
+#[derive(Debug, Clone)]
+pub struct Methods(Vec<&'static str>);
+
+impl Default for Methods {
+    fn default() -> Self {
+        Self(ALL.to_vec())
+    }
+}
+
+impl Methods {
+    /// The configured list, or which name is not a method.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut on = Vec::new();
+        for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            let known = ALL.iter().find(|m| **m == name).ok_or_else(|| format!("AUTHD_SIGN_IN_METHODS: unknown method {name:?} (one of {})", ALL.join(", ")))?;
+            on.push(*known);
+        }
+        Ok(Self(on))
+    }
+
+    pub fn is_on(&self, method: &str) -> bool {
+        self.0.contains(&method)
+    }
+
+    /// One line for the spec's description.
+    pub fn describe(&self) -> String {
+        let off: Vec<&str> = ALL.iter().copied().filter(|m| !self.is_on(m)).collect();
+        let on = if self.0.is_empty() { "none".to_string() } else { self.0.join(", ") };
+        if off.is_empty() {
+            format!("Sign-in methods on: {on}.")
+        } else {
+            format!("Sign-in methods on: {on}; off (their routes answer 403 `method_disabled`): {}.", off.join(", "))
+        }
+    }
+
+    pub async fn call<E: Endpoint>(&self, endpoint: E, request: Request) -> poem::Result<Response> {
+        if let Some(method) = method_of(request.uri().path()).filter(|m| !self.is_on(m)) {
+            let message = format!("sign-in by {method} is switched off on this server (AUTHD_SIGN_IN_METHODS)");
+            return Err(ApiError::new(403, "method_disabled", message).into());
+        }
+        endpoint.call(request).await.map(IntoResponse::into_response)
+    }
+}
+
+/// The method a route belongs to.
+fn method_of(path: &str) -> Option<&'static str> {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if under("/v1/sign/in/webauthn") || under("/v1/sign/up/webauthn") || under("/v1/user/webauthn") || under("/v1/elevate/webauthn") {
+        Some("passkey")
+    } else if under("/v1/sign/in/otp/email") {
+        Some("email_code")
+    } else if under("/v1/sign/in/passwordless/sms") {
+        Some("sms_code")
+    } else if under("/v1/sign/in/passwordless/email") || path == "/v1/verify" {
+        Some("email_link")
+    } else if under("/v1/sign/in/pat") || under("/v1/pat") {
+        Some("pat")
+    } else if matches!(path, "/v1/sign/in" | "/v1/sign/in/finish" | "/v1/sign/up" | "/v1/sign/up/finish")
+        || under("/v1/step")
+        || under("/v1/elevate/password")
+        || under("/v1/user/password")
+    {
+        Some("password")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_belong_to_their_method() {
+        for (path, method) in [
+            ("/v1/sign/in", Some("password")),
+            ("/v1/step/two", Some("password")),
+            ("/v1/elevate/password/finish", Some("password")),
+            ("/v1/sign/in/webauthn/verify", Some("passkey")),
+            ("/v1/user/webauthn/abc", Some("passkey")),
+            ("/v1/sign/in/otp/email/verify", Some("email_code")),
+            ("/v1/sign/in/passwordless/sms/otp", Some("sms_code")),
+            ("/v1/verify", Some("email_link")),
+            ("/v1/pat/123", Some("pat")),
+            ("/v1/sign/in/mfa", None),
+            ("/v1/user", None),
+            ("/v1/token/refresh", None),
+        ] {
+            assert_eq!(method_of(path), method, "{path}");
+        }
+        assert!(Methods::parse(&["password".into(), "nope".into()]).is_err());
+        let some = Methods::parse(&["password".into(), "pat".into()]).expect("methods");
+        assert!(some.is_on("pat") && !some.is_on("passkey"));
+        assert!(some.describe().contains("off (their routes answer 403 `method_disabled`): passkey, email_code"));
+    }
+}
