@@ -122,6 +122,9 @@ pub struct ServerConfig {
     /// email_code, sms_code, email_link, pat. The routes of the others answer 403.
     #[arg(long, env = "AUTHD_SIGN_IN_METHODS", value_delimiter = ',', default_value = "password,passkey,email_code,sms_code,email_link,pat")]
     pub sign_in_methods: Vec<String>,
+    /// Anonymous sign-in (`/v1/sign/in/anonymous`): accounts for nobody in particular.
+    #[arg(long, env = "AUTHD_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub anonymous: bool,
     /// The WebAuthn relying party ID (passkeys): the domain the origins are on.
     #[arg(long, env = "AUTHD_WEBAUTHN_RP_ID", default_value = "localhost")]
     pub webauthn_rp_id: String,

@@ -17,7 +17,7 @@ use crate::store::{self, Store};
 pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Refused before anything is touched.
     let webauthn = crate::app::relying_party(&config.webauthn_rp_id, &config.webauthn_origins).map_err(anyhow::Error::msg)?;
-    let methods = crate::api::Methods::parse(&config.sign_in_methods).map_err(anyhow::Error::msg)?;
+    let methods = crate::api::Methods::parse(&config.sign_in_methods, config.anonymous).map_err(anyhow::Error::msg)?;
     let url = config.database_url();
     if url.starts_with("sqlite:") || !config.data_dir.exists() {
         create_private_dir(&config.data_dir)?;

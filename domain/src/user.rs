@@ -30,6 +30,12 @@ pub struct User {
     #[serde(default)]
     phone_number: Option<String>,
     sessions_revoked_at: Option<DateTime<Utc>>,
+    /// Signed in with nothing: no username, no way to sign in again but its sessions.
+    #[serde(default)]
+    anonymous: bool,
+    /// The username an anonymous account is becoming (between the two steps).
+    #[serde(default)]
+    pending_username: Option<String>,
     /// The one session the last revocation spared (a password change keeps the
     /// session that made it).
     #[serde(default)]
@@ -44,6 +50,12 @@ pub enum UserCommand {
         email: Option<String>,
         at: DateTime<Utc>,
     },
+    /// An account with nothing to sign in with (`AUTHD_ANONYMOUS`).
+    RegisterAnonymous { at: DateTime<Utc> },
+    /// An anonymous account picks its username (the OPAQUE registration follows).
+    StartDeanonymize { username: String, at: DateTime<Utc> },
+    /// ...and registers its password under it: a real account, the same profile id.
+    Deanonymize { registration_record: Vec<u8>, email: Option<String>, at: DateTime<Utc> },
     /// An account that signs in with a passkey only (no OPAQUE record).
     RegisterWithoutPassword { username: String, email: Option<String>, at: DateTime<Utc> },
     /// A code sent to `email` came back.
@@ -82,6 +94,9 @@ pub enum UserEvent {
     PasswordChanged { registration_record: String, kept_session: Uuid, at: DateTime<Utc> },
     UserRemoved { at: DateTime<Utc> },
     SessionsRevoked { at: DateTime<Utc> },
+    AnonymousUserRegistered { at: DateTime<Utc> },
+    DeanonymizationStarted { username: String, at: DateTime<Utc> },
+    UserDeanonymized { username: String, registration_record: String, email: Option<String>, at: DateTime<Utc> },
 }
 crate::domain_event!(UserEvent {
     UserRegistered,
@@ -95,6 +110,9 @@ crate::domain_event!(UserEvent {
     PasswordChanged,
     UserRemoved,
     SessionsRevoked,
+    AnonymousUserRegistered,
+    DeanonymizationStarted,
+    UserDeanonymized,
 });
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -107,9 +125,19 @@ pub enum UserError {
     BadRecord,
     #[error("the email was changed or is already verified")]
     EmailMismatch,
+    #[error("the account is not anonymous, or picked no username first")]
+    NotAnonymous,
 }
 
 impl User {
+    /// Signed in with nothing (until deanonymized).
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+    /// The username an anonymous account is becoming.
+    pub fn pending_username(&self) -> Option<&str> {
+        self.pending_username.as_deref()
+    }
     /// Registered and not removed.
     pub fn is_registered(&self) -> bool {
         self.registered && !self.removed
@@ -166,7 +194,9 @@ impl Aggregate for User {
         _: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if !matches!(command, UserCommand::Register { .. } | UserCommand::RegisterWithoutPassword { .. }) && !self.is_registered() {
+        let registering =
+            matches!(command, UserCommand::Register { .. } | UserCommand::RegisterWithoutPassword { .. } | UserCommand::RegisterAnonymous { .. });
+        if !registering && !self.is_registered() {
             return Err(UserError::NotRegistered);
         }
         match command {
@@ -183,6 +213,28 @@ impl Aggregate for User {
                     email,
                     registered_at: at,
                 };
+                sink.write(event, self).await;
+            }
+            UserCommand::RegisterAnonymous { at } => {
+                if self.registered {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                sink.write(UserEvent::AnonymousUserRegistered { at }, self).await;
+            }
+            UserCommand::StartDeanonymize { username, at } => {
+                if !self.anonymous {
+                    return Err(UserError::NotAnonymous);
+                }
+                sink.write(UserEvent::DeanonymizationStarted { username, at }, self).await;
+            }
+            UserCommand::Deanonymize { registration_record, email, at } => {
+                let Some(username) = self.pending_username.clone().filter(|_| self.anonymous) else {
+                    return Err(UserError::NotAnonymous);
+                };
+                if registration_record.len() != REGISTRATION_RECORD_LEN {
+                    return Err(UserError::BadRecord);
+                }
+                let event = UserEvent::UserDeanonymized { username, registration_record: encode(&registration_record), email, at };
                 sink.write(event, self).await;
             }
             UserCommand::RegisterWithoutPassword { username, email, at } => {
@@ -254,6 +306,18 @@ impl Aggregate for User {
                 self.revoke_sessions(at, None);
             }
             UserEvent::SessionsRevoked { at } => self.revoke_sessions(at, None),
+            UserEvent::AnonymousUserRegistered { .. } => {
+                self.registered = true;
+                self.anonymous = true;
+            }
+            UserEvent::DeanonymizationStarted { username, .. } => self.pending_username = Some(username),
+            UserEvent::UserDeanonymized { username, registration_record, email, .. } => {
+                self.anonymous = false;
+                self.pending_username = None;
+                self.username = username;
+                self.registration_record = decode(&registration_record);
+                self.email = email;
+            }
         }
     }
 }
@@ -456,6 +520,30 @@ mod tests {
             .when_async(ChangeEmail { email: "b@example.com".into(), at: at() })
             .await
             .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_account_becomes_a_real_one() {
+        let record = [9u8; REGISTRATION_RECORD_LEN];
+        let anonymous = AnonymousUserRegistered { at: at() };
+        let started = DeanonymizationStarted { username: "alice".into(), at: at() };
+        T::with(()).given(vec![registered()]).when_async(StartDeanonymize { username: "alice".into(), at: at() }).await.then_expect_error(UserError::NotAnonymous);
+        T::with(())
+            .given(vec![anonymous.clone()])
+            .when_async(Deanonymize { registration_record: record.to_vec(), email: None, at: at() })
+            .await
+            .then_expect_error(UserError::NotAnonymous);
+        let done = UserDeanonymized { username: "alice".into(), registration_record: encode(&record), email: None, at: at() };
+        T::with(())
+            .given(vec![anonymous.clone(), started.clone()])
+            .when_async(Deanonymize { registration_record: record.to_vec(), email: None, at: at() })
+            .await
+            .then_expect_events(vec![done.clone()]);
+        let mut user = User::default();
+        for event in [anonymous, started, done] {
+            user.apply(event);
+        }
+        assert!(!user.is_anonymous() && user.has_password() && user.username() == "alice");
     }
 
     #[tokio::test]

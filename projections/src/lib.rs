@@ -221,6 +221,16 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                 "UPDATE users_view SET email_verified = $2 WHERE profile_id = $1",
                 vec![id(), Bool(true)],
             )],
+            UserEvent::AnonymousUserRegistered { at } => vec![stmt(
+                "INSERT INTO users_view (profile_id, username, email, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (profile_id) DO NOTHING",
+                vec![id(), Text(String::new()), OptText(None), Text(at.to_rfc3339())],
+            )],
+            UserEvent::UserDeanonymized { username, email, .. } => vec![stmt(
+                "UPDATE users_view SET username = $2, email = $3 WHERE profile_id = $1",
+                vec![id(), Text(username), OptText(email)],
+            )],
+            UserEvent::DeanonymizationStarted { .. } => vec![],
             UserEvent::EmailChanged { email, .. } => vec![stmt(
                 "UPDATE users_view SET email = $2, email_verified = $3 WHERE profile_id = $1",
                 vec![id(), Text(email), Bool(true)],

@@ -6,8 +6,9 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 
 use super::ApiError;
 
-/// Every method, by its configuration name.
-pub const ALL: [&str; 6] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat"];
+/// Every method, by its configuration name (`anonymous` is on only with
+/// `AUTHD_ANONYMOUS=true`).
+pub const ALL: [&str; 7] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat", "anonymous"];
 
 /// The methods that are on.
 #[derive(Debug, Clone)]
@@ -15,14 +16,18 @@ pub struct Methods(Vec<&'static str>);
 
 impl Default for Methods {
     fn default() -> Self {
-        Self(ALL.to_vec())
+        Self(ALL.iter().copied().filter(|m| *m != "anonymous").collect())
     }
 }
 
 impl Methods {
-    /// The configured list, or which name is not a method.
-    pub fn parse(names: &[String]) -> Result<Self, String> {
+    /// The configured list (plus `anonymous` when `anonymous`), or which name is not
+    /// a method.
+    pub fn parse(names: &[String], anonymous: bool) -> Result<Self, String> {
         let mut on = Vec::new();
+        if anonymous {
+            on.push("anonymous");
+        }
         for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
             let known = ALL.iter().find(|m| **m == name).ok_or_else(|| format!("AUTHD_SIGN_IN_METHODS: unknown method {name:?} (one of {})", ALL.join(", ")))?;
             on.push(*known);
@@ -65,6 +70,8 @@ fn method_of(path: &str) -> Option<&'static str> {
         Some("sms_code")
     } else if under("/v1/sign/in/passwordless/email") || path == "/v1/verify" {
         Some("email_link")
+    } else if under("/v1/sign/in/anonymous") {
+        Some("anonymous")
     } else if under("/v1/sign/in/pat") || under("/v1/pat") {
         Some("pat")
     } else if matches!(path, "/v1/sign/in" | "/v1/sign/in/finish" | "/v1/sign/up" | "/v1/sign/up/finish")
@@ -100,9 +107,10 @@ mod tests {
         ] {
             assert_eq!(method_of(path), method, "{path}");
         }
-        assert!(Methods::parse(&["password".into(), "nope".into()]).is_err());
-        let some = Methods::parse(&["password".into(), "pat".into()]).expect("methods");
+        assert!(Methods::parse(&["password".into(), "nope".into()], false).is_err());
+        let some = Methods::parse(&["password".into(), "pat".into()], false).expect("methods");
         assert!(some.is_on("pat") && !some.is_on("passkey"));
         assert!(some.describe().contains("off (their routes answer 403 `method_disabled`): passkey, email_code"));
+        assert!(!Methods::default().is_on("anonymous") && Methods::parse(&[], true).expect("methods").is_on("anonymous"));
     }
 }

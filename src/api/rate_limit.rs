@@ -51,6 +51,9 @@ enum Kind {
 fn kind(path: &str) -> Option<Kind> {
     if path == "/v1/sign/in/verify" {
         None
+    } else if path == "/v1/sign/in/anonymous" {
+        // It creates an account, as a sign-up does.
+        Some(Kind::SignUp)
     } else if path.starts_with("/v1/sign/in") || path.starts_with("/v1/step/") || path.starts_with("/v1/elevate/") {
         Some(Kind::SignIn)
     } else if path.starts_with("/v1/sign/up") {
@@ -143,6 +146,7 @@ mod tests {
         assert_eq!(kind("/v1/elevate/totp"), Some(Kind::SignIn));
         assert_eq!(kind("/v1/sign/in/verify"), None);
         assert_eq!(kind("/v1/sign/up/finish"), Some(Kind::SignUp));
+        assert_eq!(kind("/v1/sign/in/anonymous"), Some(Kind::SignUp));
         assert_eq!(kind("/v1/account/forgot"), Some(Kind::Recovery));
         assert_eq!(kind("/v1/methods/email/verifiers/x/actions/validate"), Some(Kind::Validation));
         assert_eq!(kind("/v1/user/email/change"), Some(Kind::Recovery), "a mail to any address");

@@ -91,6 +91,28 @@ pub struct CodeProof {
     pub code: String,
 }
 
+#[derive(Object)]
+pub struct DeanonymizeStart {
+    /// `password` (an OPAQUE registration).
+    #[oai(validator(max_length = 32))]
+    pub method: String,
+    #[oai(validator(max_length = 256))]
+    pub username: Option<String>,
+    /// OPAQUE RegistrationRequest for the password (32 bytes, base64url).
+    #[oai(validator(max_length = 64))]
+    pub registration_request: Option<String>,
+}
+
+#[derive(Object)]
+pub struct DeanonymizeFinish {
+    /// OPAQUE registration record (192 bytes, base64url).
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{256}$"))]
+    pub registration_record: String,
+    /// Optional contact address (an activation code goes there).
+    #[oai(validator(max_length = 254, pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"))]
+    pub email: Option<String>,
+}
+
 #[derive(Default)]
 pub struct SelfServiceApi;
 
@@ -153,6 +175,29 @@ impl SelfServiceApi {
     async fn phone_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CodeProof>) -> Result<Done, ApiError> {
         let who = app.verify(&auth.0.token).await?;
         app.change_phone_verify(&who, &body.0.verification_id, &body.0.code, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Make an anonymous account a real one, step 1: its username and the OPAQUE
+    /// registration request of its password. 403 `not_anonymous` for other sessions;
+    /// 409 `username_taken`.
+    #[oai(path = "/v1/user/deanonymize", method = "post", operation_id = "user_deanonymize")]
+    async fn deanonymize(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeStart>) -> Result<Json<SignUpStarted>, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        let body = body.0;
+        let registration_response = app
+            .deanonymize_start(&who, &body.method, body.username.as_deref(), body.registration_request.as_deref(), &metadata(request))
+            .await?;
+        Ok(Json(SignUpStarted { registration_response }))
+    }
+
+    /// Make an anonymous account a real one, step 2: the registration record → the
+    /// account has a username and password, the same profile id. Sign in with them
+    /// for a non-anonymous session.
+    #[oai(path = "/v1/user/deanonymize/finish", method = "post", operation_id = "user_deanonymize_finish")]
+    async fn deanonymize_finish(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeFinish>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.deanonymize_finish(&who, &body.0.registration_record, body.0.email, &metadata(request)).await?;
         Ok(Done::NoContent)
     }
 

@@ -217,6 +217,15 @@ impl PasswordlessApi {
         Ok(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))
     }
 
+    /// Anonymous sign-in (only with `AUTHD_ANONYMOUS=true`; else 403
+    /// `method_disabled`): a new account with no way to sign in again, and its
+    /// session (`amr` `["anon"]`). It reaches no elevated route; `/v1/user/deanonymize`
+    /// makes it a real account.
+    #[oai(path = "/v1/sign/in/anonymous", method = "post", operation_id = "sign_in_anonymous")]
+    async fn anonymous(&self, app: Data<&Arc<App>>, request: &Request) -> Result<Json<SessionBody>, ApiError> {
+        Ok(Json(app.anonymous_sign_in(&metadata(request)).await?.into()))
+    }
+
     /// Sign in by text message, step 1: always 204 for an E.164 number; when it is an
     /// account's verified number, a 6-digit code (10 minutes, single-use) is texted
     /// through the SMS webhook.

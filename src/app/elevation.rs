@@ -14,8 +14,12 @@ use super::mfa::{mfa_error, Proof};
 use super::{random_token, rejected, App, AppError, Denied, SignInResult, Tokens, Verified};
 
 impl App {
-    /// 403 `elevation_required` unless the token's holder proved presence recently.
+    /// 403 `elevation_required` unless the token's holder proved presence recently;
+    /// 403 `anonymous_user` for an anonymous session, which has nothing to prove.
     pub fn require_elevation(&self, who: &Verified) -> Result<(), AppError> {
+        if who.anonymous {
+            return Err(AppError::Forbidden(Denied::AnonymousUser));
+        }
         if Utc::now().timestamp() - who.auth_time <= self.policy.elevation_max_age.num_seconds() {
             Ok(())
         } else {

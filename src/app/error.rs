@@ -100,6 +100,10 @@ pub enum Denied {
     EmailNotVerified,
     #[error("this needs a recent proof of presence: elevate the session first (/v1/elevate/…)")]
     ElevationRequired,
+    #[error("an anonymous session cannot do this: make the account a real one first (/v1/user/deanonymize)")]
+    AnonymousUser,
+    #[error("the account is not anonymous")]
+    NotAnonymous,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +151,8 @@ impl Denied {
         match self {
             Denied::EmailNotVerified => "email_not_verified",
             Denied::ElevationRequired => "elevation_required",
+            Denied::AnonymousUser => "anonymous_user",
+            Denied::NotAnonymous => "not_anonymous",
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::store::Store;
 
 mod account;
 mod admin;
+mod anonymous;
 mod audit;
 mod error;
 mod buckets;
@@ -101,6 +102,8 @@ pub struct Verified {
     pub expires_at: i64,
     /// The token's `auth_time`: when the holder last proved presence.
     pub auth_time: i64,
+    /// An anonymous session (`amr` `["anon"]`): no elevated route, ever.
+    pub anonymous: bool,
 }
 
 /// Settings the use cases need.

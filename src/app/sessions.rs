@@ -134,7 +134,8 @@ impl App {
                 let (Ok(profile_id), Ok(session_id)) = (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid)) else {
                     return Err(AppError::InvalidToken);
                 };
-                let verified = Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time };
+                let anonymous = claims.amr.iter().any(|method| method == "anon");
+                let verified = Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time, anonymous };
                 self.verified_tokens.put(digest, verified.clone());
                 verified
             }

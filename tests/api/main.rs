@@ -7,6 +7,7 @@
 mod helpers;
 
 mod account;
+mod anonymous;
 mod audit;
 mod cli;
 mod contract;

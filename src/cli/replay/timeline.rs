@@ -185,6 +185,9 @@ pub fn describe(event: &Event) -> String {
             UserEvent::AccountLocked { until, .. } => format!("account locked until {}", until.to_rfc3339()),
             UserEvent::EmailVerified { email, .. } => format!("email {email} verified"),
             UserEvent::EmailChanged { email, .. } => format!("email changed to {email} (verified by a code)"),
+            UserEvent::AnonymousUserRegistered { .. } => "anonymous account created".to_string(),
+            UserEvent::DeanonymizationStarted { username, .. } => format!("anonymous account picks the username {username}"),
+            UserEvent::UserDeanonymized { username, .. } => format!("anonymous account became {username} (OPAQUE registration)"),
             UserEvent::PhoneNumberChanged { phone_number, .. } => format!("phone number {phone_number} verified"),
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
             UserEvent::PasswordChanged { kept_session, .. } => {

@@ -1,0 +1,90 @@
+//! Anonymous users (`AUTHD_ANONYMOUS=true`): a session for nobody in particular
+//! (`amr` `["anon"]`), which can become a real account — the same profile id — by
+//! registering a username and password (OPAQUE). Anonymous sessions reach no
+//! elevated route.
+
+use chrono::Utc;
+use cqrs_es::Aggregate;
+use domain::user::UserCommand;
+use domain::username::{self as usernames, UsernameCommand};
+use domain::{User, Username};
+use protocol::message;
+use uuid::Uuid;
+
+use crate::crypto::opaque;
+use crate::store::Metadata;
+use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
+
+impl App {
+    /// A new anonymous account and its session, in one unit.
+    pub async fn anonymous_sign_in(&self, meta: &Metadata) -> Result<Tokens, AppError> {
+        let (profile_id, at) = (Uuid::new_v4(), Utc::now());
+        let mut unit = self.store.unit(&[], meta).await?;
+        loop {
+            unit.decide_new::<User>(&profile_id.to_string(), UserCommand::RegisterAnonymous { at }, &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
+            let tokens = self.open_session_in(&mut unit, profile_id, vec!["anon".into()], at).await?;
+            if unit.commit().await? {
+                return Ok(tokens);
+            }
+        }
+    }
+
+    /// Deanonymize, step 1: the username (free, kept until step 2) and the OPAQUE
+    /// registration request of the new password. `method` `password` only.
+    pub async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &Metadata) -> Result<String, AppError> {
+        let mut fields = Fields::default();
+        if method != "password" {
+            fields.bad("method", "must be \"password\" (an upgrade by email link is not offered)");
+        }
+        let username = fields.check("username", usernames::normalize(username.unwrap_or_default()));
+        let request = fields.check("registration_request", message(registration_request.unwrap_or_default(), protocol::REGISTRATION_REQUEST_LEN));
+        let (Some(username), Some(request), true) = (username, request, fields.is_empty()) else { return Err(fields.error()) };
+        if !who.anonymous {
+            return Err(AppError::Forbidden(Denied::NotAnonymous));
+        }
+        self.check_username_free(&username).await?;
+        let response = opaque::registration_response(&self.keys.setup, &request, username.as_bytes())
+            .map_err(|e| AppError::Invalid(vec![("registration_request".into(), e.to_string())]))?;
+        let start = UserCommand::StartDeanonymize { username, at: Utc::now() };
+        self.store
+            .execute::<User>(&who.profile_id.to_string(), start, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Forbidden(Denied::NotAnonymous)))?;
+        use base64::Engine;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(response))
+    }
+
+    /// Deanonymize, step 2: the username is claimed and the password registered in
+    /// one unit; the account keeps its profile id. An email gets an activation code.
+    pub async fn deanonymize_finish(&self, who: &Verified, registration_record: &str, email: Option<String>, meta: &Metadata) -> Result<(), AppError> {
+        let mut fields = Fields::default();
+        let record = fields.check("registration_record", super::account::checked_record(registration_record));
+        let Some(record) = record else { return Err(fields.error()) };
+        if !who.anonymous {
+            return Err(AppError::Forbidden(Denied::NotAnonymous));
+        }
+        let profile = who.profile_id.to_string();
+        let user = self.store.load_current::<User>(&profile).await?;
+        let username = user.pending_username().ok_or(AppError::Forbidden(Denied::NotAnonymous))?.to_string();
+        let name_id = self.keys.aggregate_id("username", &username);
+        let mut unit = self.store.unit(&[(User::TYPE, profile.as_str()), (Username::TYPE, name_id.as_str())], meta).await?;
+        loop {
+            unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id: who.profile_id }, &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
+            let finish = UserCommand::Deanonymize { registration_record: record.clone(), email: email.clone(), at: Utc::now() };
+            unit.decide::<User>(&profile, finish, &()).await.map_err(|e| rejected(e, |_| AppError::Forbidden(Denied::NotAnonymous)))?;
+            if unit.commit().await? {
+                break;
+            }
+        }
+        if let Some(email) = &email {
+            if let Err(error) = self.send_activation(who.profile_id, email, meta).await {
+                tracing::warn!(%error, "the activation message could not be sent");
+            }
+        }
+        Ok(())
+    }
+}

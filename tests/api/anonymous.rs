@@ -1,0 +1,68 @@
+//! Anonymous users: off unless configured; a session marked `anon` that reaches no
+//! elevated route; made a real account (the same profile id) by a username and
+//! password — black-box on both stores.
+
+use client::{Registration, SignInOutcome};
+use serde_json::json;
+
+use crate::elevation::error_of;
+use crate::helpers::{detail_paths, unique, Backend, Server, PASSWORD};
+use crate::security::claims;
+
+both_stores!(an_anonymous_user_becomes_a_real_one_with_the_same_profile_id,);
+
+async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: Backend) {
+    let off = Server::start(backend).await;
+    let (status, body) = off.call("POST", "/v1/sign/in/anonymous", None, Some(json!({}))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("method_disabled")), "off by default: {body}");
+    drop(off);
+
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true")]).await;
+    let (status, session) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    assert_eq!(status, 200, "{session}");
+    let access = session["access_token"].as_str().expect("access").to_string();
+    let profile_id = session["profile_id"].clone();
+    assert_eq!(claims(&access)["amr"], json!(["anon"]));
+    let me = server.api().user(&access).await.expect("user");
+    assert_eq!(json!(me.profile_id), profile_id);
+
+    // No elevated route, whatever the age of the session.
+    for (path, body) in [
+        ("/v1/account/remove", None),
+        ("/v1/pat", Some(json!({"name": "x", "expires_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339()}))),
+        ("/v1/user/email/change", Some(json!({"new_email": "a@example.com"}))),
+    ] {
+        let (status, answer) = server.call("POST", path, Some(&access), body).await;
+        assert_eq!((status, error_of(&answer)), (403, Some("anonymous_user")), "{path}: {answer}");
+    }
+
+    // Deanonymize: bad input, a taken name, then the real thing.
+    let taken = unique("taken");
+    server.sign_up(&taken).await;
+    let (registration, request) = Registration::start(PASSWORD).expect("start");
+    let start = |method: &str, username: &str| json!({"method": method, "username": username, "registration_request": request});
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("email", "ab"))).await;
+    let mut bad = detail_paths(&body);
+    bad.sort();
+    assert_eq!((status, bad), (422, vec!["method".to_string(), "username".to_string()]), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("password", &taken))).await;
+    assert_eq!((status, error_of(&body)), (409, Some("username_taken")), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/deanonymize/finish", Some(&access), Some(json!({"registration_record": "A".repeat(256)}))).await;
+    assert_eq!(status, 422, "no username picked, or no record: {body}");
+
+    let username = unique("was-anon");
+    let (status, started) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("password", &username))).await;
+    assert_eq!(status, 200, "{started}");
+    let record = registration.finish(PASSWORD, started["registration_response"].as_str().expect("response")).expect("finish");
+    let (status, body) = server.call("POST", "/v1/user/deanonymize/finish", Some(&access), Some(json!({"registration_record": record}))).await;
+    assert_eq!(status, 204, "{body}");
+
+    // The same account, now with a username and password.
+    let Ok(SignInOutcome::Session(real)) = server.api().sign_in(&username, PASSWORD).await else { panic!("sign in") };
+    assert_eq!(json!(real.profile_id), profile_id, "the profile id stays");
+    assert_eq!(claims(&real.access_token)["amr"], json!(["pwd"]));
+    assert_eq!(server.api().user(&real.access_token).await.expect("user").username, username);
+    // A real session is not anonymous: deanonymizing it again is refused.
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&real.access_token), Some(start("password", &unique("again")))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("not_anonymous")), "{body}");
+}
