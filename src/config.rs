@@ -119,9 +119,13 @@ pub struct ServerConfig {
     #[arg(long, env = "AUTHD_ALLOWED_REDIRECT_URLS", value_delimiter = ',')]
     pub allowed_redirect_urls: Vec<String>,
     /// Comma-separated ways of signing in this server offers: password, passkey,
-    /// email_code, sms_code, email_link, pat. The routes of the others answer 403.
-    #[arg(long, env = "AUTHD_SIGN_IN_METHODS", value_delimiter = ',', default_value = "password,passkey,email_code,sms_code,email_link,pat")]
+    /// email_code, sms_code, email_link, pat, idtoken. The routes of the others answer 403.
+    #[arg(long, env = "AUTHD_SIGN_IN_METHODS", value_delimiter = ',', default_value = "password,passkey,email_code,sms_code,email_link,pat,idtoken")]
     pub sign_in_methods: Vec<String>,
+    /// OpenID providers whose ID tokens sign in: a JSON list of `{"name", "issuer",
+    /// "client_id"}` (keys found through the issuer's discovery document).
+    #[arg(long, env = "AUTHD_OIDC_PROVIDERS")]
+    pub oidc_providers: Option<String>,
     /// Anonymous sign-in (`/v1/sign/in/anonymous`): accounts for nobody in particular.
     #[arg(long, env = "AUTHD_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
     pub anonymous: bool,

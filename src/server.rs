@@ -18,6 +18,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Refused before anything is touched.
     let webauthn = crate::app::relying_party(&config.webauthn_rp_id, &config.webauthn_origins).map_err(anyhow::Error::msg)?;
     let methods = crate::api::Methods::parse(&config.sign_in_methods, config.anonymous).map_err(anyhow::Error::msg)?;
+    let oidc = crate::app::OidcProviders::parse(config.oidc_providers.as_deref()).map_err(anyhow::Error::msg)?;
     let url = config.database_url();
     if url.starts_with("sqlite:") || !config.data_dir.exists() {
         create_private_dir(&config.data_dir)?;
@@ -89,7 +90,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         config.sms_webhook_url.as_deref().filter(|url| !url.trim().is_empty()),
     )?;
     tracing::info!(delivery = %delivery.describe(), "verification messages");
-    let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts).with_webauthn(webauthn));
+    let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts).with_webauthn(webauthn).with_oidc(oidc));
     if config.seal_interval > 0 {
         let full_check = Duration::from_secs(config.seal_full_check_interval);
         spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval), full_check);

@@ -8,7 +8,7 @@ use super::ApiError;
 
 /// Every method, by its configuration name (`anonymous` is on only with
 /// `AUTHD_ANONYMOUS=true`).
-pub const ALL: [&str; 7] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat", "anonymous"];
+pub const ALL: [&str; 8] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat", "idtoken", "anonymous"];
 
 /// The methods that are on.
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ fn method_of(path: &str) -> Option<&'static str> {
         Some("sms_code")
     } else if under("/v1/sign/in/passwordless/email") || path == "/v1/verify" {
         Some("email_link")
+    } else if under("/v1/sign/in/idtoken") || under("/v1/link/idtoken") {
+        Some("idtoken")
     } else if under("/v1/sign/in/anonymous") {
         Some("anonymous")
     } else if under("/v1/sign/in/pat") || under("/v1/pat") {

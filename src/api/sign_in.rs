@@ -9,7 +9,7 @@ use webauthn_rs::prelude::Url;
 
 use super::mfa::Done;
 use super::sessions::SessionBody;
-use super::{metadata, ApiError, JsonBody, Tag};
+use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::{App, AppError, Channel, SignInResult};
 
 #[derive(Object)]
@@ -226,6 +226,26 @@ impl PasswordlessApi {
         Ok(Json(app.anonymous_sign_in(&metadata(request)).await?.into()))
     }
 
+    /// Sign in with an ID token of a configured OpenID provider → a session (`amr`
+    /// `["idtoken"]`) for the account linked to the identity, or a new account when
+    /// sign-up is open (403 `sign_up_closed` otherwise). 401 `invalid_credentials` for
+    /// a bad signature, issuer, audience, expiry or nonce; 422 for an unknown provider.
+    #[oai(path = "/v1/sign/in/idtoken", method = "post", operation_id = "sign_in_idtoken")]
+    async fn idtoken(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SessionBody>, ApiError> {
+        let body = body.0;
+        Ok(Json(app.idtoken_sign_in(&body.provider, &body.id_token, body.nonce.as_deref(), &metadata(request)).await?.into()))
+    }
+
+    /// Link an ID token's identity to the Bearer token's account (elevated); 409
+    /// `identity_linked` when another account has it.
+    #[oai(path = "/v1/link/idtoken", method = "post", operation_id = "link_idtoken")]
+    async fn link_idtoken(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<IdTokenBody>) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        let body = body.0;
+        app.idtoken_link(&who, &body.provider, &body.id_token, body.nonce.as_deref(), &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
     /// Sign in by text message, step 1: always 204 for an E.164 number; when it is an
     /// account's verified number, a 6-digit code (10 minutes, single-use) is texted
     /// through the SMS webhook.
@@ -265,6 +285,19 @@ pub enum Redirect {
     /// in the query: exchange it at `/v1/token/refresh`.
     #[oai(status = 302)]
     Found(#[oai(header = "Location")] String),
+}
+
+#[derive(Object)]
+pub struct IdTokenBody {
+    /// The `name` of a provider in `AUTHD_OIDC_PROVIDERS`.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub provider: String,
+    /// The provider's ID token (a signed JWT).
+    #[oai(validator(min_length = 1, max_length = 8192))]
+    pub id_token: String,
+    /// When given, the token's `nonce` must be this.
+    #[oai(validator(max_length = 256))]
+    pub nonce: Option<String>,
 }
 
 #[derive(Object)]

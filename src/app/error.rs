@@ -71,6 +71,8 @@ pub enum Conflict {
     NoPasskeys,
     #[error("this phone number is another account's")]
     PhoneNumberTaken,
+    #[error("this identity is linked to another account")]
+    IdentityLinked,
     /// A fresh random id already had history: retrying the request succeeds.
     #[error("the new {0} collided with an existing one; try again")]
     IdCollision(&'static str),
@@ -104,6 +106,8 @@ pub enum Denied {
     AnonymousUser,
     #[error("the account is not anonymous")]
     NotAnonymous,
+    #[error("no account is linked to this identity, and sign-up is invite-only")]
+    SignUpClosed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,7 @@ impl Conflict {
             Conflict::LastSignInMethod => "last_sign_in_method",
             Conflict::NoPasskeys => "no_passkeys",
             Conflict::PhoneNumberTaken => "phone_number_taken",
+            Conflict::IdentityLinked => "identity_linked",
             Conflict::IdCollision(_) => "id_collision",
         }
     }
@@ -153,6 +158,7 @@ impl Denied {
             Denied::ElevationRequired => "elevation_required",
             Denied::AnonymousUser => "anonymous_user",
             Denied::NotAnonymous => "not_anonymous",
+            Denied::SignUpClosed => "sign_up_closed",
         }
     }
 }

@@ -24,6 +24,7 @@ mod admin;
 mod anonymous;
 mod audit;
 mod error;
+mod idtoken;
 mod buckets;
 mod elevation;
 mod mfa;
@@ -45,6 +46,7 @@ pub use crate::store::Metadata;
 pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use passkeys::{relying_party, Ceremony, PasskeyInfo};
+pub use idtoken::OidcProviders;
 pub use passwordless::Channel;
 pub use sessions::SessionInfo;
 pub use verifications::{CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
@@ -143,6 +145,8 @@ pub struct App {
     verified_tokens: sessions::VerifiedTokens,
     /// The WebAuthn relying party (passkeys); `None` until [`App::with_webauthn`].
     webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// OpenID providers whose ID tokens sign in (none until [`App::with_oidc`]).
+    oidc: OidcProviders,
 }
 
 fn random_token() -> String {
@@ -161,7 +165,12 @@ impl App {
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
         let verifications = verifications::Verifications::new(&keys);
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default(), webauthn: None }
+        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default(), webauthn: None, oidc: OidcProviders::default() }
+    }
+
+    /// ID-token sign-in with these providers.
+    pub fn with_oidc(self, oidc: OidcProviders) -> Self {
+        Self { oidc, ..self }
     }
 
     /// Passkeys with this relying party (see [`relying_party`]).

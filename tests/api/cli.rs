@@ -79,7 +79,7 @@ async fn switched_off_methods_answer_403_and_the_spec_says_so() {
     let (_, spec) = server.call("GET", "/openapi.json", None, None).await;
     let description = spec["info"]["description"].as_str().expect("description");
     assert!(description.contains("Sign-in methods on: password, pat; off"), "{description}");
-    assert!(description.contains("passkey, email_code, sms_code, email_link"), "{description}");
+    assert!(description.contains("passkey, email_code, sms_code, email_link, idtoken, anonymous"), "{description}");
 
     let output = authd().env("AUTHD_LISTEN", "127.0.0.1:0").env("AUTHD_SIGN_IN_METHODS", "password,carrier-pigeon").output().expect("run authd");
     assert!(!output.status.success());

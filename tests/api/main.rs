@@ -13,6 +13,7 @@ mod cli;
 mod contract;
 mod elevation;
 mod hardening;
+mod idtoken;
 mod passkeys;
 mod passwordless;
 mod pats;
