@@ -129,6 +129,10 @@ pub struct ServerConfig {
     /// Anonymous sign-in (`/v1/sign/in/anonymous`): accounts for nobody in particular.
     #[arg(long, env = "AUTHD_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
     pub anonymous: bool,
+    /// Seconds an anonymous account may go unused (no session opened, refreshed or
+    /// elevated) before the server removes it.
+    #[arg(long, env = "AUTHD_ANONYMOUS_RETENTION", default_value_t = 30 * 24 * 3600)]
+    pub anonymous_retention: u32,
     /// The WebAuthn relying party ID (passkeys): the domain the origins are on.
     #[arg(long, env = "AUTHD_WEBAUTHN_RP_ID", default_value = "localhost")]
     pub webauthn_rp_id: String,

@@ -91,6 +91,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     )?;
     tracing::info!(delivery = %delivery.describe(), "verification messages");
     let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts).with_webauthn(webauthn).with_oidc(oidc));
+    if config.anonymous {
+        spawn_anonymous_retention(app.clone(), Duration::from_secs(config.anonymous_retention.max(1).into()));
+    }
     if config.seal_interval > 0 {
         let full_check = Duration::from_secs(config.seal_full_check_interval);
         spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval), full_check);
@@ -163,6 +166,24 @@ fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration, full_chec
                     tracing::error!(%error, "tamper evidence: run `authd replay verify`")
                 }
                 Err(error) => tracing::warn!(%error, "cannot seal the event log; retrying"),
+            }
+        }
+    });
+}
+
+/// Removes unused anonymous accounts, a tenth of the retention time apart (at most an
+/// hour, at least a second).
+fn spawn_anonymous_retention(app: Arc<App>, retention: Duration) {
+    tokio::spawn(async move {
+        let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            match app.remove_unused_anonymous(retention).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "unused anonymous accounts removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove unused anonymous accounts; retrying"),
             }
         }
     });

@@ -538,6 +538,15 @@ impl ReadModels {
         }))
     }
 
+    /// Anonymous accounts (no username) created before `before` (RFC 3339), at most
+    /// `limit`, oldest first.
+    pub async fn anonymous_accounts_before(&self, before: &str, limit: i64) -> Result<Vec<String>, Error> {
+        let sql = "SELECT profile_id FROM users_view WHERE username = $1 AND created_at < $2 ORDER BY created_at LIMIT $3";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar(sql).bind("").bind(before).bind(limit).fetch_all(pool).await?
+        }))
+    }
+
     /// The account whose verified email is `email` (case-insensitively), if any.
     pub async fn verified_email_owner(&self, email: &str) -> Result<Option<String>, Error> {
         let sql = "SELECT profile_id FROM users_view WHERE lower(email) = lower($1) AND email_verified = $2";

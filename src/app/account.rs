@@ -339,23 +339,28 @@ impl App {
     /// Needs a recent proof of presence (step-up).
     pub async fn remove_account(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
         self.require_elevation(who)?;
-        let id = who.profile_id.to_string();
+        self.remove(who.profile_id, meta).await
+    }
+
+    /// Removes the account `profile_id` (the checks are the caller's).
+    pub(crate) async fn remove(&self, profile_id: Uuid, meta: &Metadata) -> Result<(), AppError> {
+        let id = profile_id.to_string();
         let user = self.store.load::<User>(&id).await?;
         match self.store.execute::<User>(&id, UserCommand::Remove { at: Utc::now() }, &(), meta).await {
             Ok(_) | Err(CommandError::Rejected(UserError::NotRegistered)) => {}
             Err(error) => return Err(rejected(error, |_| AppError::NotFound(Missing::Account))),
         }
         let name_id = self.keys.aggregate_id("username", user.username());
-        let release = UsernameCommand::Release { profile_id: who.profile_id };
+        let release = UsernameCommand::Release { profile_id };
         match self.store.execute::<Username>(&name_id, release, &(), meta).await {
             Ok(_) | Err(CommandError::Rejected(_)) => {}
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
         if let Some(number) = user.phone_number() {
-            let release = PhoneNumberCommand::Release { profile_id: who.profile_id };
+            let release = PhoneNumberCommand::Release { profile_id };
             self.store.execute::<PhoneNumber>(&self.keys.aggregate_id("phone", number), release, &(), meta).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
         }
-        self.end_all_sessions(who.profile_id, None, meta).await?;
+        self.end_all_sessions(profile_id, None, meta).await?;
         // The account's mail in the outbox goes too (addresses, codes, links), to
         // every address it has had.
         for email in user.emails() {

@@ -15,7 +15,38 @@ use crate::crypto::opaque;
 use crate::store::Metadata;
 use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
 
+/// Accounts looked at per retention pass.
+const RETENTION_BATCH: i64 = 500;
+
 impl App {
+    /// Removes (shreds) the anonymous accounts that nobody used for `retention`: none
+    /// of their sessions was opened, refreshed or elevated since. Returns how many.
+    pub async fn remove_unused_anonymous(&self, retention: chrono::Duration) -> Result<usize, AppError> {
+        let now = Utc::now();
+        let cutoff = now - retention;
+        let candidates = self.store.read_models().await?.anonymous_accounts_before(&cutoff.to_rfc3339(), RETENTION_BATCH).await?;
+        let meta = Metadata::from([("request_id".to_string(), "anonymous-retention".to_string())]);
+        let mut removed = 0;
+        for id in candidates {
+            let Ok(profile_id) = Uuid::parse_str(&id) else { continue };
+            let user = self.store.load_current::<User>(&id).await?;
+            if !user.is_registered() || !user.is_anonymous() {
+                continue;
+            }
+            let mut last_used = None;
+            for session in self.store.read_models().await?.active_sessions(&id).await? {
+                let session = self.store.load_current::<domain::Session>(&session).await?;
+                last_used = last_used.max(session.last_used_at());
+            }
+            if last_used.is_some_and(|at| at > cutoff) {
+                continue;
+            }
+            self.remove(profile_id, &meta).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// A new anonymous account and its session, in one unit.
     pub async fn anonymous_sign_in(&self, meta: &Metadata) -> Result<Tokens, AppError> {
         let (profile_id, at) = (Uuid::new_v4(), Utc::now());

@@ -9,7 +9,7 @@ use crate::elevation::error_of;
 use crate::helpers::{detail_paths, unique, Backend, Server, PASSWORD};
 use crate::security::claims;
 
-both_stores!(an_anonymous_user_becomes_a_real_one_with_the_same_profile_id,);
+both_stores!(an_anonymous_user_becomes_a_real_one_with_the_same_profile_id, unused_anonymous_accounts_are_removed,);
 
 async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: Backend) {
     let off = Server::start(backend).await;
@@ -65,4 +65,26 @@ async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: 
     // A real session is not anonymous: deanonymizing it again is refused.
     let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&real.access_token), Some(start("password", &unique("again")))).await;
     assert_eq!((status, error_of(&body)), (403, Some("not_anonymous")), "{body}");
+}
+
+async fn unused_anonymous_accounts_are_removed(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true"), ("AUTHD_ANONYMOUS_RETENTION", "3")]).await;
+    let anonymous = || async { server.call("POST", "/v1/sign/in/anonymous", None, None).await.1 };
+    let (idle, mut used) = (anonymous().await, anonymous().await);
+    let idle_token = idle["access_token"].as_str().expect("token").to_string();
+    // One account used all along (refreshed every second), one left alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        let refreshed = server.api().refresh(used["refresh_token"].as_str().expect("refresh")).await.expect("the used account lives on");
+        used = serde_json::to_value(&refreshed).expect("json");
+        let (status, _) = server.call("GET", "/v1/user", Some(&idle_token), None).await;
+        if status == 401 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the idle anonymous account was not removed");
+    }
+    let removed = server.events().await.iter().any(|e| e["event_type"] == "UserRemoved" && e["aggregate_id"] == idle["profile_id"]);
+    assert!(removed, "removed (and shredded) through the log");
+    server.api().user(used["access_token"].as_str().expect("token")).await.expect("the used one stays");
 }
