@@ -50,6 +50,9 @@ pub enum UserCommand {
         email: Option<String>,
         at: DateTime<Utc>,
     },
+    /// An account created by its first sign-in with a code sent to an address (open
+    /// sign-up): no password, the address verified by that code.
+    RegisterByCode { username: String, email: Option<String>, phone_number: Option<String>, at: DateTime<Utc> },
     /// An account with nothing to sign in with (`AUTHD_ANONYMOUS`).
     RegisterAnonymous { at: DateTime<Utc> },
     /// An anonymous account picks its username (the OPAQUE registration follows).
@@ -194,8 +197,13 @@ impl Aggregate for User {
         _: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let registering =
-            matches!(command, UserCommand::Register { .. } | UserCommand::RegisterWithoutPassword { .. } | UserCommand::RegisterAnonymous { .. });
+        let registering = matches!(
+            command,
+            UserCommand::Register { .. }
+                | UserCommand::RegisterWithoutPassword { .. }
+                | UserCommand::RegisterAnonymous { .. }
+                | UserCommand::RegisterByCode { .. }
+        );
         if !registering && !self.is_registered() {
             return Err(UserError::NotRegistered);
         }
@@ -214,6 +222,19 @@ impl Aggregate for User {
                     registered_at: at,
                 };
                 sink.write(event, self).await;
+            }
+            UserCommand::RegisterByCode { username, email, phone_number, at } => {
+                if self.registered {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let registered = UserEvent::UserRegistered { username, registration_record: String::new(), email: email.clone(), registered_at: at };
+                sink.write(registered, self).await;
+                if let Some(email) = email {
+                    sink.write(UserEvent::EmailVerified { email, at }, self).await;
+                }
+                if let Some(phone_number) = phone_number {
+                    sink.write(UserEvent::PhoneNumberChanged { phone_number, at }, self).await;
+                }
             }
             UserCommand::RegisterAnonymous { at } => {
                 if self.registered {
@@ -520,6 +541,26 @@ mod tests {
             .when_async(ChangeEmail { email: "b@example.com".into(), at: at() })
             .await
             .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[tokio::test]
+    async fn a_first_sign_in_by_code_registers_with_the_address_verified() {
+        T::with(())
+            .given_no_previous_events()
+            .when_async(RegisterByCode { username: "email-x".into(), email: Some("a@example.com".into()), phone_number: None, at: at() })
+            .await
+            .then_expect_events(vec![
+                UserRegistered { username: "email-x".into(), registration_record: String::new(), email: Some("a@example.com".into()), registered_at: at() },
+                EmailVerified { email: "a@example.com".into(), at: at() },
+            ]);
+        T::with(())
+            .given_no_previous_events()
+            .when_async(RegisterByCode { username: "sms-x".into(), email: None, phone_number: Some("+14155550100".into()), at: at() })
+            .await
+            .then_expect_events(vec![
+                UserRegistered { username: "sms-x".into(), registration_record: String::new(), email: None, registered_at: at() },
+                PhoneNumberChanged { phone_number: "+14155550100".into(), at: at() },
+            ]);
     }
 
     #[tokio::test]

@@ -8,19 +8,22 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::sign_in_code::{SignInCodeCommand, SignInCodeEvent};
 use domain::verifier::Method;
-use domain::{PhoneNumber, ResetMail, SignInCode, Throttle, User};
+use domain::phone_number::PhoneNumberCommand;
+use domain::user::UserCommand;
+use domain::username::UsernameCommand;
+use domain::{PhoneNumber, ResetMail, SignInCode, Throttle, User, Username};
 use rand::Rng;
 use uuid::Uuid;
 use webauthn_rs::prelude::Url;
 
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, Metadata, Unit};
 use super::mfa::Proof;
-use super::{random_token, rejected, App, AppError, Fields, Tokens};
+use super::{random_token, rejected, App, AppError, Conflict, Fields, Tokens};
 
 /// How long a sign-in code is valid.
 const CODE_TTL: Duration = Duration::minutes(10);
@@ -73,6 +76,12 @@ impl Channel {
     }
 }
 
+/// The username of an account created by a code: the channel and part of the
+/// address's keyed id (it names neither the address nor anything guessable).
+fn new_username(channel: Channel, code_id: &str) -> String {
+    format!("{}-{}", channel.kind().replace('_', "-"), code_id.chars().filter(char::is_ascii_alphanumeric).take(16).collect::<String>()).to_lowercase()
+}
+
 /// Whether `candidate` is at or below one of the `allowed` URLs: the same scheme, host
 /// and port, and a path that is the allowed one or inside it (so
 /// `https://app.example.com.evil.test` is not `https://app.example.com`).
@@ -91,6 +100,30 @@ pub fn redirect_allowed(allowed: &[Url], candidate: &str) -> bool {
 }
 
 impl App {
+    /// Decides, in `unit`, the account a first sign-in by code creates: its username,
+    /// the address (the number claimed for SMS), verified by the code.
+    async fn register_by_code_in(&self, unit: &mut Unit<'_>, channel: Channel, profile_id: Uuid, address: &str, at: DateTime<Utc>) -> Result<(), AppError> {
+        let username = new_username(channel, &self.sign_in_code_id(channel, address));
+        let name_id = self.keys.aggregate_id("username", &username);
+        unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id }, &())
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
+        let (email, phone_number) = match channel {
+            Channel::Sms => {
+                unit.decide::<PhoneNumber>(&self.keys.aggregate_id("phone", address), PhoneNumberCommand::Claim { profile_id }, &())
+                    .await
+                    .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::PhoneNumberTaken)))?;
+                (None, Some(address.to_string()))
+            }
+            Channel::Email | Channel::Link => (Some(channel.normalise(address)), None),
+        };
+        let register = UserCommand::RegisterByCode { username, email, phone_number, at };
+        unit.decide::<User>(&profile_id.to_string(), register, &())
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
+        Ok(())
+    }
+
     /// `redirect_to` as a field check.
     pub(crate) fn allowed_redirect(&self, redirect_to: &str) -> Result<(), String> {
         redirect_allowed(&self.policy.allowed_redirects, redirect_to)
@@ -148,14 +181,21 @@ impl App {
     }
 
     async fn send_sign_in_code(&self, channel: Channel, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
-        let Some(profile_id) = self.owner_of(channel, address).await? else { return Ok(()) };
+        let profile_id = match self.owner_of(channel, address).await? {
+            Some(owner) => owner,
+            // Open sign-up: the code is for the account its first use creates (not by
+            // link, whose ticket does not carry the address).
+            None if self.policy.open_signup && channel != Channel::Link => Uuid::new_v4(),
+            None => return Ok(()),
+        };
         let at = Utc::now();
-        match self.store.execute::<ResetMail>(&profile_id.to_string(), ResetMailCommand::Send { profile_id, at }, &(), meta).await {
+        let code_id = self.sign_in_code_id(channel, address);
+        // One message a minute per address (the `ResetMail` rule, kept per address).
+        match self.store.execute::<ResetMail>(&code_id, ResetMailCommand::Send { profile_id, at }, &(), meta).await {
             Ok(_) => {}
             Err(CommandError::Rejected(ResetMailError::TooSoon)) => return Ok(()),
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
-        let code_id = self.sign_in_code_id(channel, address);
         let code = match channel {
             // A ticket names its code's id, so the link alone finds it.
             Channel::Link => format!("{code_id}.{}", random_token()),
@@ -191,10 +231,19 @@ impl App {
     /// `["sms"]` by text), decided and counted on the account's throttle in one
     /// unit. Wrong, used or expired: 401; a throttled address: 429, even with the
     /// right code (not spent).
+    /// With open sign-up, the first sign-in of an address no account verified
+    /// creates the account (no password; the address verified by the code).
     pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        let address = address.trim();
         let (code_hash, code_id) = (self.sign_in_code_hash(channel, address, code), self.sign_in_code_id(channel, address));
-        let Some(profile_id) = self.owner_of(channel, address).await? else { return Err(AppError::InvalidCredentials) };
-        self.redeem_sign_in_code(channel, &code_id, code_hash, profile_id, meta).await
+        match self.owner_of(channel, address).await? {
+            Some(owner) => self.redeem_sign_in_code(channel, &code_id, code_hash, owner, None, meta).await,
+            None if self.policy.open_signup => {
+                let pending = self.store.load::<SignInCode>(&code_id).await?.profile_id().ok_or(AppError::InvalidCredentials)?;
+                self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), meta).await
+            }
+            None => Err(AppError::InvalidCredentials),
+        }
     }
 
     /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`).
@@ -211,19 +260,37 @@ impl App {
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
         let address = user.email().filter(|_| user.email_verified()).ok_or(AppError::InvalidCredentials)?;
         let code_hash = self.sign_in_code_hash(Channel::Link, address, ticket);
-        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, meta).await
+        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, None, meta).await
     }
 
     /// Redeems the code `code_id` for `profile_id`, counted on the account's throttle
-    /// in one unit with the session it opens.
-    async fn redeem_sign_in_code(&self, channel: Channel, code_id: &str, code_hash: String, profile_id: Uuid, meta: &Metadata) -> Result<Tokens, AppError> {
-        let at = Utc::now();
-        let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        if !user.is_registered() {
+    /// (a new account's: the address's) in one unit with the session it opens — and,
+    /// for `creating` (the address), with the account it creates.
+    async fn redeem_sign_in_code(
+        &self,
+        channel: Channel,
+        code_id: &str,
+        code_hash: String,
+        profile_id: Uuid,
+        creating: Option<&str>,
+        meta: &Metadata,
+    ) -> Result<Tokens, AppError> {
+        let (at, profile) = (Utc::now(), profile_id.to_string());
+        let user = self.store.load_current::<User>(&profile).await?;
+        if user.is_registered() == creating.is_some() {
             return Err(AppError::InvalidCredentials);
         }
-        let (throttle_id, client) = (self.account_throttle_id(&user, at), self.address_of(meta));
-        let mut unit = self.store.unit(&[(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str())], meta).await?;
+        let throttle_id = match creating {
+            Some(address) => self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at),
+            None => self.account_throttle_id(&user, at),
+        };
+        let client = self.address_of(meta);
+        let name_id = creating.map(|address| self.keys.aggregate_id("username", &new_username(channel, &self.sign_in_code_id(channel, address))));
+        let phone_id = creating.filter(|_| channel == Channel::Sms).map(|address| self.keys.aggregate_id("phone", address));
+        let mut locked = vec![(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str()), (User::TYPE, profile.as_str())];
+        locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
+        locked.extend(phone_id.as_deref().map(|id| (PhoneNumber::TYPE, id)));
+        let mut unit = self.store.unit(&locked, meta).await?;
         loop {
             let redeem = SignInCodeCommand::Redeem { code_hash: code_hash.clone(), at };
             let valid = match unit.decide::<SignInCode>(code_id, redeem, &()).await {
@@ -232,7 +299,13 @@ impl App {
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
             let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &client, valid, at).await? {
-                Proof::Valid => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
+                Proof::Valid => match creating {
+                    Some(address) => match self.register_by_code_in(&mut unit, channel, profile_id, address, at).await {
+                        Ok(()) => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
+                        Err(error) => Err(error),
+                    },
+                    None => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
+                },
                 refused => {
                     if matches!(refused, Proof::Blocked { .. }) {
                         unit.undo::<SignInCode>(code_id);

@@ -257,7 +257,7 @@ impl App {
 
     /// The throttle aggregate of `username` (normalised) for the window `at` is in:
     /// a keyed hash, so the id names neither.
-    fn throttle_id(&self, username: &str, at: DateTime<Utc>) -> String {
+    pub(super) fn throttle_id(&self, username: &str, at: DateTime<Utc>) -> String {
         let window = self.policy.throttle.window_of(at);
         self.keys.aggregate_id("throttle", &format!("{username}\n{window}"))
     }

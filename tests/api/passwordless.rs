@@ -13,6 +13,7 @@ both_stores!(
     email_code_refusals_and_throttling,
     a_texted_code_signs_in_to_the_number_s_account,
     a_sign_in_link_redirects_once_and_only_where_allowed,
+    with_open_sign_up_a_first_code_creates_the_account,
 );
 
 /// An account with a verified email; returns the address.
@@ -238,4 +239,36 @@ async fn a_sign_in_link_redirects_once_and_only_where_allowed(backend: Backend) 
     assert_eq!(redirect_to, None);
     let (status, session) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
     assert_eq!(status, 200, "{session}");
+}
+
+async fn with_open_sign_up_a_first_code_creates_the_account(backend: Backend) {
+    let hook = crate::verifications::webhook(200).await;
+    let server = Server::start_with(backend, &[("AUTHD_OPEN_SIGNUP", "true"), ("AUTHD_SMS_WEBHOOK_URL", &hook.url)]).await;
+    // By email: the code's first use creates the account, the address verified.
+    let email = format!("{}@example.com", unique("new-by-code"));
+    let code = request_code(&server, &email).await;
+    let (status, _) = verify(&server, &email, &wrong(&code)).await;
+    assert_eq!(status, 401, "a wrong code creates nothing");
+    let (status, session) = verify(&server, &email, &code).await;
+    assert_eq!(status, 200, "{session}");
+    let profile = server.api().user(session["access_token"].as_str().expect("token")).await.expect("user");
+    assert_eq!((profile.email.as_deref(), profile.email_verified), (Some(email.as_str()), true));
+    let (status, _) = verify(&server, &email, &code).await;
+    assert_eq!(status, 401, "used once");
+    // By text message, likewise, the number the account's.
+    let number = format!("+4420{:08}", uuid::Uuid::new_v4().as_u128() % 100_000_000);
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204);
+    let mut code = String::new();
+    for _ in 0..50 {
+        if hook.received().iter().any(|m| m["to"] == number.as_str()) {
+            code = texted_code(&hook, &number);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, session) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(json!({"phone_number": number, "otp": code}))).await;
+    assert_eq!(status, 200, "{session}");
+    let profile = server.api().user(session["access_token"].as_str().expect("token")).await.expect("user");
+    assert_eq!(profile.phone_number.as_deref(), Some(number.as_str()));
 }
