@@ -36,6 +36,9 @@ pub struct User {
     /// The username an anonymous account is becoming (between the two steps).
     #[serde(default)]
     pending_username: Option<String>,
+    /// The address an anonymous account is becoming real by (a link was mailed there).
+    #[serde(default)]
+    pending_email: Option<String>,
     /// The one session the last revocation spared (a password change keeps the
     /// session that made it).
     #[serde(default)]
@@ -59,6 +62,11 @@ pub enum UserCommand {
     StartDeanonymize { username: String, at: DateTime<Utc> },
     /// ...and registers its password under it: a real account, the same profile id.
     Deanonymize { registration_record: Vec<u8>, email: Option<String>, at: DateTime<Utc> },
+    /// An anonymous account asks to become real by the link mailed to `email`.
+    StartDeanonymizeByEmail { email: String, at: DateTime<Utc> },
+    /// ...and the link came back: a real account (no password) with that address,
+    /// verified, under `username`.
+    DeanonymizeByEmail { username: String, at: DateTime<Utc> },
     /// An account that signs in with a passkey only (no OPAQUE record).
     RegisterWithoutPassword { username: String, email: Option<String>, at: DateTime<Utc> },
     /// A code sent to `email` came back.
@@ -99,6 +107,7 @@ pub enum UserEvent {
     SessionsRevoked { at: DateTime<Utc> },
     AnonymousUserRegistered { at: DateTime<Utc> },
     DeanonymizationStarted { username: String, at: DateTime<Utc> },
+    DeanonymizationByEmailStarted { email: String, at: DateTime<Utc> },
     UserDeanonymized { username: String, registration_record: String, email: Option<String>, at: DateTime<Utc> },
 }
 crate::domain_event!(UserEvent {
@@ -115,6 +124,7 @@ crate::domain_event!(UserEvent {
     SessionsRevoked,
     AnonymousUserRegistered,
     DeanonymizationStarted,
+    DeanonymizationByEmailStarted,
     UserDeanonymized,
 });
 
@@ -140,6 +150,10 @@ impl User {
     /// The username an anonymous account is becoming.
     pub fn pending_username(&self) -> Option<&str> {
         self.pending_username.as_deref()
+    }
+    /// The address an anonymous account is becoming real by.
+    pub fn pending_email(&self) -> Option<&str> {
+        self.pending_email.as_deref().filter(|_| self.anonymous)
     }
     /// Registered and not removed.
     pub fn is_registered(&self) -> bool {
@@ -248,6 +262,20 @@ impl Aggregate for User {
                 }
                 sink.write(UserEvent::DeanonymizationStarted { username, at }, self).await;
             }
+            UserCommand::StartDeanonymizeByEmail { email, at } => {
+                if !self.anonymous {
+                    return Err(UserError::NotAnonymous);
+                }
+                sink.write(UserEvent::DeanonymizationByEmailStarted { email, at }, self).await;
+            }
+            UserCommand::DeanonymizeByEmail { username, at } => {
+                let Some(email) = self.pending_email.clone().filter(|_| self.anonymous) else {
+                    return Err(UserError::NotAnonymous);
+                };
+                let event = UserEvent::UserDeanonymized { username, registration_record: String::new(), email: Some(email.clone()), at };
+                sink.write(event, self).await;
+                sink.write(UserEvent::EmailVerified { email, at }, self).await;
+            }
             UserCommand::Deanonymize { registration_record, email, at } => {
                 let Some(username) = self.pending_username.clone().filter(|_| self.anonymous) else {
                     return Err(UserError::NotAnonymous);
@@ -332,9 +360,11 @@ impl Aggregate for User {
                 self.anonymous = true;
             }
             UserEvent::DeanonymizationStarted { username, .. } => self.pending_username = Some(username),
+            UserEvent::DeanonymizationByEmailStarted { email, .. } => self.pending_email = Some(email),
             UserEvent::UserDeanonymized { username, registration_record, email, .. } => {
                 self.anonymous = false;
                 self.pending_username = None;
+                self.pending_email = None;
                 self.username = username;
                 self.registration_record = decode(&registration_record);
                 self.email = email;

@@ -230,7 +230,7 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                 "UPDATE users_view SET username = $2, email = $3 WHERE profile_id = $1",
                 vec![id(), Text(username), OptText(email)],
             )],
-            UserEvent::DeanonymizationStarted { .. } => vec![],
+            UserEvent::DeanonymizationStarted { .. } | UserEvent::DeanonymizationByEmailStarted { .. } => vec![],
             UserEvent::EmailChanged { email, .. } => vec![stmt(
                 "UPDATE users_view SET email = $2, email_verified = $3 WHERE profile_id = $1",
                 vec![id(), Text(email), Bool(true)],

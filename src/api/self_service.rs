@@ -7,7 +7,7 @@ use poem::web::Data;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::mfa::Done;
 use super::sign_up::SignUpStarted;
@@ -93,9 +93,13 @@ pub struct CodeProof {
 
 #[derive(Object)]
 pub struct DeanonymizeStart {
-    /// `password` (an OPAQUE registration).
+    /// `password` (an OPAQUE registration: `username`, `registration_request`) or
+    /// `email` (a link to `email`).
     #[oai(validator(max_length = 32))]
     pub method: String,
+    /// For `email`: where the link goes.
+    #[oai(validator(max_length = 254))]
+    pub email: Option<String>,
     #[oai(validator(max_length = 256))]
     pub username: Option<String>,
     /// OPAQUE RegistrationRequest for the password (32 bytes, base64url).
@@ -111,6 +115,16 @@ pub struct DeanonymizeFinish {
     /// Optional contact address (an activation code goes there).
     #[oai(validator(max_length = 254, pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"))]
     pub email: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum Deanonymizing {
+    /// `password`: the OPAQUE registration response; finish with `/finish`.
+    #[oai(status = 200)]
+    Registration(Json<SignUpStarted>),
+    /// `email`: the link is on its way.
+    #[oai(status = 204)]
+    LinkSent,
 }
 
 #[derive(Default)]
@@ -178,17 +192,23 @@ impl SelfServiceApi {
         Ok(Done::NoContent)
     }
 
-    /// Make an anonymous account a real one, step 1: its username and the OPAQUE
-    /// registration request of its password. 403 `not_anonymous` for other sessions;
-    /// 409 `username_taken`.
+    /// Make an anonymous account a real one: by `password`, step 1 — its username and
+    /// the OPAQUE registration request of its password (then `/finish`); or by
+    /// `email` — 204, a link goes to the address, and following it (`/v1/verify`)
+    /// makes the account real with that address verified. 403 `not_anonymous` for
+    /// other sessions; 409 `username_taken`.
     #[oai(path = "/v1/user/deanonymize", method = "post", operation_id = "user_deanonymize")]
-    async fn deanonymize(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeStart>) -> Result<Json<SignUpStarted>, ApiError> {
+    async fn deanonymize(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeStart>) -> Result<Deanonymizing, ApiError> {
         let who = app.verify(&auth.0.token).await?;
         let body = body.0;
+        if body.method == "email" {
+            app.deanonymize_by_email(&who, body.email.as_deref(), &metadata(request)).await?;
+            return Ok(Deanonymizing::LinkSent);
+        }
         let registration_response = app
             .deanonymize_start(&who, &body.method, body.username.as_deref(), body.registration_request.as_deref(), &metadata(request))
             .await?;
-        Ok(Json(SignUpStarted { registration_response }))
+        Ok(Deanonymizing::Registration(Json(SignUpStarted { registration_response })))
     }
 
     /// Make an anonymous account a real one, step 2: the registration record → the

@@ -62,12 +62,32 @@ impl App {
         }
     }
 
+    /// Deanonymize by email: a link to `email` (which follows as a sign-in link does);
+    /// following it makes the account real with that address, verified.
+    pub async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+        let mut fields = Fields::default();
+        let email = email.unwrap_or_default().trim().to_string();
+        fields.check("email", domain::verifier::Method::Email.check_consumer(&email));
+        if !fields.is_empty() {
+            return Err(fields.error());
+        }
+        if !who.anonymous {
+            return Err(AppError::Forbidden(Denied::NotAnonymous));
+        }
+        let start = UserCommand::StartDeanonymizeByEmail { email: email.clone(), at: Utc::now() };
+        self.store
+            .execute::<User>(&who.profile_id.to_string(), start, &(), meta)
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Forbidden(Denied::NotAnonymous)))?;
+        self.send_code_to(super::Channel::Link, who.profile_id, &email, None, meta).await
+    }
+
     /// Deanonymize, step 1: the username (free, kept until step 2) and the OPAQUE
-    /// registration request of the new password. `method` `password` only.
+    /// registration request of the new password.
     pub async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &Metadata) -> Result<String, AppError> {
         let mut fields = Fields::default();
         if method != "password" {
-            fields.bad("method", "must be \"password\" (an upgrade by email link is not offered)");
+            fields.bad("method", "must be \"password\" or \"email\"");
         }
         let username = fields.check("username", usernames::normalize(username.unwrap_or_default()));
         let request = fields.check("registration_request", message(registration_request.unwrap_or_default(), protocol::REGISTRATION_REQUEST_LEN));

@@ -124,6 +124,19 @@ impl App {
         Ok(())
     }
 
+    /// Decides, in `unit`, that the anonymous account `profile_id` whose link came
+    /// back is real: a username, the address verified.
+    async fn deanonymize_by_link_in(&self, unit: &mut Unit<'_>, profile_id: Uuid, code_id: &str, at: DateTime<Utc>) -> Result<(), AppError> {
+        let username = new_username(Channel::Link, code_id);
+        unit.decide::<Username>(&self.keys.aggregate_id("username", &username), UsernameCommand::Claim { profile_id }, &())
+            .await
+            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
+        unit.decide::<User>(&profile_id.to_string(), UserCommand::DeanonymizeByEmail { username, at }, &())
+            .await
+            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+        Ok(())
+    }
+
     /// `redirect_to` as a field check.
     pub(crate) fn allowed_redirect(&self, redirect_to: &str) -> Result<(), String> {
         redirect_allowed(&self.policy.allowed_redirects, redirect_to)
@@ -188,6 +201,12 @@ impl App {
             None if self.policy.open_signup && channel != Channel::Link => Uuid::new_v4(),
             None => return Ok(()),
         };
+        self.send_code_to(channel, profile_id, address, redirect_to, meta).await
+    }
+
+    /// Issues a code (or a link's ticket) for `profile_id` and sends it to `address`,
+    /// at most one message a minute per address.
+    pub(super) async fn send_code_to(&self, channel: Channel, profile_id: Uuid, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         let at = Utc::now();
         let code_id = self.sign_in_code_id(channel, address);
         // One message a minute per address (the `ResetMail` rule, kept per address).
@@ -258,8 +277,12 @@ impl App {
         // The hash of a link's code binds it to its address, which the ticket does
         // not carry: the account's current verified email stands in for it.
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        let address = user.email().filter(|_| user.email_verified()).ok_or(AppError::InvalidCredentials)?;
-        let code_hash = self.sign_in_code_hash(Channel::Link, address, ticket);
+        // An anonymous account becoming real: the address it asked the link for.
+        let address = match user.pending_email() {
+            Some(pending) => Some(pending),
+            None => user.email().filter(|_| user.email_verified()),
+        };
+        let code_hash = self.sign_in_code_hash(Channel::Link, address.ok_or(AppError::InvalidCredentials)?, ticket);
         self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, None, meta).await
     }
 
@@ -285,7 +308,13 @@ impl App {
             None => self.account_throttle_id(&user, at),
         };
         let client = self.address_of(meta);
-        let name_id = creating.map(|address| self.keys.aggregate_id("username", &new_username(channel, &self.sign_in_code_id(channel, address))));
+        // An anonymous account following its link becomes real (`upgrading`).
+        let upgrading = channel == Channel::Link && user.is_anonymous();
+        let name_id = match (creating, upgrading) {
+            (Some(address), _) => Some(self.keys.aggregate_id("username", &new_username(channel, &self.sign_in_code_id(channel, address)))),
+            (None, true) => Some(self.keys.aggregate_id("username", &new_username(channel, code_id))),
+            (None, false) => None,
+        };
         let phone_id = creating.filter(|_| channel == Channel::Sms).map(|address| self.keys.aggregate_id("phone", address));
         let mut locked = vec![(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str()), (User::TYPE, profile.as_str())];
         locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
@@ -299,13 +328,17 @@ impl App {
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
             let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &client, valid, at).await? {
-                Proof::Valid => match creating {
-                    Some(address) => match self.register_by_code_in(&mut unit, channel, profile_id, address, at).await {
+                Proof::Valid => {
+                    let account = match creating {
+                        Some(address) => self.register_by_code_in(&mut unit, channel, profile_id, address, at).await,
+                        None if upgrading => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, at).await,
+                        None => Ok(()),
+                    };
+                    match account {
                         Ok(()) => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
                         Err(error) => Err(error),
-                    },
-                    None => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
-                },
+                    }
+                }
                 refused => {
                     if matches!(refused, Proof::Blocked { .. }) {
                         unit.undo::<SignInCode>(code_id);

@@ -9,7 +9,11 @@ use crate::elevation::error_of;
 use crate::helpers::{detail_paths, unique, Backend, Server, PASSWORD};
 use crate::security::claims;
 
-both_stores!(an_anonymous_user_becomes_a_real_one_with_the_same_profile_id, unused_anonymous_accounts_are_removed,);
+both_stores!(
+    an_anonymous_user_becomes_a_real_one_with_the_same_profile_id,
+    an_anonymous_user_becomes_real_by_an_emailed_link,
+    unused_anonymous_accounts_are_removed,
+);
 
 async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: Backend) {
     let off = Server::start(backend).await;
@@ -41,10 +45,12 @@ async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: 
     server.sign_up(&taken).await;
     let (registration, request) = Registration::start(PASSWORD).expect("start");
     let start = |method: &str, username: &str| json!({"method": method, "username": username, "registration_request": request});
-    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("email", "ab"))).await;
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("carrier-pigeon", "ab"))).await;
     let mut bad = detail_paths(&body);
     bad.sort();
     assert_eq!((status, bad), (422, vec!["method".to_string(), "username".to_string()]), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("email", "ab"))).await;
+    assert_eq!((status, detail_paths(&body)), (422, vec!["email".to_string()]), "by email, an address: {body}");
     let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(start("password", &taken))).await;
     assert_eq!((status, error_of(&body)), (409, Some("username_taken")), "{body}");
     let (status, body) = server.call("POST", "/v1/user/deanonymize/finish", Some(&access), Some(json!({"registration_record": "A".repeat(256)}))).await;
@@ -87,4 +93,27 @@ async fn unused_anonymous_accounts_are_removed(backend: Backend) {
     let removed = server.events().await.iter().any(|e| e["event_type"] == "UserRemoved" && e["aggregate_id"] == idle["profile_id"]);
     assert!(removed, "removed (and shredded) through the log");
     server.api().user(used["access_token"].as_str().expect("token")).await.expect("the used one stays");
+}
+
+async fn an_anonymous_user_becomes_real_by_an_emailed_link(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true")]).await;
+    let (_, session) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    let access = session["access_token"].as_str().expect("token").to_string();
+    let email = format!("{}@example.com", unique("anon-link"));
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&access), Some(json!({"method": "email", "email": email}))).await;
+    assert_eq!(status, 204, "{body}");
+    let (_, mail) = crate::helpers::outbox_mail(&server, &email, |subject| subject == "Your sign-in link").await;
+    let link = mail.split("Sign in: ").nth(1).and_then(|rest| rest.lines().next()).expect("link");
+    let url = reqwest::Url::parse(link).expect("url");
+    let ticket = url.query_pairs().find(|(k, _)| k == "ticket").map(|(_, v)| v.to_string()).expect("ticket");
+    let (status, real) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 200, "{real}");
+    assert_eq!(real["profile_id"], session["profile_id"], "the profile id stays");
+    let token = real["access_token"].as_str().expect("token");
+    assert_eq!(claims(token)["amr"], json!(["email"]), "a real session");
+    let me = server.api().user(token).await.expect("user");
+    assert_eq!((me.email.as_deref(), me.email_verified), (Some(email.as_str()), true));
+    assert!(!me.username.is_empty());
+    let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 401, "once");
 }

@@ -187,6 +187,7 @@ pub fn describe(event: &Event) -> String {
             UserEvent::EmailChanged { email, .. } => format!("email changed to {email} (verified by a code)"),
             UserEvent::AnonymousUserRegistered { .. } => "anonymous account created".to_string(),
             UserEvent::DeanonymizationStarted { username, .. } => format!("anonymous account picks the username {username}"),
+            UserEvent::DeanonymizationByEmailStarted { email, .. } => format!("anonymous account asks for a link to {email}"),
             UserEvent::UserDeanonymized { username, .. } => format!("anonymous account became {username} (OPAQUE registration)"),
             UserEvent::PhoneNumberChanged { phone_number, .. } => format!("phone number {phone_number} verified"),
             UserEvent::PasswordReset { .. } => "password reset (new OPAQUE registration)".to_string(),
