@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// Seconds a proof of presence counts as recent for sensitive routes (step-up).
     #[arg(long, env = "AUTHD_ELEVATION_MAX_AGE", default_value_t = 300)]
     pub elevation_max_age: u32,
+    /// Seconds a passwordless sign-in code (email, SMS) or link is valid.
+    #[arg(long, env = "AUTHD_SIGN_IN_CODE_TTL", default_value_t = 600)]
+    pub sign_in_code_ttl: u32,
     /// The base URL of this server as browsers reach it: links in mail point there.
     #[arg(long, env = "AUTHD_PUBLIC_URL", default_value = "http://localhost:8080")]
     pub public_url: String,

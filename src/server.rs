@@ -74,6 +74,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         },
         mfa_ticket_ttl: chrono::Duration::seconds(config.mfa_ticket_ttl.into()),
         require_verified_email: config.require_verified_email,
+        sign_in_code_ttl: chrono::Duration::seconds(config.sign_in_code_ttl.max(1).into()),
         public_url: config.public_url.clone(),
         allowed_redirects: config
             .allowed_redirect_urls

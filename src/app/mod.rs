@@ -127,6 +127,8 @@ pub struct Policy {
     pub mfa_ticket_ttl: Duration,
     /// Sign-in needs a verified email.
     pub require_verified_email: bool,
+    /// How long a passwordless sign-in code or link is valid.
+    pub sign_in_code_ttl: Duration,
     /// The base URL links in mail point to (`AUTHD_PUBLIC_URL`).
     pub public_url: String,
     /// Where a sign-in link may send the browser (`AUTHD_ALLOWED_REDIRECT_URLS`).

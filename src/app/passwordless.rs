@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::sign_in_code::{SignInCodeCommand, SignInCodeEvent};
@@ -24,9 +24,6 @@ use webauthn_rs::prelude::Url;
 use crate::store::{CommandError, Metadata, Unit};
 use super::mfa::Proof;
 use super::{random_token, rejected, App, AppError, Conflict, Fields, Tokens};
-
-/// How long a sign-in code is valid.
-const CODE_TTL: Duration = Duration::minutes(10);
 
 /// Where a sign-in code goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,17 +218,18 @@ impl App {
             Channel::Email | Channel::Sms => format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000)),
         };
         let code_hash = self.sign_in_code_hash(channel, address, &code);
-        let issue = SignInCodeCommand::Issue { profile_id, code_hash, expires_at: at + CODE_TTL, at };
+        let issue = SignInCodeCommand::Issue { profile_id, code_hash, expires_at: at + self.policy.sign_in_code_ttl, at };
         self.store
             .execute::<SignInCode>(&code_id, issue, &(), meta)
             .await
             .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+        let minutes = self.policy.sign_in_code_ttl.num_minutes().max(1);
         match channel {
             Channel::Email => {
-                let body = format!("Your sign-in code is {code}.\nIt expires in 10 minutes. If you did not ask for it, ignore this mail.\n");
+                let body = format!("Your sign-in code is {code}.\nIt expires in {minutes} minutes. If you did not ask for it, ignore this mail.\n");
                 self.notify_by_mail(address, "Your sign-in code", &body).await;
             }
-            Channel::Sms => self.notify_by_text(address, &format!("Your sign-in code is {code}. It expires in 10 minutes.")).await,
+            Channel::Sms => self.notify_by_text(address, &format!("Your sign-in code is {code}. It expires in {minutes} minutes.")).await,
             Channel::Link => {
                 let mut link = Url::parse(&format!("{}/v1/verify", self.policy.public_url.trim_end_matches('/')))
                     .map_err(|e| AppError::Internal(format!("AUTHD_PUBLIC_URL: {e}")))?;
@@ -239,7 +237,7 @@ impl App {
                 if let Some(redirect_to) = redirect_to {
                     link.query_pairs_mut().append_pair("redirect_to", redirect_to);
                 }
-                let body = format!("Sign in: {link}\nThe link works once, for 10 minutes. If you did not ask for it, ignore this mail.\n");
+                let body = format!("Sign in: {link}\nThe link works once, for {minutes} minutes. If you did not ask for it, ignore this mail.\n");
                 self.notify_by_mail(address, "Your sign-in link", &body).await;
             }
         }

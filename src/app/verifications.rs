@@ -605,6 +605,7 @@ mod tests {
             },
             mfa_ticket_ttl: Duration::minutes(5),
             require_verified_email: false,
+            sign_in_code_ttl: Duration::minutes(10),
             public_url: "http://localhost:8080".into(),
             allowed_redirects: vec![],
         };

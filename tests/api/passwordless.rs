@@ -14,6 +14,7 @@ both_stores!(
     a_texted_code_signs_in_to_the_number_s_account,
     a_sign_in_link_redirects_once_and_only_where_allowed,
     with_open_sign_up_a_first_code_creates_the_account,
+    expired_codes_and_links_are_refused,
 );
 
 /// An account with a verified email; returns the address.
@@ -333,4 +334,19 @@ async fn a_sign_in_link_goes_out_over_smtp() {
     let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
     assert_eq!(status, 401, "a link signs in once");
     assert!(!outbox(&server).iter().any(|(to, _, _)| to == &email), "nothing went to the outbox");
+}
+
+async fn expired_codes_and_links_are_refused(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_SIGN_IN_CODE_TTL", "1")]).await;
+    let email = verified_account(&server, "expiry").await;
+    let code = request_code(&server, &email).await;
+    let other = verified_account(&server, "expiry-link").await;
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(json!({"email": other}))).await;
+    assert_eq!(status, 204);
+    let (ticket, _) = link_in_mail(&server, &other).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (status, _) = verify(&server, &email, &code).await;
+    assert_eq!(status, 401, "an expired code");
+    let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 401, "an expired link");
 }
