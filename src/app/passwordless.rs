@@ -92,19 +92,24 @@ pub fn redirect_allowed(allowed: &[Url], candidate: &str) -> bool {
             allowed.scheme() == candidate.scheme()
                 && allowed.host_str() == candidate.host_str()
                 && allowed.port_or_known_default() == candidate.port_or_known_default()
-                && (candidate.path() == allowed.path() || base.is_empty() || candidate.path() == base || candidate.path().starts_with(&format!("{base}/")))
+                && (base.is_empty() || candidate.path() == base || candidate.path().starts_with(&format!("{base}/")))
         })
 }
 
 impl App {
-    /// Decides, in `unit`, the account a first sign-in by code creates: its username,
-    /// the address (the number claimed for SMS), verified by the code.
-    async fn register_by_code_in(&self, unit: &mut Unit<'_>, channel: Channel, profile_id: Uuid, address: &str, at: DateTime<Utc>) -> Result<(), AppError> {
-        let username = new_username(channel, &self.sign_in_code_id(channel, address));
-        let name_id = self.keys.aggregate_id("username", &username);
-        unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id }, &())
+    /// Claims, in `unit`, the username an account gets from the code `code_id`.
+    async fn claim_code_username_in(&self, unit: &mut Unit<'_>, channel: Channel, code_id: &str, profile_id: Uuid) -> Result<String, AppError> {
+        let username = new_username(channel, code_id);
+        unit.decide::<Username>(&self.keys.aggregate_id("username", &username), UsernameCommand::Claim { profile_id }, &())
             .await
             .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
+        Ok(username)
+    }
+
+    /// Decides, in `unit`, the account a first sign-in by code creates: its username,
+    /// the address (the number claimed for SMS), verified by the code.
+    async fn register_by_code_in(&self, unit: &mut Unit<'_>, channel: Channel, code_id: &str, profile_id: Uuid, address: &str, at: DateTime<Utc>) -> Result<(), AppError> {
+        let username = self.claim_code_username_in(unit, channel, code_id, profile_id).await?;
         let (email, phone_number) = match channel {
             Channel::Sms => {
                 unit.decide::<PhoneNumber>(&self.keys.aggregate_id("phone", address), PhoneNumberCommand::Claim { profile_id }, &())
@@ -124,10 +129,7 @@ impl App {
     /// Decides, in `unit`, that the anonymous account `profile_id` whose link came
     /// back is real: a username, the address verified.
     async fn deanonymize_by_link_in(&self, unit: &mut Unit<'_>, profile_id: Uuid, code_id: &str, at: DateTime<Utc>) -> Result<(), AppError> {
-        let username = new_username(Channel::Link, code_id);
-        unit.decide::<Username>(&self.keys.aggregate_id("username", &username), UsernameCommand::Claim { profile_id }, &())
-            .await
-            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
+        let username = self.claim_code_username_in(unit, Channel::Link, code_id, profile_id).await?;
         unit.decide::<User>(&profile_id.to_string(), UserCommand::DeanonymizeByEmail { username, at }, &())
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
@@ -160,9 +162,8 @@ impl App {
         })
     }
 
-    /// Step 1: a well-formed address gets 204 at once; when an account verified it,
-    /// a code goes there (at most one account message a minute: reset mails and
-    /// sign-in codes share the `ResetMail` limit).
+    /// Step 1: a well-formed address gets 204 at once; when an account verified it
+    /// (or sign-up is open), a code goes there, one message a minute per address.
     /// A link (`Channel::Link`) may send the browser on to `redirect_to`, which must
     /// be allowed (`AUTHD_ALLOWED_REDIRECT_URLS`; 422 otherwise).
     pub fn sign_in_code_start(
@@ -308,11 +309,7 @@ impl App {
         let client = self.address_of(meta);
         // An anonymous account following its link becomes real (`upgrading`).
         let upgrading = channel == Channel::Link && user.is_anonymous();
-        let name_id = match (creating, upgrading) {
-            (Some(address), _) => Some(self.keys.aggregate_id("username", &new_username(channel, &self.sign_in_code_id(channel, address)))),
-            (None, true) => Some(self.keys.aggregate_id("username", &new_username(channel, code_id))),
-            (None, false) => None,
-        };
+        let name_id = (creating.is_some() || upgrading).then(|| self.keys.aggregate_id("username", &new_username(channel, code_id)));
         let phone_id = creating.filter(|_| channel == Channel::Sms).map(|address| self.keys.aggregate_id("phone", address));
         let mut locked = vec![(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str()), (User::TYPE, profile.as_str())];
         locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
@@ -328,7 +325,7 @@ impl App {
             let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &client, valid, at).await? {
                 Proof::Valid => {
                     let account = match creating {
-                        Some(address) => self.register_by_code_in(&mut unit, channel, profile_id, address, at).await,
+                        Some(address) => self.register_by_code_in(&mut unit, channel, code_id, profile_id, address, at).await,
                         None if upgrading => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, at).await,
                         None => Ok(()),
                     };
