@@ -15,6 +15,7 @@ both_stores!(
     a_sign_in_link_redirects_once_and_only_where_allowed,
     with_open_sign_up_a_first_code_creates_the_account,
     expired_codes_and_links_are_refused,
+    texted_codes_are_throttled,
 );
 
 /// An account with a verified email; returns the address.
@@ -148,14 +149,7 @@ async fn a_texted_code_signs_in_to_the_number_s_account(backend: Backend) {
     let start = |number: &str| json!({"phone_number": number});
     let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(start(&number))).await;
     assert_eq!(status, 204);
-    let mut code = String::new();
-    for _ in 0..50 {
-        if hook.received().iter().any(|m| m["to"] == number.as_str() && m["body"].as_str().is_some_and(|b| b.starts_with("Your sign-in code"))) {
-            code = texted_code(&hook, &number);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let code = texted_code_arrives(&hook, &number).await;
     assert_eq!(code.len(), 6, "a sign-in code was texted");
     let verify = |otp: &str| json!({"phone_number": number, "otp": otp});
     let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(&wrong(&code)))).await;
@@ -260,14 +254,7 @@ async fn with_open_sign_up_a_first_code_creates_the_account(backend: Backend) {
     let number = format!("+4420{:08}", uuid::Uuid::new_v4().as_u128() % 100_000_000);
     let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(json!({"phone_number": number}))).await;
     assert_eq!(status, 204);
-    let mut code = String::new();
-    for _ in 0..50 {
-        if hook.received().iter().any(|m| m["to"] == number.as_str()) {
-            code = texted_code(&hook, &number);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let code = texted_code_arrives(&hook, &number).await;
     let (status, session) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(json!({"phone_number": number, "otp": code}))).await;
     assert_eq!(status, 200, "{session}");
     let profile = server.api().user(session["access_token"].as_str().expect("token")).await.expect("user");
@@ -337,7 +324,12 @@ async fn a_sign_in_link_goes_out_over_smtp() {
 }
 
 async fn expired_codes_and_links_are_refused(backend: Backend) {
-    let server = Server::start_with(backend, &[("AUTHD_SIGN_IN_CODE_TTL", "1")]).await;
+    let hook = crate::verifications::webhook(200).await;
+    let server = Server::start_with(backend, &[("AUTHD_SIGN_IN_CODE_TTL", "1"), ("AUTHD_OPEN_SIGNUP", "true"), ("AUTHD_SMS_WEBHOOK_URL", &hook.url)]).await;
+    let number = format!("+4420{:08}", uuid::Uuid::new_v4().as_u128() % 100_000_000);
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204);
+    let texted = texted_code_arrives(&hook, &number).await;
     let email = verified_account(&server, "expiry").await;
     let code = request_code(&server, &email).await;
     let other = verified_account(&server, "expiry-link").await;
@@ -349,4 +341,34 @@ async fn expired_codes_and_links_are_refused(backend: Backend) {
     assert_eq!(status, 401, "an expired code");
     let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
     assert_eq!(status, 401, "an expired link");
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(json!({"phone_number": number, "otp": texted}))).await;
+    assert_eq!(status, 401, "an expired texted code");
+}
+
+/// Waits for a sign-in code texted to `number`.
+async fn texted_code_arrives(hook: &crate::verifications::Webhook, number: &str) -> String {
+    for _ in 0..50 {
+        if hook.received().iter().any(|m| m["to"] == number && m["body"].as_str().is_some_and(|b| b.starts_with("Your sign-in code"))) {
+            return texted_code(hook, number);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no sign-in code texted to {number}");
+}
+
+async fn texted_codes_are_throttled(backend: Backend) {
+    let hook = crate::verifications::webhook(200).await;
+    let env = [("AUTHD_OPEN_SIGNUP", "true"), ("AUTHD_SMS_WEBHOOK_URL", hook.url.as_str()), ("AUTHD_LOCKOUT_THRESHOLD", "2"), ("AUTHD_LOCKOUT_DURATION", "600")];
+    let server = Server::start_with(backend, &env).await;
+    let number = format!("+4420{:08}", uuid::Uuid::new_v4().as_u128() % 100_000_000);
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204);
+    let code = texted_code_arrives(&hook, &number).await;
+    let verify = |otp: String| json!({"phone_number": number, "otp": otp});
+    for _ in 0..2 {
+        let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(wrong(&code)))).await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = server.call("POST", "/v1/sign/in/passwordless/sms/otp", None, Some(verify(code.clone()))).await;
+    assert_eq!(status, 429, "past the threshold even the right code: {body}");
 }
