@@ -10,13 +10,13 @@ use super::ApiError;
 /// `AUTHD_ANONYMOUS=true`).
 pub const ALL: [&str; 8] = ["password", "passkey", "email_code", "sms_code", "email_link", "pat", "idtoken", "anonymous"];
 
-/// The methods that are on.
+/// The methods that are on (shared: every request asks).
 #[derive(Debug, Clone)]
-pub struct Methods(Vec<&'static str>);
+pub struct Methods(std::sync::Arc<[&'static str]>);
 
 impl Default for Methods {
     fn default() -> Self {
-        Self(ALL.iter().copied().filter(|m| *m != "anonymous").collect())
+        Self(ALL.iter().copied().filter(|m| *m != "anonymous").collect::<Vec<_>>().into())
     }
 }
 
@@ -32,7 +32,7 @@ impl Methods {
             let known = ALL.iter().find(|m| **m == name).ok_or_else(|| format!("AUTHD_SIGN_IN_METHODS: unknown method {name:?} (one of {})", ALL.join(", ")))?;
             on.push(*known);
         }
-        Ok(Self(on))
+        Ok(Self(on.into()))
     }
 
     pub fn is_on(&self, method: &str) -> bool {
@@ -61,7 +61,8 @@ impl Methods {
 
 /// The method a route belongs to.
 fn method_of(path: &str) -> Option<&'static str> {
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    // No allocation: this runs on every request.
+    let under = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if under("/v1/sign/in/webauthn") || under("/v1/sign/up/webauthn") || under("/v1/user/webauthn") || under("/v1/elevate/webauthn") {
         Some("passkey")
     } else if under("/v1/sign/in/otp/email") {

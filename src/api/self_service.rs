@@ -12,7 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::mfa::Done;
 use super::sign_up::SignUpStarted;
 use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
-use crate::app::{App, SessionInfo};
+use crate::app::{App, Deanonymization, SessionInfo};
 
 /// One open session of the account.
 #[derive(Object)]
@@ -201,14 +201,11 @@ impl SelfServiceApi {
     async fn deanonymize(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeStart>) -> Result<Deanonymizing, ApiError> {
         let who = app.verify(&auth.0.token).await?;
         let body = body.0;
-        if body.method == "email" {
-            app.deanonymize_by_email(&who, body.email.as_deref(), &metadata(request)).await?;
-            return Ok(Deanonymizing::LinkSent);
-        }
-        let registration_response = app
-            .deanonymize_start(&who, &body.method, body.username.as_deref(), body.registration_request.as_deref(), &metadata(request))
-            .await?;
-        Ok(Deanonymizing::Registration(Json(SignUpStarted { registration_response })))
+        let (username, request_message, email) = (body.username.as_deref(), body.registration_request.as_deref(), body.email.as_deref());
+        Ok(match app.deanonymize(&who, &body.method, username, request_message, email, &metadata(request)).await? {
+            Deanonymization::Registration(registration_response) => Deanonymizing::Registration(Json(SignUpStarted { registration_response })),
+            Deanonymization::LinkSent => Deanonymizing::LinkSent,
+        })
     }
 
     /// Make an anonymous account a real one, step 2: the registration record → the

@@ -15,6 +15,14 @@ use crate::crypto::opaque;
 use crate::store::Metadata;
 use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
 
+/// What the first step of making an anonymous account real answers.
+pub enum Deanonymization {
+    /// By password: the OPAQUE registration response.
+    Registration(String),
+    /// By email: the link is on its way.
+    LinkSent,
+}
+
 /// Accounts looked at per retention pass.
 const RETENTION_BATCH: i64 = 500;
 
@@ -62,9 +70,27 @@ impl App {
         }
     }
 
+    /// Deanonymize, step 1, by `method`: `password` answers the OPAQUE registration
+    /// response (then [`App::deanonymize_finish`]); `email` mails a link.
+    pub async fn deanonymize(
+        &self,
+        who: &Verified,
+        method: &str,
+        username: Option<&str>,
+        registration_request: Option<&str>,
+        email: Option<&str>,
+        meta: &Metadata,
+    ) -> Result<Deanonymization, AppError> {
+        if method == "email" {
+            self.deanonymize_by_email(who, email, meta).await?;
+            return Ok(Deanonymization::LinkSent);
+        }
+        self.deanonymize_start(who, method, username, registration_request, meta).await.map(Deanonymization::Registration)
+    }
+
     /// Deanonymize by email: a link to `email` (which follows as a sign-in link does);
     /// following it makes the account real with that address, verified.
-    pub async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+    async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let email = email.unwrap_or_default().trim().to_string();
         fields.check("email", domain::verifier::Method::Email.check_consumer(&email));
@@ -84,7 +110,7 @@ impl App {
 
     /// Deanonymize, step 1: the username (free, kept until step 2) and the OPAQUE
     /// registration request of the new password.
-    pub async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &Metadata) -> Result<String, AppError> {
+    async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &Metadata) -> Result<String, AppError> {
         let mut fields = Fields::default();
         if method != "password" {
             fields.bad("method", "must be \"password\" or \"email\"");

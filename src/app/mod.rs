@@ -46,6 +46,7 @@ pub use crate::store::Metadata;
 pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use passkeys::{relying_party, Ceremony, PasskeyInfo};
+pub use anonymous::Deanonymization;
 pub use idtoken::OidcProviders;
 pub use passwordless::Channel;
 pub use sessions::SessionInfo;

@@ -498,3 +498,53 @@ pub async fn activation_code(server: &Server, email: &str) -> (String, String) {
     let (_, body) = outbox_mail(server, email, |subject| subject == "Activate your account").await;
     code_and_id(&body)
 }
+
+/// A real SMTP server for a test: Python's aiosmtpd (scripts/test installs it),
+/// delivering into a maildir; stopped and cleaned up when dropped.
+pub struct SmtpServer {
+    pub url: String,
+    pub maildir: PathBuf,
+    child: Child,
+}
+
+impl SmtpServer {
+    pub fn start() -> SmtpServer {
+        let python = std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).status();
+        assert!(
+            python.is_ok_and(|status| status.success()),
+            "this test needs Python's aiosmtpd: `python3 -m pip install aiosmtpd` (scripts/test installs it)"
+        );
+        let maildir = std::env::temp_dir().join(format!("authd-maildir-{}", uuid::Uuid::new_v4().simple()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "aiosmtpd did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        SmtpServer { url: format!("smtp://127.0.0.1:{port}"), maildir, child }
+    }
+
+    /// The messages delivered so far, as stored (headers, blank line, body).
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|file| std::fs::read_to_string(file.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.maildir);
+    }
+}

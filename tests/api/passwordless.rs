@@ -261,13 +261,13 @@ async fn with_open_sign_up_a_first_code_creates_the_account(backend: Backend) {
     assert_eq!(profile.phone_number.as_deref(), Some(number.as_str()));
 }
 
-/// Mail delivered to `maildir` (aiosmtpd's Mailbox) for `to` whose subject is
-/// `subject`: its body, quoted-printable soft breaks and `=3D` undone.
-async fn delivered(maildir: &std::path::Path, to: &str, subject: &str) -> String {
+/// The mail `smtpd` got for `to` with `subject`: its body, quoted-printable soft
+/// breaks and `=3D` undone.
+async fn delivered(smtpd: &crate::helpers::SmtpServer, to: &str, subject: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        for file in std::fs::read_dir(maildir.join("new")).into_iter().flatten().flatten() {
-            let message = std::fs::read_to_string(file.path()).expect("read mail").replace("\r\n", "\n");
+        for message in smtpd.messages() {
+            let message = message.replace("\r\n", "\n");
             let (head, body) = message.split_once("\n\n").expect("headers and body");
             if head.lines().any(|l| l == format!("To: {to}")) && head.lines().any(|l| l == format!("Subject: {subject}")) {
                 return body.replace("=\n", "").replace("=3D", "=");
@@ -282,37 +282,23 @@ async fn delivered(maildir: &std::path::Path, to: &str, subject: &str) -> String
 /// mail goes out, the link in it signs in once.
 #[tokio::test]
 async fn a_sign_in_link_goes_out_over_smtp() {
-    let maildir = std::env::temp_dir().join(format!("authd-maildir-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut smtpd = std::process::Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(&maildir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start aiosmtpd (python3 -m pip install aiosmtpd)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "aiosmtpd did not listen on {port}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let smtp = format!("smtp://127.0.0.1:{port}");
+    let smtpd = crate::helpers::SmtpServer::start();
+    let smtp = smtpd.url.clone();
     let server = Server::start_with(Backend::Sqlite, &[("AUTHD_SMTP_URL", &smtp)]).await;
 
     let username = unique("smtp-link");
     let email = format!("{username}@example.com");
     let token = server.invitation().await;
     server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
-    let activation = delivered(&maildir, &email, "Activate your account").await;
+    let activation = delivered(&smtpd, &email, "Activate your account").await;
     let (verification_id, code) = crate::helpers::code_and_id(activation.trim());
     let (status, _) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
     assert_eq!(status, 204);
 
     let (status, _) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(json!({"email": email}))).await;
     assert_eq!(status, 204);
-    let mail = delivered(&maildir, &email, "Your sign-in link").await;
-    let _ = smtpd.kill();
-    let _ = smtpd.wait();
-    let _ = std::fs::remove_dir_all(&maildir);
+    let mail = delivered(&smtpd, &email, "Your sign-in link").await;
+    drop(smtpd);
     let link = mail.split("Sign in: ").nth(1).and_then(|rest| rest.lines().next()).expect("link");
     let url = reqwest::Url::parse(link.trim()).expect("url");
     let ticket = url.query_pairs().find(|(k, _)| k == "ticket").map(|(_, v)| v.to_string()).expect("ticket");

@@ -556,26 +556,8 @@ async fn the_verifiers_view_catches_up_after_a_missed_fold(backend: Backend) {
 /// Email through a real SMTP server (Python's aiosmtpd, writing a maildir).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_goes_out_over_smtp() {
-    let python = std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).status();
-    assert!(
-        python.is_ok_and(|status| status.success()),
-        "this test needs Python's aiosmtpd: `python3 -m pip install aiosmtpd` (scripts/test installs it)"
-    );
-    let maildir = std::env::temp_dir().join(format!("authd-maildir-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut smtpd = std::process::Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-        .arg(&maildir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start aiosmtpd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "aiosmtpd did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    let smtp = format!("smtp://127.0.0.1:{port}");
+    let smtpd = crate::helpers::SmtpServer::start();
+    let smtp = smtpd.url.clone();
     let server = Server::start_with(
         Backend::Sqlite,
         &[("AUTHD_SMTP_URL", &smtp), ("AUTHD_SMTP_FROM", "Verify <verify@authd.test>")],
@@ -586,18 +568,15 @@ async fn email_goes_out_over_smtp() {
     assert_eq!(status, 200, "{answer}");
     let id = answer["verificationId"].as_str().expect("id").to_string();
 
-    let delivered = maildir.join("new");
+    let deadline = Instant::now() + Duration::from_secs(20);
     let message = loop {
-        let files: Vec<_> = std::fs::read_dir(&delivered).into_iter().flatten().flatten().collect();
-        if let Some(file) = files.first() {
-            break std::fs::read_to_string(file.path()).expect("read mail");
+        if let Some(message) = smtpd.messages().into_iter().next() {
+            break message;
         }
-        assert!(Instant::now() < deadline, "no mail arrived in {}", delivered.display());
+        assert!(Instant::now() < deadline, "no mail arrived in {}", smtpd.maildir.display());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let _ = smtpd.kill();
-    let _ = smtpd.wait();
-    let _ = std::fs::remove_dir_all(&maildir);
+    drop(smtpd);
 
     let (head, body) = message.split_once("\n\n").expect("headers and body");
     assert!(head.lines().any(|l| l == format!("To: {consumer}")), "{head}");
