@@ -16,11 +16,20 @@ pub struct MfaChallenge {
     failures: u32,
     max_failures: u32,
     completed: bool,
+    /// The first factor the ticket continues (RFC 8176 name).
+    #[serde(default = "password")]
+    first_factor: String,
+}
+
+/// Tickets from before every first factor could ask for TOTP followed a password.
+fn password() -> String {
+    "pwd".into()
 }
 
 #[derive(Debug, Clone)]
 pub enum MfaChallengeCommand {
-    Issue { profile_id: Uuid, max_failures: u32, at: DateTime<Utc>, expires_at: DateTime<Utc> },
+    /// After the first factor `first_factor` (an RFC 8176 name) of an account with TOTP on.
+    Issue { profile_id: Uuid, first_factor: String, max_failures: u32, at: DateTime<Utc>, expires_at: DateTime<Utc> },
     /// A wrong code was given for this ticket.
     Fail { at: DateTime<Utc> },
     /// A valid code was given (checked and spent on the account's `Mfa`).
@@ -29,7 +38,15 @@ pub enum MfaChallengeCommand {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MfaChallengeEvent {
-    MfaChallengeIssued { profile_id: Uuid, max_failures: u32, issued_at: DateTime<Utc>, expires_at: DateTime<Utc> },
+    MfaChallengeIssued {
+        profile_id: Uuid,
+        /// Absent in tickets from before every first factor could ask for TOTP: `pwd`.
+        #[serde(default = "password")]
+        first_factor: String,
+        max_failures: u32,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
     MfaChallengeFailed { failures: u32, at: DateTime<Utc> },
     MfaChallengeCompleted { profile_id: Uuid, at: DateTime<Utc> },
 }
@@ -47,6 +64,11 @@ impl MfaChallenge {
     /// When the ticket was issued (the password step it continues).
     pub fn issued_at(&self) -> Option<DateTime<Utc>> {
         self.issued_at
+    }
+
+    /// The first factor the ticket continues.
+    pub fn first_factor(&self) -> &str {
+        &self.first_factor
     }
 
     /// The account, while the ticket can still be used at `at`.
@@ -78,11 +100,11 @@ impl Aggregate for MfaChallenge {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            MfaChallengeCommand::Issue { profile_id, max_failures, at, expires_at } => {
+            MfaChallengeCommand::Issue { profile_id, first_factor, max_failures, at, expires_at } => {
                 if self.profile_id.is_some() {
                     return Err(MfaChallengeError::AlreadyIssued);
                 }
-                MfaChallengeEvent::MfaChallengeIssued { profile_id, max_failures, issued_at: at, expires_at }
+                MfaChallengeEvent::MfaChallengeIssued { profile_id, first_factor, max_failures, issued_at: at, expires_at }
             }
             MfaChallengeCommand::Fail { at } => {
                 self.usable_for(at).ok_or(MfaChallengeError::Unusable)?;
@@ -99,8 +121,9 @@ impl Aggregate for MfaChallenge {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            MfaChallengeEvent::MfaChallengeIssued { profile_id, max_failures, issued_at, expires_at } => {
+            MfaChallengeEvent::MfaChallengeIssued { profile_id, first_factor, max_failures, issued_at, expires_at } => {
                 self.profile_id = Some(profile_id);
+                self.first_factor = first_factor;
                 self.issued_at = Some(issued_at);
                 self.max_failures = max_failures;
                 self.expires_at = Some(expires_at);
@@ -126,7 +149,18 @@ mod tests {
     }
 
     fn issued(profile_id: Uuid) -> MfaChallengeEvent {
-        MfaChallengeIssued { profile_id, max_failures: 2, issued_at: t0(), expires_at: t0() + Duration::minutes(5) }
+        MfaChallengeIssued { profile_id, first_factor: "email".into(), max_failures: 2, issued_at: t0(), expires_at: t0() + Duration::minutes(5) }
+    }
+
+    #[test]
+    fn a_ticket_remembers_its_first_factor_and_old_ones_followed_a_password() {
+        let mut challenge = MfaChallenge::default();
+        challenge.apply(issued(Uuid::nil()));
+        assert_eq!(challenge.first_factor(), "email");
+        let old = serde_json::json!({"MfaChallengeIssued": {"profile_id": Uuid::nil(), "max_failures": 5, "issued_at": t0(), "expires_at": t0()}});
+        let mut challenge = MfaChallenge::default();
+        challenge.apply(serde_json::from_value(old).expect("old event"));
+        assert_eq!(challenge.first_factor(), "pwd");
     }
 
     #[tokio::test]
@@ -134,7 +168,7 @@ mod tests {
         let profile_id = Uuid::new_v4();
         T::with(())
             .given_no_previous_events()
-            .when_async(Issue { profile_id, max_failures: 2, at: t0(), expires_at: t0() + Duration::minutes(5) })
+            .when_async(Issue { profile_id, first_factor: "email".into(), max_failures: 2, at: t0(), expires_at: t0() + Duration::minutes(5) })
             .await
             .then_expect_events(vec![issued(profile_id)]);
     }
@@ -144,7 +178,7 @@ mod tests {
         let profile_id = Uuid::new_v4();
         T::with(())
             .given(vec![issued(profile_id)])
-            .when_async(Issue { profile_id, max_failures: 2, at: t0(), expires_at: t0() })
+            .when_async(Issue { profile_id, first_factor: "email".into(), max_failures: 2, at: t0(), expires_at: t0() })
             .await
             .then_expect_error(MfaChallengeError::AlreadyIssued);
     }

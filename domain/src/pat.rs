@@ -62,6 +62,11 @@ impl Pats {
     pub fn tokens(&self) -> &[Pat] {
         &self.tokens
     }
+    /// Whether the token `pat_id` still stands `at`: neither revoked nor expired.
+    /// A session it opened lives only as long (src/app/sessions.rs).
+    pub fn admits(&self, pat_id: Uuid, at: DateTime<Utc>) -> bool {
+        self.token(pat_id).is_some_and(|token| token.revoked_at.is_none() && at < token.expires_at)
+    }
     fn token(&self, pat_id: Uuid) -> Option<&Pat> {
         self.tokens.iter().find(|t| t.pat_id == pat_id)
     }
@@ -164,6 +169,16 @@ mod tests {
             .await
             .then_expect_error(PatsError::Invalid);
         T::with(()).given(vec![created(id)]).when_async(using(Uuid::new_v4(), "h", at())).await.then_expect_error(PatsError::Invalid);
+    }
+
+    #[test]
+    fn a_token_admits_its_sessions_until_revoked_or_expired() {
+        let (id, mut pats) = (Uuid::new_v4(), Pats::default());
+        pats.apply(created(id));
+        assert!(pats.admits(id, at()) && !pats.admits(Uuid::new_v4(), at()));
+        assert!(!pats.admits(id, at() + Duration::days(30)), "expired");
+        pats.apply(PatsEvent::PatRevoked { pat_id: id, at: at() });
+        assert!(!pats.admits(id, at()), "revoked");
     }
 
     #[tokio::test]

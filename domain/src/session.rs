@@ -33,6 +33,13 @@ pub struct Session {
     /// The last refresh or elevation (the opening until then).
     #[serde(default)]
     last_used_at: Option<DateTime<Utc>>,
+    /// The factors (RFC 8176 names) of the last proof of presence, at `auth_time`:
+    /// whether they meet the account's level decides step-up (src/app/assurance.rs).
+    #[serde(default)]
+    presence: Vec<String>,
+    /// The personal access token that opened it: revoking or expiring it ends the session.
+    #[serde(default)]
+    pat_id: Option<Uuid>,
 }
 
 /// Where a session was opened from, as the request said. Personal: stored
@@ -53,6 +60,9 @@ pub enum SessionCommand {
         refresh_expires_at: DateTime<Utc>,
         ends_at: DateTime<Utc>,
         amr: Vec<String>,
+        /// The factors that proved presence (none for a PAT or an anonymous session).
+        presence: Vec<String>,
+        pat_id: Option<Uuid>,
         device: Device,
         at: DateTime<Utc>,
     },
@@ -88,6 +98,13 @@ pub enum SessionEvent {
         /// Absent in sessions opened before the session list.
         #[serde(default)]
         device: Device,
+        /// The factors that proved presence; absent before one assurance model (such
+        /// a session was never elevated since).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        presence: Vec<String>,
+        /// The personal access token it was opened with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pat_id: Option<Uuid>,
     },
     SessionRefreshed { refresh_hash: String, refresh_expires_at: DateTime<Utc>, at: DateTime<Utc> },
     /// A rotated refresh token came back: the session is revoked.
@@ -145,6 +162,14 @@ impl Session {
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The factors of the last proof of presence (see [`Session::auth_time`]).
+    pub fn presence(&self) -> &[String] {
+        &self.presence
+    }
+    /// The personal access token the session was opened with.
+    pub fn pat_id(&self) -> Option<Uuid> {
+        self.pat_id
+    }
     /// The last refresh or elevation, else the opening.
     pub fn last_used_at(&self) -> Option<DateTime<Utc>> {
         self.last_used_at.or(self.opened_at)
@@ -196,13 +221,13 @@ impl Aggregate for Session {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, ends_at, amr, device, at } => {
+            SessionCommand::Open { profile_id, refresh_hash, refresh_expires_at, ends_at, amr, presence, pat_id, device, at } => {
                 if self.profile_id.is_some() {
                     return Err(SessionError::AlreadyOpened);
                 }
                 let refresh_expires_at = refresh_expires_at.min(ends_at);
                 let ends_at = Some(ends_at);
-                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at, ends_at, device }
+                SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at: at, ends_at, device, presence, pat_id }
             }
             SessionCommand::Refresh { presented_hash, new_hash, refresh_expires_at, at } => {
                 self.check_live()?;
@@ -239,8 +264,10 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at, ends_at, device } => {
+            SessionEvent::SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr, opened_at, ends_at, device, presence, pat_id } => {
                 self.device = device;
+                self.presence = presence;
+                self.pat_id = pat_id;
                 self.profile_id = Some(profile_id);
                 self.opened_at = Some(opened_at);
                 self.ends_at = ends_at;
@@ -256,6 +283,7 @@ impl Aggregate for Session {
                 self.rotate(refresh_hash, refresh_expires_at);
                 self.last_used_at = Some(at);
                 self.auth_time = Some(at);
+                self.presence = vec![method.clone()];
                 if !self.amr.contains(&method) {
                     self.amr.push(method);
                 }
@@ -315,6 +343,8 @@ mod tests {
             opened_at: t0(),
             ends_at: Some(t0() + Duration::days(90)),
             device: laptop(),
+            presence: vec!["pwd".into()],
+            pat_id: None,
         }
     }
 
@@ -346,11 +376,32 @@ mod tests {
                 refresh_expires_at: t0() + Duration::days(30),
                 ends_at: t0() + Duration::days(90),
                 amr: vec!["pwd".into()],
+                presence: vec!["pwd".into()],
+                pat_id: None,
                 device: laptop(),
                 at: t0(),
             })
             .await
             .then_expect_events(vec![opened(profile_id)]);
+    }
+
+    #[test]
+    fn presence_is_the_last_proof_and_a_pat_session_names_its_token() {
+        let mut session = Session::default();
+        let pat_id = Uuid::new_v4();
+        let SessionOpened { profile_id, refresh_hash, refresh_expires_at, opened_at, ends_at, device, .. } = opened(Uuid::nil()) else { unreachable!() };
+        session.apply(SessionOpened { profile_id, refresh_hash, refresh_expires_at, amr: vec!["pat".into()], opened_at, ends_at, device, presence: vec![], pat_id: Some(pat_id) });
+        assert_eq!((session.presence(), session.pat_id()), (&[][..], Some(pat_id)));
+        let mut session = Session::default();
+        session.apply(opened(Uuid::nil()));
+        assert_eq!(session.presence(), ["pwd"]);
+        session.apply(SessionElevated { method: "otp".into(), refresh_hash: "h2".into(), refresh_expires_at: t0(), at: t0() });
+        assert_eq!((session.presence(), session.amr()), (&["otp".to_string()][..], &["pwd".to_string(), "otp".to_string()][..]));
+        // A session opened before presence was recorded proves none (never elevated).
+        let old = serde_json::json!({"SessionOpened": {"profile_id": Uuid::nil(), "refresh_hash": "h", "refresh_expires_at": t0(), "amr": ["pwd"], "opened_at": t0()}});
+        let mut session = Session::default();
+        session.apply(serde_json::from_value(old).expect("old event"));
+        assert!(session.presence().is_empty() && session.pat_id().is_none());
     }
 
     #[tokio::test]
@@ -386,6 +437,8 @@ mod tests {
                 refresh_expires_at: t0(),
                 ends_at: t0(),
                 amr: vec![],
+                presence: vec![],
+                pat_id: None,
                 device: Device::default(),
                 at: t0(),
             })

@@ -5,7 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::mfa::TotpCode;
+use super::mfa::{Done, TotpCode};
 use super::sessions::SessionBody;
 use super::sign_in::{SignInFinish, SignInStarted};
 use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
@@ -72,4 +72,37 @@ impl ElevationApi {
         let tokens = app.elevate_totp(&who, &body.0.code, &metadata(request)).await?;
         Ok(Json(tokens.into()))
     }
+
+    /// Step-up by email, step 1, for an account with no password, TOTP or passkey
+    /// (403 `other_proof_required` otherwise): a 6-digit code goes to its verified
+    /// address (409 `no_verified_email` without one), one message a minute.
+    #[oai(path = "/v1/elevate/email", method = "post", operation_id = "elevate_email")]
+    async fn email(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Done, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        app.elevate_email_start(&who, &metadata(request)).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Step-up by email, step 2: the code → the session elevated (as above). 401
+    /// `invalid_credentials` for a wrong, used or expired code (counted; 429 past the
+    /// threshold).
+    #[oai(path = "/v1/elevate/email/verify", method = "post", operation_id = "elevate_email_verify")]
+    async fn email_verify(
+        &self,
+        app: Data<&Arc<App>>,
+        request: &Request,
+        auth: AccessToken,
+        body: JsonBody<ElevateEmailVerify>,
+    ) -> Result<Json<SessionBody>, ApiError> {
+        let who = app.verify(&auth.0.token).await?;
+        let tokens = app.elevate_email_verify(&who, &body.0.otp, &metadata(request)).await?;
+        Ok(Json(tokens.into()))
+    }
+}
+
+#[derive(Object)]
+pub struct ElevateEmailVerify {
+    /// The 6-digit code from the mail.
+    #[oai(validator(min_length = 1, max_length = 16))]
+    pub otp: String,
 }

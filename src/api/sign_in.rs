@@ -2,15 +2,15 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem::Request;
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Form, Html, Json};
 use poem_openapi::param::Query;
-use poem_openapi::{ApiResponse, Object, OpenApi, Union};
+use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi, Union};
 use webauthn_rs::prelude::Url;
 
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
-use crate::app::{App, AppError, Channel, SignInResult};
+use crate::app::{App, AppError, Channel, Fields, SignInResult};
 
 #[derive(Object)]
 pub struct SignInStart {
@@ -173,10 +173,11 @@ impl PasswordlessApi {
     }
 
     /// Sign in by email code, step 2: the address and its code → a session (`amr`
-    /// `["otp"]`). 401 `invalid_credentials` for a wrong, used or expired code
+    /// `["email"]`), or `{"mfa_required": true, "mfa_ticket"}` when the account has
+    /// TOTP on. 401 `invalid_credentials` for a wrong, used or expired code
     /// (counted on the account's throttle), 429 when this address is throttled.
     #[oai(path = "/v1/sign/in/otp/email/verify", method = "post", operation_id = "sign_in_otp_email_verify")]
-    async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SessionBody>, ApiError> {
+    async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SignInAnswer>, ApiError> {
         Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &metadata(request)).await?.into()))
     }
 
@@ -190,31 +191,46 @@ impl PasswordlessApi {
         Ok(Done::NoContent)
     }
 
-    /// The link in the mail: its ticket → 302 to `redirect_to` with the session's
-    /// refresh token in the fragment. 422 for a `redirect_to` outside
-    /// `AUTHD_ALLOWED_REDIRECT_URLS` (no redirect, the ticket unspent); 401 for a
-    /// used, expired or unknown ticket.
+    /// The link in the mail: a small page with one button that submits the ticket
+    /// (`POST /v1/verify`). It spends nothing, so a mail scanner that follows the link
+    /// signs no one in and burns no link. 422 for a `redirect_to` outside
+    /// `AUTHD_ALLOWED_REDIRECT_URLS`.
     #[oai(path = "/v1/verify", method = "get", operation_id = "verify_link")]
     async fn link_follow(
         &self,
         app: Data<&Arc<App>>,
-        request: &Request,
         #[oai(validator(max_length = 256))] ticket: Query<String>,
         #[oai(validator(max_length = 2048))] redirect_to: Query<String>,
-    ) -> Result<Redirect, ApiError> {
-        let mut target = app
-            .allowed_redirect(&redirect_to.0)
-            .and_then(|()| redirect_to.0.parse::<Url>().map_err(|e| e.to_string()))
-            .map_err(|why| ApiError::from(AppError::Invalid(vec![("redirect_to".into(), why)])))?;
-        let tokens = app.sign_in_link_verify(&ticket.0, &metadata(request)).await?;
-        target.set_fragment(Some(&format!("refresh_token={}", tokens.refresh_token)));
-        Ok(Redirect::Found(target.to_string()))
+    ) -> Result<Html<String>, ApiError> {
+        redirect_target(&app, &redirect_to.0)?;
+        Ok(Html(link_page(&ticket.0, &redirect_to.0)))
     }
 
-    /// The link's ticket, for API clients → a session (`amr` `["email"]`).
+    /// The link's ticket. From the page's button (form-encoded `ticket`,
+    /// `redirect_to`): 303 to `redirect_to` with `#refresh_token=…`, or
+    /// `#mfa_ticket=…` when the account has TOTP on. From an API client (JSON
+    /// `{"ticket"}`): a session (`amr` `["email"]`) or the MFA ticket. 401 for a
+    /// used, expired or unknown ticket; 422 for a `redirect_to` outside
+    /// `AUTHD_ALLOWED_REDIRECT_URLS` (nothing spent).
     #[oai(path = "/v1/verify", method = "post", operation_id = "verify_ticket")]
-    async fn link_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<TicketBody>) -> Result<Json<SessionBody>, ApiError> {
-        Ok(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))
+    async fn link_verify(&self, app: Data<&Arc<App>>, request: &Request, body: TicketRequest) -> Result<TicketAnswer, ApiError> {
+        match body {
+            TicketRequest::Json(body) => Ok(TicketAnswer::Session(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))),
+            TicketRequest::Form(form) => {
+                let mut fields = Fields::default();
+                if form.ticket.is_empty() || form.ticket.len() > 256 {
+                    fields.bad("ticket", "must be 1 to 256 characters");
+                }
+                let target = fields.check("redirect_to", redirect_target(&app, &form.redirect_to).map_err(|_| "is not within AUTHD_ALLOWED_REDIRECT_URLS".to_string()));
+                let (Some(mut target), true) = (target, fields.is_empty()) else { return Err(fields.error().into()) };
+                let fragment = match app.sign_in_link_verify(&form.ticket, &metadata(request)).await? {
+                    SignInResult::Session(tokens) => format!("refresh_token={}", tokens.refresh_token),
+                    SignInResult::MfaRequired { mfa_ticket } => format!("mfa_ticket={mfa_ticket}"),
+                };
+                target.set_fragment(Some(&fragment));
+                Ok(TicketAnswer::SeeOther(target.to_string()))
+            }
+        }
     }
 
     /// Anonymous sign-in (only with `AUTHD_ANONYMOUS=true`; else 403
@@ -227,11 +243,12 @@ impl PasswordlessApi {
     }
 
     /// Sign in with an ID token of a configured OpenID provider → a session (`amr`
-    /// `["idtoken"]`) for the account linked to the identity, or a new account when
-    /// sign-up is open (403 `sign_up_closed` otherwise). 401 `invalid_credentials` for
-    /// a bad signature, issuer, audience, expiry or nonce; 422 for an unknown provider.
+    /// `["idtoken"]`) for the account linked to the identity (or the MFA ticket when
+    /// it has TOTP on), or a new account when sign-up is open (403 `sign_up_closed`
+    /// otherwise). 401 `invalid_credentials` for a bad signature, issuer, audience,
+    /// expiry or nonce; 422 for an unknown provider.
     #[oai(path = "/v1/sign/in/idtoken", method = "post", operation_id = "sign_in_idtoken")]
-    async fn idtoken(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SessionBody>, ApiError> {
+    async fn idtoken(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SignInAnswer>, ApiError> {
         let body = body.0;
         Ok(Json(app.idtoken_sign_in(&body.provider, &body.id_token, body.nonce.as_deref(), &metadata(request)).await?.into()))
     }
@@ -256,9 +273,9 @@ impl PasswordlessApi {
     }
 
     /// Sign in by text message, step 2: the number and its code → a session (`amr`
-    /// `["sms"]`); refusals as for the email code.
+    /// `["sms"]`) or the MFA ticket; refusals as for the email code.
     #[oai(path = "/v1/sign/in/passwordless/sms/otp", method = "post", operation_id = "sign_in_sms_otp")]
-    async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SessionBody>, ApiError> {
+    async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SignInAnswer>, ApiError> {
         Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &metadata(request)).await?.into()))
     }
 }
@@ -279,12 +296,63 @@ pub struct TicketBody {
     pub ticket: String,
 }
 
+/// The ticket, from an API client or from the link page's button.
+#[derive(ApiRequest)]
+pub enum TicketRequest {
+    Json(JsonBody<TicketBody>),
+    Form(Form<TicketForm>),
+}
+
+/// What the link page's button submits.
+#[derive(Object, serde::Deserialize)]
+pub struct TicketForm {
+    pub ticket: String,
+    /// Within `AUTHD_ALLOWED_REDIRECT_URLS`.
+    pub redirect_to: String,
+}
+
 #[derive(ApiResponse)]
-pub enum Redirect {
-    /// To `redirect_to`, the refresh token in the fragment (`#refresh_token=…`), never
-    /// in the query: exchange it at `/v1/token/refresh`.
-    #[oai(status = 302)]
-    Found(#[oai(header = "Location")] String),
+pub enum TicketAnswer {
+    /// A session, or the demand for a second factor (JSON requests).
+    #[oai(status = 200)]
+    Session(Json<SignInAnswer>),
+    /// To `redirect_to`, the refresh token (or the MFA ticket) in the fragment
+    /// (`#refresh_token=…`, `#mfa_ticket=…`), never in the query (form requests).
+    #[oai(status = 303)]
+    SeeOther(#[oai(header = "Location")] String),
+}
+
+/// `redirect_to` as a URL, when it is allowed (422 otherwise).
+fn redirect_target(app: &App, redirect_to: &str) -> Result<Url, ApiError> {
+    app.allowed_redirect(redirect_to)
+        .and_then(|()| redirect_to.parse::<Url>().map_err(|e| e.to_string()))
+        .map_err(|why| ApiError::from(AppError::Invalid(vec![("redirect_to".into(), why)])))
+}
+
+/// The page a sign-in link opens: one button, no script.
+fn link_page(ticket: &str, redirect_to: &str) -> String {
+    let escape = |text: &str| {
+        text.chars().fold(String::new(), |mut out, c| {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
+            out
+        })
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Sign in</title></head><body><main><h1>Sign in</h1><p>Continue to sign in with the link from your mail.</p>\
+         <form method=\"post\" action=\"verify\"><input type=\"hidden\" name=\"ticket\" value=\"{}\">\
+         <input type=\"hidden\" name=\"redirect_to\" value=\"{}\"><button type=\"submit\">Sign in</button></form>\
+         <p>If you did not ask for this link, close this page.</p></main></body></html>\n",
+        escape(ticket),
+        escape(redirect_to)
+    )
 }
 
 #[derive(Object)]
@@ -314,4 +382,15 @@ pub struct SmsVerify {
     /// The 6-digit code from the text message.
     #[oai(validator(min_length = 1, max_length = 16))]
     pub otp: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_link_page_escapes_what_it_repeats() {
+        let page = super::link_page("a\"><script>", "https://app.example/?x=1&y='2'");
+        assert!(page.contains("value=\"a&quot;&gt;&lt;script&gt;\""), "{page}");
+        assert!(page.contains("value=\"https://app.example/?x=1&amp;y=&#39;2&#39;\""), "{page}");
+        assert!(!page.contains("<script"));
+    }
 }

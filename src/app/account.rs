@@ -214,7 +214,7 @@ impl App {
     /// Password change, step 1 (elevated): a fresh OPAQUE registration for the
     /// holder's account. Nothing is stored yet.
     pub async fn change_password_start(&self, who: &Verified, registration_request: &str) -> Result<String, AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let mut fields = Fields::default();
         let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
         let Some(request) = request else { return Err(fields.error()) };
@@ -230,7 +230,7 @@ impl App {
     /// Password change, step 2 (elevated): the new record replaces the old one and
     /// every other session of the account ends; this one goes on.
     pub async fn change_password_finish(&self, who: &Verified, registration_record: &str, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let mut fields = Fields::default();
         let record = fields.check("registration_record", checked_record(registration_record));
         let Some(record) = record else { return Err(fields.error()) };
@@ -246,7 +246,7 @@ impl App {
     /// Email change, step 1 (elevated): a code to the new address (15 minutes), a
     /// notice to the old one. Nothing changes until the code comes back.
     pub async fn change_email_start(&self, who: &Verified, new_email: &str, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let mut fields = Fields::default();
         fields.check("new_email", Method::Email.check_consumer(new_email));
         if !fields.is_empty() {
@@ -281,7 +281,7 @@ impl App {
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
     /// webhook (503 `delivery_unavailable` without one).
     pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let purpose = CodePurpose::ChangePhone { profile_id: who.profile_id };
         let body = "Your authd code is {{{CODE}}} (verification id {{{VERIFICATION_ID}}}).";
         self.send_code(Method::Phone, phone_number, None, body, purpose.to_payload(), purpose.ttl(), meta).await?;
@@ -338,7 +338,7 @@ impl App {
     /// to repeat after a partial failure (each step accepts that it already ran).
     /// Needs a recent proof of presence (step-up).
     pub async fn remove_account(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         self.remove(who.profile_id, meta).await
     }
 

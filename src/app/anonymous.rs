@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::Metadata;
+use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
 
 /// What the first step of making an anonymous account real answers.
@@ -63,7 +64,7 @@ impl App {
             unit.decide_new::<User>(&profile_id.to_string(), UserCommand::RegisterAnonymous { at }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
-            let tokens = self.open_session_in(&mut unit, profile_id, vec!["anon".into()], at).await?;
+            let tokens = self.admit_in(&mut unit, Proven::by(Factor::Anonymous, profile_id, at)).await?.into_session()?;
             if unit.commit().await? {
                 return Ok(tokens);
             }

@@ -1,32 +1,21 @@
-//! Step-up: sensitive routes need a recent proof of presence (`auth_time` within
-//! `AUTHD_ELEVATION_MAX_AGE`); a fresh proof on the current session — the password
-//! (OPAQUE, throttled like a sign-in) or a TOTP code (throttled like any code) —
-//! elevates it: a new refresh token and access token with a fresh `auth_time`.
+//! Step-up: sensitive routes need a recent proof of presence at the account's level
+//! (the rule: `assurance.rs`); a fresh proof on the current session — the password
+//! (OPAQUE, throttled like a sign-in), a TOTP code (throttled like any code), a
+//! passkey (passkeys.rs) or, for an account with nothing else, an emailed code
+//! (passwordless.rs) — elevates it: a new refresh token and access token with a
+//! fresh `auth_time`.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cqrs_es::Aggregate;
 use domain::mfa::MfaCommand;
-use domain::session::SessionCommand;
 use domain::{Mfa, Session, Throttle, User};
 
-use crate::store::{Metadata, Unit};
+use crate::store::Metadata;
+use super::assurance::Factor;
 use super::mfa::{mfa_error, Proof};
-use super::{random_token, rejected, App, AppError, Denied, SignInResult, Tokens, Verified};
+use super::{App, AppError, SignInResult, Tokens, Verified};
 
 impl App {
-    /// 403 `elevation_required` unless the token's holder proved presence recently;
-    /// 403 `anonymous_user` for an anonymous session, which has nothing to prove.
-    pub fn require_elevation(&self, who: &Verified) -> Result<(), AppError> {
-        if who.anonymous {
-            return Err(AppError::Forbidden(Denied::AnonymousUser));
-        }
-        if Utc::now().timestamp() - who.auth_time <= self.policy.elevation_max_age.num_seconds() {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden(Denied::ElevationRequired))
-        }
-    }
-
     /// Step-up by password, step 1: KE1 for the session's own account, answered like
     /// a sign-in (counted on the account's throttle; a throttled address gets a KE2
     /// no password finishes).
@@ -68,29 +57,12 @@ impl App {
             let use_code = MfaCommand::UseCode { code: code.to_string(), at };
             let proof = self.prove_code(&mut unit, who.profile_id, &throttle_id, &address, use_code, at, mfa_error).await?;
             let outcome = match proof {
-                Proof::Valid => self.elevate_in(&mut unit, who, "otp", at).await,
+                Proof::Valid => self.elevate_in(&mut unit, who, Factor::Totp, at).await,
                 refused => Err(refused.refusal(mfa_error(domain::mfa::MfaError::InvalidCode))),
             };
             if unit.commit().await? {
                 return outcome;
             }
         }
-    }
-
-    /// Decides the elevation of `who`'s session by `method` in `unit` and signs its
-    /// new tokens.
-    pub(super) async fn elevate_in(&self, unit: &mut Unit<'_>, who: &Verified, method: &str, at: DateTime<Utc>) -> Result<Tokens, AppError> {
-        let refresh_token = format!("{}.{}", who.session_id, random_token());
-        let command = SessionCommand::Elevate {
-            method: method.to_string(),
-            new_hash: self.keys.refresh_hash(&refresh_token),
-            refresh_expires_at: at + self.policy.refresh_ttl,
-            at,
-        };
-        let (_, session) = unit
-            .decide::<Session>(&who.session_id.to_string(), command, &())
-            .await
-            .map_err(|e| rejected(e, |_| AppError::InvalidToken))?;
-        self.tokens(who.profile_id, who.session_id, session.amr().to_vec(), refresh_token, at, session.ends_at(), at)
     }
 }

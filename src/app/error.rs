@@ -73,6 +73,8 @@ pub enum Conflict {
     PhoneNumberTaken,
     #[error("this identity is linked to another account")]
     IdentityLinked,
+    #[error("the account has no verified email")]
+    NoVerifiedEmail,
     /// A fresh random id already had history: retrying the request succeeds.
     #[error("the new {0} collided with an existing one; try again")]
     IdCollision(&'static str),
@@ -108,6 +110,12 @@ pub enum Denied {
     NotAnonymous,
     #[error("no account is linked to this identity, and sign-up is invite-only")]
     SignUpClosed,
+    #[error("this account has TOTP or a passkey: step up with one of them (/v1/elevate/totp, /v1/elevate/webauthn)")]
+    StrongerProofRequired,
+    #[error("a personal access token's session is for machines: it is never elevated")]
+    MachineSession,
+    #[error("this account has a password, TOTP or a passkey: step up with it")]
+    OtherProofRequired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +141,7 @@ impl Conflict {
             Conflict::NoPasskeys => "no_passkeys",
             Conflict::PhoneNumberTaken => "phone_number_taken",
             Conflict::IdentityLinked => "identity_linked",
+            Conflict::NoVerifiedEmail => "no_verified_email",
             Conflict::IdCollision(_) => "id_collision",
         }
     }
@@ -159,6 +168,9 @@ impl Denied {
             Denied::AnonymousUser => "anonymous_user",
             Denied::NotAnonymous => "not_anonymous",
             Denied::SignUpClosed => "sign_up_closed",
+            Denied::StrongerProofRequired => "stronger_proof_required",
+            Denied::MachineSession => "machine_session",
+            Denied::OtherProofRequired => "other_proof_required",
         }
     }
 }

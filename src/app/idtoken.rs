@@ -21,7 +21,8 @@ use uuid::Uuid;
 use webauthn_rs::prelude::Url;
 
 use crate::store::Metadata;
-use super::{rejected, App, AppError, Conflict, Denied, Tokens, Verified};
+use super::assurance::{Factor, Proven};
+use super::{rejected, App, AppError, Conflict, Denied, SignInResult, Verified};
 
 /// One configured provider.
 #[derive(Debug, Clone, Deserialize)]
@@ -135,7 +136,7 @@ impl App {
     /// Sign-in with an ID token → a session (`amr` `["idtoken"]`) for the account
     /// linked to the identity; a new account when none is and sign-up is open (403
     /// `sign_up_closed` otherwise).
-    pub async fn idtoken_sign_in(&self, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn idtoken_sign_in(&self, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<SignInResult, AppError> {
         let (issuer, subject) = self.oidc.verify(provider, id_token, nonce).await?;
         let identity_id = self.identity_id(&issuer, &subject);
         let at = Utc::now();
@@ -145,9 +146,9 @@ impl App {
             }
             let mut unit = self.store.unit(&[], meta).await?;
             loop {
-                let tokens = self.open_session_in(&mut unit, owner, vec!["idtoken".into()], at).await?;
+                let result = self.admit_in(&mut unit, Proven::by(Factor::IdToken, owner, at)).await?;
                 if unit.commit().await? {
-                    return Ok(tokens);
+                    return Ok(result);
                 }
             }
         }
@@ -170,9 +171,9 @@ impl App {
             unit.decide_new::<User>(&profile, UserCommand::RegisterWithoutPassword { username: username.clone(), email: None, at }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
-            let tokens = self.open_session_in(&mut unit, profile_id, vec!["idtoken".into()], at).await?;
+            let result = self.admit_in(&mut unit, Proven::by(Factor::IdToken, profile_id, at)).await?;
             if unit.commit().await? {
-                return Ok(tokens);
+                return Ok(result);
             }
         }
     }
@@ -180,7 +181,7 @@ impl App {
     /// Links an ID token's identity to the holder's account (elevated); 409
     /// `identity_linked` when another account has it.
     pub async fn idtoken_link(&self, who: &Verified, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let (issuer, subject) = self.oidc.verify(provider, id_token, nonce).await?;
         let link = IdentityCommand::Link { profile_id: who.profile_id, provider: provider.to_string() };
         self.store

@@ -33,8 +33,10 @@ impl Proof {
 }
 
 impl App {
-    /// A new TOTP secret for the account, pending until a code enables it.
+    /// A new TOTP secret for the account, pending until a code enables it. Elevated,
+    /// like enabling it: a stolen session must not enrol its own second factor.
     pub async fn mfa_generate(&self, who: &Verified, meta: &Metadata) -> Result<TotpEnrollment, AppError> {
+        self.require_elevation(who).await?;
         let user = self.store.load::<User>(&who.profile_id.to_string()).await?;
         let secret = crate::crypto::totp::new_secret();
         let command = MfaCommand::Generate { sealed_secret: crate::crypto::totp::encrypt_secret(&self.keys, &secret), at: Utc::now() };
@@ -48,14 +50,16 @@ impl App {
         Ok(TotpEnrollment { otp_secret: totp.get_secret_base32(), otpauth_uri, qr_png })
     }
 
+    /// Elevated, and a current code of the pending secret.
     pub async fn mfa_enable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+        self.require_elevation(who).await?;
         let at = Utc::now();
         self.change_mfa(who, MfaCommand::Enable { code: code.to_string(), at }, at, meta).await
     }
 
     /// Needs a recent proof of presence (step-up) as well as a current code.
     pub async fn mfa_disable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let at = Utc::now();
         self.change_mfa(who, MfaCommand::Disable { code: code.to_string(), at }, at, meta).await
     }

@@ -22,6 +22,7 @@ use crate::store::Store;
 mod account;
 mod admin;
 mod anonymous;
+mod assurance;
 mod audit;
 mod error;
 mod idtoken;
@@ -47,6 +48,7 @@ pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use passkeys::{relying_party, Ceremony, PasskeyInfo};
 pub use anonymous::Deanonymization;
+pub use assurance::Presence;
 pub use idtoken::OidcProviders;
 pub use passwordless::Channel;
 pub use sessions::SessionInfo;
@@ -72,7 +74,8 @@ pub struct TotpEnrollment {
     pub qr_png: String,
 }
 
-/// A new session as the API returns it.
+/// A new session as the API returns it: issued only under the assurance rules
+/// (`assurance.rs`, the only maker of its seal).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub profile_id: Uuid,
@@ -80,6 +83,8 @@ pub struct Tokens {
     pub expires_in: i64,
     pub refresh_token: String,
     pub refresh_expires_in: i64,
+    #[allow(dead_code)]
+    seal: assurance::Seal,
 }
 
 /// Access token claims.
@@ -92,6 +97,9 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub amr: Vec<String>,
+    /// `aal1` or `aal2` (assurance.rs).
+    #[serde(default)]
+    pub acr: String,
     /// When the holder last proved presence (0 in tokens from before step-up).
     #[serde(default)]
     pub auth_time: i64,
@@ -103,10 +111,14 @@ pub struct Verified {
     pub profile_id: Uuid,
     pub session_id: Uuid,
     pub expires_at: i64,
-    /// The token's `auth_time`: when the holder last proved presence.
+    /// When the holder last proved presence on this session (its `auth_time`).
     pub auth_time: i64,
+    /// What that proof of presence is worth (step-up, assurance.rs).
+    pub presence: Presence,
     /// An anonymous session (`amr` `["anon"]`): no elevated route, ever.
     pub anonymous: bool,
+    /// A personal access token's session (`amr` `["pat"]`): never elevated.
+    pub machine: bool,
 }
 
 /// Settings the use cases need.

@@ -22,6 +22,7 @@ use webauthn_rs::prelude::{
 };
 
 use crate::store::{Metadata, Unit};
+use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Tokens, Verified};
 
 /// How long a ceremony can be answered.
@@ -252,7 +253,7 @@ impl App {
                     .await
                     .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
                 self.add_passkey_in(&mut unit, profile_id, &passkey, nickname, at).await?;
-                let tokens = self.open_session_in(&mut unit, profile_id, vec!["webauthn".into()], at).await?;
+                let tokens = self.admit_in(&mut unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session()?;
                 Ok((tokens, email))
             }
             .await;
@@ -403,8 +404,8 @@ impl App {
                     return Err(AppError::PasskeyCloned);
                 }
                 match who {
-                    None => self.open_session_in(&mut unit, profile_id, vec!["webauthn".into()], at).await,
-                    Some(who) => self.elevate_in(&mut unit, who, "webauthn", at).await,
+                    None => self.admit_in(&mut unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session(),
+                    Some(who) => self.elevate_in(&mut unit, who, Factor::Passkey, at).await,
                 }
             }
             .await;
@@ -421,7 +422,7 @@ impl App {
     /// Another passkey for the holder's account, step 1 (elevated: a new way to sign
     /// in is as sensitive as a new password).
     pub async fn passkey_add_start(&self, who: &Verified, nickname: Option<String>, meta: &Metadata) -> Result<Ceremony, AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let mut fields = Fields::default();
         let nickname = checked_nickname(nickname, &mut fields);
         if !fields.is_empty() {
@@ -438,7 +439,7 @@ impl App {
     /// Another passkey, step 2: the registration answer for a ceremony this session
     /// started; returns the credential id and nickname.
     pub async fn passkey_add_finish(&self, who: &Verified, challenge_id: &str, credential: &Value, meta: &Metadata) -> Result<(String, Option<String>), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let at = Utc::now();
         let profile = who.profile_id.to_string();
         let mut unit = self.store.unit(&[(WebauthnChallenge::TYPE, challenge_id), (Passkeys::TYPE, profile.as_str())], meta).await?;
@@ -481,7 +482,7 @@ impl App {
     /// Removes one of the holder's passkeys (elevated); never the last way to sign in
     /// (409 `last_sign_in_method`). The credential id is free again.
     pub async fn passkey_remove(&self, who: &Verified, credential_id: &str, meta: &Metadata) -> Result<(), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let profile = who.profile_id.to_string();
         let claim = self.keys.aggregate_id("passkey", credential_id);
         let mut unit = self.store.unit(&[(Passkeys::TYPE, profile.as_str()), (User::TYPE, profile.as_str()), (PasskeyCredential::TYPE, claim.as_str())], meta).await?;

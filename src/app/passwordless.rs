@@ -16,14 +16,15 @@ use domain::verifier::Method;
 use domain::phone_number::PhoneNumberCommand;
 use domain::user::UserCommand;
 use domain::username::UsernameCommand;
-use domain::{PhoneNumber, ResetMail, SignInCode, Throttle, User, Username};
+use domain::{PhoneNumber, ResetMail, Session, SignInCode, Throttle, User, Username};
 use rand::Rng;
 use uuid::Uuid;
 use webauthn_rs::prelude::Url;
 
 use crate::store::{CommandError, Metadata, Unit};
+use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
-use super::{random_token, rejected, App, AppError, Conflict, Fields, Tokens};
+use super::{random_token, rejected, App, AppError, Conflict, Fields, SignInResult, Tokens, Verified};
 
 /// Where a sign-in code goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,34 +33,35 @@ pub enum Channel {
     Sms,
     /// A link with a ticket, by email.
     Link,
+    /// A code by email that steps a session up (an account with nothing else).
+    StepUp,
 }
 
 impl Channel {
     /// The request field that names the address.
     fn field(self) -> &'static str {
         match self {
-            Channel::Email | Channel::Link => "email",
+            Channel::Email | Channel::Link | Channel::StepUp => "email",
             Channel::Sms => "phone_number",
         }
     }
     fn method(self) -> Method {
         match self {
-            Channel::Email | Channel::Link => Method::Email,
+            Channel::Email | Channel::Link | Channel::StepUp => Method::Email,
             Channel::Sms => Method::Phone,
         }
     }
-    /// The name a session opened with such a code carries in `amr` (RFC 8176's
-    /// `otp` and `sms`; `email` for a link).
-    fn amr(self) -> &'static str {
+    /// What such a code proves: the mailbox (`amr` `email`, never `otp`, which is
+    /// TOTP's) or the phone (`sms`).
+    fn factor(self) -> Factor {
         match self {
-            Channel::Email => "otp",
-            Channel::Sms => "sms",
-            Channel::Link => "email",
+            Channel::Email | Channel::Link | Channel::StepUp => Factor::Email,
+            Channel::Sms => Factor::Sms,
         }
     }
     fn normalise(self, address: &str) -> String {
         match self {
-            Channel::Email | Channel::Link => address.trim().to_lowercase(),
+            Channel::Email | Channel::Link | Channel::StepUp => address.trim().to_lowercase(),
             Channel::Sms => address.trim().to_string(),
         }
     }
@@ -69,6 +71,7 @@ impl Channel {
             Channel::Email => "email",
             Channel::Sms => "phone_number",
             Channel::Link => "link",
+            Channel::StepUp => "step-up",
         }
     }
 }
@@ -117,7 +120,7 @@ impl App {
                     .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::PhoneNumberTaken)))?;
                 (None, Some(address.to_string()))
             }
-            Channel::Email | Channel::Link => (Some(channel.normalise(address)), None),
+            Channel::Email | Channel::Link | Channel::StepUp => (Some(channel.normalise(address)), None),
         };
         let register = UserCommand::RegisterByCode { username, email, phone_number, at };
         unit.decide::<User>(&profile_id.to_string(), register, &())
@@ -154,7 +157,7 @@ impl App {
     /// The account that verified this address.
     async fn owner_of(&self, channel: Channel, address: &str) -> Result<Option<Uuid>, AppError> {
         Ok(match channel {
-            Channel::Email | Channel::Link => {
+            Channel::Email | Channel::Link | Channel::StepUp => {
                 let owner = self.store.read_models().await?.verified_email_owner(address).await?;
                 owner.and_then(|id| Uuid::parse_str(&id).ok())
             }
@@ -216,7 +219,7 @@ impl App {
         let code = match channel {
             // A ticket names its code's id, so the link alone finds it.
             Channel::Link => format!("{code_id}.{}", random_token()),
-            Channel::Email | Channel::Sms => format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000)),
+            Channel::Email | Channel::Sms | Channel::StepUp => format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000)),
         };
         let code_hash = self.sign_in_code_hash(channel, address, &code);
         let issue = SignInCodeCommand::Issue { profile_id, code_hash, expires_at: at + self.policy.sign_in_code_ttl, at };
@@ -229,6 +232,10 @@ impl App {
             Channel::Email => {
                 let body = format!("Your sign-in code is {code}.\nIt expires in {minutes} minutes. If you did not ask for it, ignore this mail.\n");
                 self.notify_by_mail(address, "Your sign-in code", &body).await;
+            }
+            Channel::StepUp => {
+                let body = format!("Your confirmation code is {code}.\nIt expires in {minutes} minutes. If you did not ask for it, someone may be using your account: sign out everywhere.\n");
+                self.notify_by_mail(address, "Confirm it is you", &body).await;
             }
             Channel::Sms => self.notify_by_text(address, &format!("Your sign-in code is {code}. It expires in {minutes} minutes.")).await,
             Channel::Link => {
@@ -251,21 +258,21 @@ impl App {
     /// right code (not spent).
     /// With open sign-up, the first sign-in of an address no account verified
     /// creates the account (no password; the address verified by the code).
-    pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &Metadata) -> Result<SignInResult, AppError> {
         let address = address.trim();
         let (code_hash, code_id) = (self.sign_in_code_hash(channel, address, code), self.sign_in_code_id(channel, address));
         match self.owner_of(channel, address).await? {
-            Some(owner) => self.redeem_sign_in_code(channel, &code_id, code_hash, owner, None, meta).await,
+            Some(owner) => self.redeem_sign_in_code(channel, &code_id, code_hash, owner, None, None, meta).await,
             None if self.policy.open_signup => {
                 let pending = self.store.load::<SignInCode>(&code_id).await?.profile_id().ok_or(AppError::InvalidCredentials)?;
-                self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), meta).await
+                self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), None, meta).await
             }
             None => Err(AppError::InvalidCredentials),
         }
     }
 
     /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`).
-    pub async fn sign_in_link_verify(&self, ticket: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn sign_in_link_verify(&self, ticket: &str, meta: &Metadata) -> Result<SignInResult, AppError> {
         let code_id = ticket
             .split_once('.')
             .map(|(id, _)| id)
@@ -282,12 +289,37 @@ impl App {
             None => user.email().filter(|_| user.email_verified()),
         };
         let code_hash = self.sign_in_code_hash(Channel::Link, address.ok_or(AppError::InvalidCredentials)?, ticket);
-        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, None, meta).await
+        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, None, None, meta).await
+    }
+
+    /// Step-up by email, step 1, for an account with no password, TOTP or passkey
+    /// (403 `other_proof_required` otherwise): a code to its verified address (409
+    /// `no_verified_email` without one), one message a minute.
+    pub async fn elevate_email_start(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
+        let email = self.step_up_address(who).await?;
+        self.send_code_to(Channel::StepUp, who.profile_id, &email, None, meta).await
+    }
+
+    /// Step-up by email, step 2: the code → the session elevated (`email`). Wrong,
+    /// used or expired: 401, counted on the account's throttle like any code.
+    pub async fn elevate_email_verify(&self, who: &Verified, otp: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        let email = self.step_up_address(who).await?;
+        let (code_id, code_hash) = (self.sign_in_code_id(Channel::StepUp, &email), self.sign_in_code_hash(Channel::StepUp, &email, otp));
+        self.redeem_sign_in_code(Channel::StepUp, &code_id, code_hash, who.profile_id, None, Some(who), meta).await?.into_session()
+    }
+
+    async fn step_up_address(&self, who: &Verified) -> Result<String, AppError> {
+        self.require_email_only(who).await?;
+        let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
+        let email = user.email().filter(|_| user.email_verified());
+        email.map(str::to_string).ok_or(AppError::Conflict(Conflict::NoVerifiedEmail))
     }
 
     /// Redeems the code `code_id` for `profile_id`, counted on the account's throttle
     /// (a new account's: the address's) in one unit with the session it opens — and,
-    /// for `creating` (the address), with the account it creates.
+    /// for `creating` (the address), with the account it creates; or, `elevating`, with
+    /// the step-up of that session.
+    #[allow(clippy::too_many_arguments)]
     async fn redeem_sign_in_code(
         &self,
         channel: Channel,
@@ -295,8 +327,9 @@ impl App {
         code_hash: String,
         profile_id: Uuid,
         creating: Option<&str>,
+        elevating: Option<&Verified>,
         meta: &Metadata,
-    ) -> Result<Tokens, AppError> {
+    ) -> Result<SignInResult, AppError> {
         let (at, profile) = (Utc::now(), profile_id.to_string());
         let user = self.store.load_current::<User>(&profile).await?;
         if user.is_registered() == creating.is_some() {
@@ -311,7 +344,9 @@ impl App {
         let upgrading = channel == Channel::Link && user.is_anonymous();
         let name_id = (creating.is_some() || upgrading).then(|| self.keys.aggregate_id("username", &new_username(channel, code_id)));
         let phone_id = creating.filter(|_| channel == Channel::Sms).map(|address| self.keys.aggregate_id("phone", address));
+        let session = elevating.map(|who| who.session_id.to_string());
         let mut locked = vec![(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str()), (User::TYPE, profile.as_str())];
+        locked.extend(session.as_deref().map(|id| (Session::TYPE, id)));
         locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
         locked.extend(phone_id.as_deref().map(|id| (PhoneNumber::TYPE, id)));
         let mut unit = self.store.unit(&locked, meta).await?;
@@ -329,9 +364,10 @@ impl App {
                         None if upgrading => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, at).await,
                         None => Ok(()),
                     };
-                    match account {
-                        Ok(()) => self.open_session_in(&mut unit, profile_id, vec![channel.amr().into()], at).await,
-                        Err(error) => Err(error),
+                    match (account, elevating) {
+                        (Err(error), _) => Err(error),
+                        (Ok(()), None) => self.admit_in(&mut unit, Proven::by(channel.factor(), profile_id, at)).await,
+                        (Ok(()), Some(who)) => self.elevate_in(&mut unit, who, channel.factor(), at).await.map(SignInResult::Session),
                     }
                 }
                 refused => {

@@ -9,8 +9,9 @@ use domain::{Pats, Throttle, User};
 use uuid::Uuid;
 
 use crate::store::{CommandError, Metadata};
+use super::assurance::Proven;
 use super::mfa::Proof;
-use super::{random_token, rejected, App, AppError, Fields, Missing, Tokens, Verified};
+use super::{random_token, rejected, App, AppError, Fields, Missing, SignInResult, Tokens, Verified};
 
 /// Every token starts so (and names its account and itself before the secret), so
 /// secret scanners can recognise a leaked one.
@@ -34,7 +35,7 @@ impl App {
 
     /// Creates a token (elevated): its id and the token, shown this once.
     pub async fn pat_create(&self, who: &Verified, name: &str, expires_at: &str, meta: &Metadata) -> Result<(Uuid, String), AppError> {
-        self.require_elevation(who)?;
+        self.require_elevation(who).await?;
         let at = Utc::now();
         let mut fields = Fields::default();
         let name = name.trim();
@@ -94,7 +95,7 @@ impl App {
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
             let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &address, valid, at).await? {
-                Proof::Valid => self.open_session_in(&mut unit, profile_id, vec!["pat".into()], at).await,
+                Proof::Valid => self.admit_in(&mut unit, Proven::pat(profile_id, pat_id, at)).await.and_then(SignInResult::into_session),
                 refused => {
                     unit.undo::<Pats>(&profile);
                     Err(refused.refusal(AppError::InvalidCredentials))

@@ -3,8 +3,7 @@
 use chrono::{DateTime, Utc};
 use domain::session::{Device, SessionCommand, SessionError, SessionEvent};
 use domain::user::UserCommand;
-use domain::{Session, User};
-use jsonwebtoken::{Algorithm, Header};
+use domain::{Pats, Session, User};
 use uuid::Uuid;
 
 use std::collections::HashMap;
@@ -12,75 +11,10 @@ use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{CommandError, Metadata, Unit};
-use super::{random_token, rejected, App, AppError, Claims, Conflict, Missing, Tokens, Verified};
+use crate::store::{CommandError, Metadata};
+use super::{random_token, rejected, App, AppError, Claims, Missing, Presence, Tokens, Verified};
 
 impl App {
-    /// Decides a new session in `unit` (committed with it) and signs its tokens.
-    pub(super) async fn open_session_in(
-        &self,
-        unit: &mut Unit<'_>,
-        profile_id: Uuid,
-        amr: Vec<String>,
-        at: DateTime<Utc>,
-    ) -> Result<Tokens, AppError> {
-        let session_id = Uuid::new_v4();
-        let refresh_token = format!("{session_id}.{}", random_token());
-        let ends_at = at + self.policy.session_max_age;
-        let command = SessionCommand::Open {
-            profile_id,
-            refresh_hash: self.keys.refresh_hash(&refresh_token),
-            refresh_expires_at: at + self.policy.refresh_ttl,
-            ends_at,
-            amr: amr.clone(),
-            device: device_of(unit.metadata()),
-            at,
-        };
-        unit.decide_new::<Session>(&session_id.to_string(), command, &())
-            .await
-            .map_err(|e| rejected(e, |_: SessionError| AppError::Conflict(Conflict::IdCollision("session"))))?;
-        self.tokens(profile_id, session_id, amr, refresh_token, at, Some(ends_at), at)
-    }
-
-    /// Signs the tokens of a session issued `at`; `auth_time` is when its holder last
-    /// proved presence.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn tokens(
-        &self,
-        profile_id: Uuid,
-        session_id: Uuid,
-        amr: Vec<String>,
-        refresh_token: String,
-        at: DateTime<Utc>,
-        ends_at: Option<DateTime<Utc>>,
-        auth_time: DateTime<Utc>,
-    ) -> Result<Tokens, AppError> {
-        // No token outlives its session's absolute end.
-        let until = |ttl: chrono::Duration| ends_at.map_or(at + ttl, |end| (at + ttl).min(end));
-        let (access_expires_at, refresh_expires_at) = (until(self.policy.access_ttl), until(self.policy.refresh_ttl));
-        let claims = Claims {
-            sub: profile_id.to_string(),
-            sid: session_id.to_string(),
-            iat: at.timestamp(),
-            exp: access_expires_at.timestamp(),
-            iss: self.policy.issuer.clone(),
-            aud: self.policy.audience.clone(),
-            amr,
-            auth_time: auth_time.timestamp(),
-        };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.keys.jwt.kid.clone());
-        let access_token = jsonwebtoken::encode(&header, &claims, &self.keys.jwt.encoding)
-            .map_err(|e| AppError::Internal(format!("cannot sign an access token: {e}")))?;
-        Ok(Tokens {
-            profile_id,
-            access_token,
-            expires_in: (access_expires_at - at).num_seconds(),
-            refresh_token,
-            refresh_expires_in: (refresh_expires_at - at).num_seconds(),
-        })
-    }
-
     /// Rotates the refresh token. A token that was already rotated revokes the
     /// whole session.
     pub async fn refresh(&self, refresh_token: &str, meta: &Metadata) -> Result<Tokens, AppError> {
@@ -108,9 +42,7 @@ impl App {
         match events.first() {
             Some(SessionEvent::SessionRefreshed { .. }) => {
                 let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
-                // A refresh is no proof of presence: `auth_time` stays.
-                let auth_time = session.auth_time().unwrap_or(at);
-                self.tokens(profile_id, session_id, session.amr().to_vec(), new_token, at, session.ends_at(), auth_time)
+                self.reissue(profile_id, session_id, &session, new_token, at)
             }
             Some(SessionEvent::RefreshTokenReuseDetected { .. }) => Err(AppError::RefreshTokenReused),
             _ => Err(AppError::InvalidToken),
@@ -135,7 +67,8 @@ impl App {
                     return Err(AppError::InvalidToken);
                 };
                 let anonymous = claims.amr.iter().any(|method| method == "anon");
-                let verified = Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time, anonymous };
+                let machine = claims.amr.iter().any(|method| method == "pat");
+                let verified = Verified { profile_id, session_id, expires_at: claims.exp, auth_time: claims.auth_time, presence: Presence::None, anonymous, machine };
                 self.verified_tokens.put(digest, verified.clone());
                 verified
             }
@@ -145,19 +78,26 @@ impl App {
             return Err(AppError::InvalidToken);
         }
         self.admitted(verified.session_id, &session).await?;
-        Ok(verified)
+        // What the session proved, as it stands now (a step-up since counts).
+        let auth_time = session.auth_time().map_or(verified.auth_time, |t| t.timestamp());
+        Ok(Verified { auth_time, presence: Presence::of(session.presence()), ..verified })
     }
 
     /// A session counts while its account (the `User` aggregate, from memory)
-    /// admits it.
+    /// admits it — and, opened with a personal access token, while that token stands.
     async fn admitted(&self, session_id: Uuid, session: &Session) -> Result<(), AppError> {
         let profile_id = session.profile_id().ok_or(AppError::InvalidToken)?;
         let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        if session.admitted_by(session_id, &user, Utc::now()) {
-            Ok(())
-        } else {
-            Err(AppError::InvalidToken)
+        let now = Utc::now();
+        if !session.admitted_by(session_id, &user, now) {
+            return Err(AppError::InvalidToken);
         }
+        if let Some(pat_id) = session.pat_id() {
+            if !self.store.load_current::<Pats>(&profile_id.to_string()).await?.admits(pat_id, now) {
+                return Err(AppError::InvalidToken);
+            }
+        }
+        Ok(())
     }
 
     /// Ends this session, or every open session of the account. Returns how many.
@@ -254,10 +194,6 @@ pub struct SessionInfo {
     pub current: bool,
 }
 
-/// The device a request came from, as its metadata recorded it.
-fn device_of(meta: &Metadata) -> Device {
-    Device { client_address: meta.get("client_address").cloned(), user_agent: meta.get("user_agent").cloned() }
-}
 
 /// Access tokens whose signature and claims checked out, by SHA-256 of the whole
 /// token: the same bytes verified again need no Ed25519 check (most of a token

@@ -17,11 +17,9 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::Metadata;
+use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
-use super::{random_token, rejected, App, AppError, Denied, Fields, SignInResult, Tokens, Verified};
-
-/// Wrong codes an `mfa_ticket` survives.
-const MFA_TICKET_MAX_FAILURES: u32 = 5;
+use super::{rejected, App, AppError, Fields, SignInResult, Tokens, Verified};
 
 /// What `sign_in_id` carries, encrypted under the server's key and bound to the
 /// sign-in's id: the OPAQUE login state, and where the attempt was counted.
@@ -120,8 +118,8 @@ impl App {
 
     /// KE3 of a sign-in (`elevating` none: the proof opens a session or issues an MFA
     /// ticket) or of a step-up of the session `elevating` (the sign-in must be of its
-    /// account; the proof elevates that session, whatever MFA says: the session
-    /// passed it when it was opened).
+    /// account; the proof elevates that session, worth what a password is worth:
+    /// see `assurance.rs`).
     pub(super) async fn password_finish(
         &self,
         sign_in_id: &str,
@@ -145,11 +143,10 @@ impl App {
         // ticket): one commit.
         let mut unit = self.store.unit(&[(SignIn::TYPE, &sign_in), (Throttle::TYPE, &pending.throttle_id)], meta).await?;
         let result = loop {
-            // The account and its second factor as they stand: read from memory, and
-            // the commit goes in only if the store has nothing newer (a reset or MFA
-            // change on another replica counts at once).
+            // The account as it stands: read from memory, and the commit goes in only
+            // if the store has nothing newer (a reset on another replica counts at once;
+            // so does an MFA change, read by the admission).
             let user = unit.read::<User>(&profile).await?;
-            let mfa = unit.read::<Mfa>(&profile).await?;
             let credentials_current = record_digest(user.registration_record()) == pending.record;
             let finish = SignInCommand::Finish { login_state: login_state.clone(), ke3: ke3.clone(), credentials_current, at };
             let (events, _) = unit
@@ -164,33 +161,23 @@ impl App {
                 continue;
             };
             let profile_id = *profile_id;
+            let result = match elevating {
+                Some(who) => self.elevate_in(&mut unit, who, Factor::Password, at).await.map(SignInResult::Session),
+                None => self.admit_in(&mut unit, Proven::by(Factor::Password, profile_id, at)).await,
+            };
             // The address's count starts again once the proof is complete: with TOTP
-            // on, at the second factor (a password alone buys no fresh guesses).
-            if !mfa.is_enabled() {
+            // on, at the second factor (a password alone buys no fresh guesses, nor
+            // does a password step-up, which would reset the count of TOTP guesses).
+            let complete = match elevating {
+                None => matches!(result, Ok(SignInResult::Session(_))),
+                Some(_) => result.is_ok() && !unit.read::<Mfa>(&profile).await?.is_enabled(),
+            };
+            if complete {
                 let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
                 unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
                     .await
                     .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             }
-            let result = if let Some(who) = elevating {
-                self.elevate_in(&mut unit, who, "pwd", at).await.map(SignInResult::Session)
-            } else if self.policy.require_verified_email && !user.email_verified() {
-                Err(AppError::Forbidden(Denied::EmailNotVerified))
-            } else if mfa.is_enabled() {
-                let mfa_ticket = random_token();
-                let command = MfaChallengeCommand::Issue {
-                    profile_id,
-                    max_failures: MFA_TICKET_MAX_FAILURES,
-                    at,
-                    expires_at: at + self.policy.mfa_ticket_ttl,
-                };
-                unit.decide_new::<MfaChallenge>(&self.keys.aggregate_id("mfa_ticket", &mfa_ticket), command, &())
-                    .await
-                    .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-                Ok(SignInResult::MfaRequired { mfa_ticket })
-            } else {
-                self.open_session_in(&mut unit, profile_id, vec!["pwd".into()], at).await.map(SignInResult::Session)
-            };
             if unit.commit().await? {
                 break result;
             }
@@ -226,7 +213,7 @@ impl App {
                     unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Complete { at }, &())
                         .await
                         .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-                    self.open_session_in(&mut unit, profile_id, vec!["pwd".into(), "otp".into()], at).await
+                    self.admit_second_factor_in(&mut unit, profile_id, challenge.first_factor(), at).await
                 }
                 Proof::Wrong => {
                     unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Fail { at }, &())

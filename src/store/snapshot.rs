@@ -81,6 +81,8 @@ mod tests {
             refresh_expires_at: at + Duration::days(1),
             ends_at: at + Duration::days(30),
             amr: vec!["pwd".into()],
+            presence: vec!["pwd".into()],
+            pat_id: None,
             device: Default::default(),
             at,
         };
