@@ -92,6 +92,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     )?;
     tracing::info!(delivery = %delivery.describe(), "verification messages");
     let app = Arc::new(App::new(store, keys, policy).with_verifications(delivery, config.verification_max_attempts).with_webauthn(webauthn).with_oidc(oidc));
+    app.backfill_email_owners().await.context("cannot record the owners of verified email addresses")?;
     if config.anonymous {
         spawn_anonymous_retention(app.clone(), Duration::from_secs(config.anonymous_retention.max(1).into()));
     }

@@ -542,8 +542,9 @@ impl Api {
         self.call::<Value>(Method::POST, "/v1/sign/in/otp/email", None, Some(json!({ "email": email }))).await.map(drop)
     }
 
-    /// POST /v1/sign/in/otp/email/verify: a session for the mailed code.
-    pub async fn sign_in_email_code(&self, email: &str, otp: &str) -> Result<Session, Error> {
+    /// POST /v1/sign/in/otp/email/verify: a session for the mailed code, or the MFA
+    /// ticket when the account has TOTP on.
+    pub async fn sign_in_email_code(&self, email: &str, otp: &str) -> Result<SignInOutcome, Error> {
         let body = json!({ "email": email, "otp": otp });
         self.call(Method::POST, "/v1/sign/in/otp/email/verify", None, Some(body)).await
     }

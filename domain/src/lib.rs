@@ -4,6 +4,7 @@
 //! that decides an outcome (OPAQUE) is reached through the small traits in
 //! [`services`], so every rule can be driven by given/when/then tests.
 
+pub mod email_address;
 pub mod identity;
 pub mod invite_token;
 pub mod mfa;
@@ -18,11 +19,13 @@ pub mod sign_in;
 pub mod sign_in_code;
 pub mod throttle;
 pub mod totp_secret;
+pub mod upgrade;
 pub mod user;
 pub mod username;
 pub mod verification_rules;
 pub mod verifier;
 
+pub use email_address::EmailAddress;
 pub use identity::Identity;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
@@ -38,6 +41,7 @@ pub use throttle::Throttle;
 pub use user::User;
 pub use username::Username;
 pub use totp_secret::TotpSecret;
+pub use upgrade::Upgrade;
 pub use verifier::Verifier;
 
 /// The account whose personal data an aggregate's events carry: their request

@@ -555,6 +555,15 @@ impl ReadModels {
         }))
     }
 
+    /// Every verified address and its account, as `(email, profile_id)` (the one-time
+    /// backfill of email owners reads it).
+    pub async fn verified_emails(&self) -> Result<Vec<(String, String)>, Error> {
+        let sql = "SELECT email, profile_id FROM users_view WHERE email IS NOT NULL AND email_verified = $1 ORDER BY created_at, profile_id";
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_as(sql).bind(true).fetch_all(pool).await?
+        }))
+    }
+
     /// Ids of the sessions of an account that are still open.
     pub async fn active_sessions(&self, profile_id: &str) -> Result<Vec<String>, Error> {
         let sql = "SELECT session_id FROM sessions_view WHERE profile_id = $1 AND active = $2";

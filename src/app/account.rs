@@ -14,8 +14,9 @@ use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
 use domain::verifier::{CodePurpose, Method, PurposeKind};
+use domain::email_address::EmailAddressCommand;
 use domain::phone_number::PhoneNumberCommand;
-use domain::{Bucket, InviteToken, PhoneNumber, ResetMail, User, Username};
+use domain::{Bucket, EmailAddress, InviteToken, PhoneNumber, ResetMail, User, Username};
 use projections::UserView;
 use protocol::message;
 use uuid::Uuid;
@@ -65,16 +66,23 @@ impl App {
         .await
     }
 
-    /// Activation: the emailed code proves the address; the email becomes verified.
+    /// Activation: the emailed code proves the address; the email becomes verified
+    /// and the account's (409 `email_taken` when another account verified it first).
     pub async fn activate(&self, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
         let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
         let profile_id = account_for(&redeemed.payload, PurposeKind::Activate)?;
-        let verify = UserCommand::VerifyEmail { email: redeemed.consumer, at: Utc::now() };
-        self.store
-            .execute::<User>(&profile_id.to_string(), verify, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::EmailAlreadyVerified)))?;
-        Ok(())
+        let (profile, email_id) = (profile_id.to_string(), self.email_address_id(&redeemed.consumer));
+        let mut unit = self.store.unit(&[(User::TYPE, profile.as_str()), (EmailAddress::TYPE, email_id.as_str())], meta).await?;
+        loop {
+            self.claim_email_in(&mut unit, &redeemed.consumer, profile_id).await?;
+            let verify = UserCommand::VerifyEmail { email: redeemed.consumer.clone(), at: Utc::now() };
+            unit.decide::<User>(&profile, verify, &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::EmailAlreadyVerified)))?;
+            if unit.commit().await? {
+                return Ok(());
+            }
+        }
     }
 
     /// Forgotten password: when the account exists and has a verified email, a reset
@@ -270,12 +278,24 @@ impl App {
     /// account's, verified.
     pub async fn change_email_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
         let email = self.redeem_own_code(who, Method::Email, PurposeKind::ChangeEmail, verification_id, code, meta).await?;
-        let change = UserCommand::ChangeEmail { email, at: Utc::now() };
-        self.store
-            .execute::<User>(&who.profile_id.to_string(), change, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
-        Ok(())
+        let profile = who.profile_id.to_string();
+        let user = self.store.load::<User>(&profile).await?;
+        let old = user.email().filter(|old| user.email_verified() && !old.eq_ignore_ascii_case(&email)).map(str::to_string);
+        let (new_id, old_id) = (self.email_address_id(&email), old.as_deref().map(|old| self.email_address_id(old)));
+        let mut locked = vec![(User::TYPE, profile.as_str()), (EmailAddress::TYPE, new_id.as_str())];
+        locked.extend(old_id.as_deref().map(|id| (EmailAddress::TYPE, id)));
+        let mut unit = self.store.unit(&locked, meta).await?;
+        loop {
+            self.claim_email_in(&mut unit, &email, who.profile_id).await?;
+            if let Some(old) = &old {
+                self.release_email_in(&mut unit, old, who.profile_id).await?;
+            }
+            let change = UserCommand::ChangeEmail { email: email.clone(), at: Utc::now() };
+            unit.decide::<User>(&profile, change, &()).await.map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
+            if unit.commit().await? {
+                return Ok(());
+            }
+        }
     }
 
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
@@ -355,6 +375,10 @@ impl App {
         match self.store.execute::<Username>(&name_id, release, &(), meta).await {
             Ok(_) | Err(CommandError::Rejected(_)) => {}
             Err(CommandError::Store(error)) => return Err(error.into()),
+        }
+        if let Some(email) = user.email().filter(|_| user.email_verified()) {
+            let release = EmailAddressCommand::Release { profile_id };
+            self.store.execute::<EmailAddress>(&self.email_address_id(email), release, &(), meta).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
         }
         if let Some(number) = user.phone_number() {
             let release = PhoneNumberCommand::Release { profile_id };

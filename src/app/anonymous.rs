@@ -90,7 +90,9 @@ impl App {
     }
 
     /// Deanonymize by email: a link to `email` (which follows as a sign-in link does);
-    /// following it makes the account real with that address, verified.
+    /// following it makes the account real with that address, verified. An address
+    /// another account verified gets a notice instead, never a link into this account
+    /// — and the answer is the same.
     async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let email = email.unwrap_or_default().trim().to_string();
@@ -100,6 +102,12 @@ impl App {
         }
         if !who.anonymous {
             return Err(AppError::Forbidden(Denied::NotAnonymous));
+        }
+        if self.email_owner(&email).await?.is_some_and(|owner| owner != who.profile_id) {
+            let notice = "Someone asked to use this address for a new account. It already belongs to yours, so nothing was changed.\n\
+                          If that was not you, you need do nothing.\n";
+            self.notify_by_mail(&email, "Your address was used to sign up", notice).await;
+            return Ok(());
         }
         let start = UserCommand::StartDeanonymizeByEmail { email: email.clone(), at: Utc::now() };
         self.store

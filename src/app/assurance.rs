@@ -286,7 +286,7 @@ impl App {
     }
 
     /// An anonymous or a PAT session is never elevated.
-    fn may_elevate(&self, who: &Verified) -> Result<(), AppError> {
+    pub(super) fn may_elevate(&self, who: &Verified) -> Result<(), AppError> {
         match (who.anonymous, who.machine) {
             (true, _) => Err(AppError::Forbidden(Denied::AnonymousUser)),
             (_, true) => Err(AppError::Forbidden(Denied::MachineSession)),

@@ -25,6 +25,7 @@ impl App {
         credential_request: &str,
         meta: &Metadata,
     ) -> Result<(String, String), AppError> {
+        self.may_elevate(who)?;
         let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
         self.sign_in_start(user.username(), credential_request, meta).await
     }
@@ -47,6 +48,7 @@ impl App {
     /// Step-up by TOTP: the code is proved and counted on the account's throttle and
     /// the session elevated, in one unit.
     pub async fn elevate_totp(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+        self.may_elevate(who)?;
         let at = Utc::now();
         let (profile, session) = (who.profile_id.to_string(), who.session_id.to_string());
         let user = self.store.load::<User>(&profile).await?;

@@ -75,6 +75,8 @@ pub enum Conflict {
     IdentityLinked,
     #[error("the account has no verified email")]
     NoVerifiedEmail,
+    #[error("this email address is verified on another account")]
+    EmailTaken,
     /// A fresh random id already had history: retrying the request succeeds.
     #[error("the new {0} collided with an existing one; try again")]
     IdCollision(&'static str),
@@ -142,6 +144,7 @@ impl Conflict {
             Conflict::PhoneNumberTaken => "phone_number_taken",
             Conflict::IdentityLinked => "identity_linked",
             Conflict::NoVerifiedEmail => "no_verified_email",
+            Conflict::EmailTaken => "email_taken",
             Conflict::IdCollision(_) => "id_collision",
         }
     }

@@ -28,6 +28,7 @@ mod error;
 mod idtoken;
 mod buckets;
 mod elevation;
+mod email_owners;
 mod mfa;
 mod passkeys;
 mod passwordless;

@@ -506,6 +506,7 @@ impl App {
 
     /// Step-up with a passkey, step 1: a ceremony for the account's passkeys.
     pub async fn passkey_elevate_start(&self, who: &Verified, meta: &Metadata) -> Result<Ceremony, AppError> {
+        self.may_elevate(who)?;
         let passkeys = Self::passkeys_of(&self.store.load_current::<Passkeys>(&who.profile_id.to_string()).await?);
         if passkeys.is_empty() {
             return Err(AppError::Conflict(Conflict::NoPasskeys));

@@ -16,7 +16,7 @@ use domain::verifier::Method;
 use domain::phone_number::PhoneNumberCommand;
 use domain::user::UserCommand;
 use domain::username::UsernameCommand;
-use domain::{PhoneNumber, ResetMail, Session, SignInCode, Throttle, User, Username};
+use domain::{EmailAddress, PhoneNumber, ResetMail, Session, SignInCode, Throttle, User, Username};
 use rand::Rng;
 use uuid::Uuid;
 use webauthn_rs::prelude::Url;
@@ -120,7 +120,10 @@ impl App {
                     .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::PhoneNumberTaken)))?;
                 (None, Some(address.to_string()))
             }
-            Channel::Email | Channel::Link | Channel::StepUp => (Some(channel.normalise(address)), None),
+            Channel::Email | Channel::Link | Channel::StepUp => {
+                self.claim_email_in(unit, address, profile_id).await?;
+                (Some(channel.normalise(address)), None)
+            }
         };
         let register = UserCommand::RegisterByCode { username, email, phone_number, at };
         unit.decide::<User>(&profile_id.to_string(), register, &())
@@ -131,8 +134,9 @@ impl App {
 
     /// Decides, in `unit`, that the anonymous account `profile_id` whose link came
     /// back is real: a username, the address verified.
-    async fn deanonymize_by_link_in(&self, unit: &mut Unit<'_>, profile_id: Uuid, code_id: &str, at: DateTime<Utc>) -> Result<(), AppError> {
+    async fn deanonymize_by_link_in(&self, unit: &mut Unit<'_>, profile_id: Uuid, code_id: &str, address: &str, at: DateTime<Utc>) -> Result<(), AppError> {
         let username = self.claim_code_username_in(unit, Channel::Link, code_id, profile_id).await?;
+        self.claim_email_in(unit, address, profile_id).await?;
         unit.decide::<User>(&profile_id.to_string(), UserCommand::DeanonymizeByEmail { username, at }, &())
             .await
             .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
@@ -157,10 +161,7 @@ impl App {
     /// The account that verified this address.
     async fn owner_of(&self, channel: Channel, address: &str) -> Result<Option<Uuid>, AppError> {
         Ok(match channel {
-            Channel::Email | Channel::Link | Channel::StepUp => {
-                let owner = self.store.read_models().await?.verified_email_owner(address).await?;
-                owner.and_then(|id| Uuid::parse_str(&id).ok())
-            }
+            Channel::Email | Channel::Link | Channel::StepUp => self.email_owner(address).await?,
             Channel::Sms => self.store.load_current::<PhoneNumber>(&self.keys.aggregate_id("phone", address.trim())).await?.owner(),
         })
     }
@@ -340,15 +341,21 @@ impl App {
             None => self.account_throttle_id(&user, at),
         };
         let client = self.address_of(meta);
-        // An anonymous account following its link becomes real (`upgrading`).
-        let upgrading = channel == Channel::Link && user.is_anonymous();
-        let name_id = (creating.is_some() || upgrading).then(|| self.keys.aggregate_id("username", &new_username(channel, code_id)));
+        // An anonymous account following its link becomes real with the address it
+        // asked the link for (`upgrading`).
+        let upgrading = user.pending_email().filter(|_| channel == Channel::Link);
+        let name_id = (creating.is_some() || upgrading.is_some()).then(|| self.keys.aggregate_id("username", &new_username(channel, code_id)));
+        let email_id = match channel {
+            Channel::Sms => None,
+            _ => creating.or(upgrading).map(|address| self.email_address_id(address)),
+        };
         let phone_id = creating.filter(|_| channel == Channel::Sms).map(|address| self.keys.aggregate_id("phone", address));
         let session = elevating.map(|who| who.session_id.to_string());
         let mut locked = vec![(SignInCode::TYPE, code_id), (Throttle::TYPE, throttle_id.as_str()), (User::TYPE, profile.as_str())];
         locked.extend(session.as_deref().map(|id| (Session::TYPE, id)));
         locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
         locked.extend(phone_id.as_deref().map(|id| (PhoneNumber::TYPE, id)));
+        locked.extend(email_id.as_deref().map(|id| (EmailAddress::TYPE, id)));
         let mut unit = self.store.unit(&locked, meta).await?;
         loop {
             let redeem = SignInCodeCommand::Redeem { code_hash: code_hash.clone(), at };
@@ -361,9 +368,20 @@ impl App {
                 Proof::Valid => {
                     let account = match creating {
                         Some(address) => self.register_by_code_in(&mut unit, channel, code_id, profile_id, address, at).await,
-                        None if upgrading => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, at).await,
-                        None => Ok(()),
+                        None => match upgrading {
+                            Some(address) => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, address, at).await,
+                            None => Ok(()),
+                        },
                     };
+                    if account.is_err() {
+                        // The code is spent and counted; nothing of the account is kept.
+                        for id in [&name_id, &phone_id, &email_id].into_iter().flatten() {
+                            unit.undo::<Username>(id);
+                            unit.undo::<PhoneNumber>(id);
+                            unit.undo::<EmailAddress>(id);
+                        }
+                        unit.undo::<User>(&profile);
+                    }
                     match (account, elevating) {
                         (Err(error), _) => Err(error),
                         (Ok(()), None) => self.admit_in(&mut unit, Proven::by(channel.factor(), profile_id, at)).await,

@@ -40,8 +40,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             api.sign_in_email_code_start(&email).await?;
             eprintln!("a code was mailed to {email} if it is an account's verified address");
             let code = read_secret("Code from the mail: ")?;
-            let session = api.sign_in_email_code(&email, code.trim()).await?;
-            println!("{}", serde_json::to_string_pretty(&session)?);
+            let outcome = api.sign_in_email_code(&email, code.trim()).await?;
+            print_session(&api, outcome).await?;
         }
         Command::SignIn(args) => {
             let password = read_secret("Password: ")?;
@@ -51,14 +51,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 api.sign_in(&args.username, password.as_bytes()).await?
             };
-            match outcome {
-                SignInOutcome::Session(session) => println!("{}", serde_json::to_string_pretty(&session)?),
-                SignInOutcome::MfaRequired { mfa_ticket } => {
-                    let code = read_secret("Authenticator code: ")?;
-                    let session = api.sign_in_mfa(&mfa_ticket, code.trim()).await?;
-                    println!("{}", serde_json::to_string_pretty(&session)?);
-                }
-            }
+            print_session(&api, outcome).await?;
         }
         Command::Refresh(args) => {
             let session = Api::new(&args.target.url).refresh(&args.refresh_token).await?;
@@ -101,6 +94,20 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// A new password: twice from the terminal, or once from stdin.
+/// Prints the session a first factor opened, asking for the authenticator code first
+/// when the account has TOTP on.
+async fn print_session(api: &Api, outcome: SignInOutcome) -> anyhow::Result<()> {
+    let session = match outcome {
+        SignInOutcome::Session(session) => session,
+        SignInOutcome::MfaRequired { mfa_ticket } => {
+            let code = read_secret("Authenticator code: ")?;
+            api.sign_in_mfa(&mfa_ticket, code.trim()).await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&session)?);
+    Ok(())
+}
+
 fn read_new_password() -> anyhow::Result<String> {
     let password = read_secret("Password: ")?;
     let confirm = if std::io::stdin().is_terminal() { read_secret("Again: ")? } else { password.clone() };

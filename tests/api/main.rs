@@ -8,6 +8,7 @@ mod helpers;
 
 mod account;
 mod anonymous;
+mod assurance;
 mod audit;
 mod cli;
 mod contract;

@@ -198,13 +198,13 @@ fn rand_byte(rng: &SystemRandom) -> u8 {
 }
 
 /// Starts a ceremony at `path`; returns its id and options.
-async fn start(server: &Server, path: &str, bearer: Option<&str>, body: Value) -> (String, Value) {
+pub(crate) async fn start(server: &Server, path: &str, bearer: Option<&str>, body: Value) -> (String, Value) {
     let (status, started) = server.call("POST", path, bearer, Some(body)).await;
     assert_eq!(status, 200, "{path}: {started}");
     (started["challenge_id"].as_str().expect("challenge id").to_string(), started["options"].clone())
 }
 
-async fn answer(server: &Server, path: &str, bearer: Option<&str>, challenge_id: &str, credential: &Value) -> (u16, Value) {
+pub(crate) async fn answer(server: &Server, path: &str, bearer: Option<&str>, challenge_id: &str, credential: &Value) -> (u16, Value) {
     server.call("POST", path, bearer, Some(json!({"challenge_id": challenge_id, "credential": credential}))).await
 }
 

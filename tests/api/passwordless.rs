@@ -19,7 +19,7 @@ both_stores!(
 );
 
 /// An account with a verified email; returns the address.
-async fn verified_account(server: &Server, prefix: &str) -> String {
+pub(crate) async fn verified_account(server: &Server, prefix: &str) -> String {
     let username = unique(prefix);
     let email = format!("{username}@example.com");
     let token = server.invitation().await;
@@ -54,7 +54,7 @@ async fn an_emailed_code_signs_in_once(backend: Backend) {
     // The address is matched without regard to case.
     let (status, session) = verify(&server, &email.to_uppercase(), &code).await;
     assert_eq!(status, 200, "{session}");
-    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["otp"]));
+    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["email"]), "a mailed code is no TOTP");
     let (status, body) = verify(&server, &email, &code).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("invalid_credentials")), "a code signs in once: {body}");
 
@@ -75,7 +75,7 @@ async fn an_emailed_code_signs_in_once(backend: Backend) {
     let output = cli.wait_with_output().expect("wait");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let session: Value = serde_json::from_slice(&output.stdout).expect("json");
-    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["otp"]));
+    assert_eq!(claims(session["access_token"].as_str().expect("token"))["amr"], json!(["email"]));
 }
 
 async fn email_code_refusals_and_throttling(backend: Backend) {
@@ -110,7 +110,7 @@ async fn email_code_refusals_and_throttling(backend: Backend) {
 }
 
 /// The last text message the webhook got for `to`: its code (the first 6 digits).
-fn texted_code(hook: &crate::verifications::Webhook, to: &str) -> String {
+pub(crate) fn texted_code(hook: &crate::verifications::Webhook, to: &str) -> String {
     let text = hook.received().into_iter().rev().find(|m| m["to"] == to).expect("a text message");
     let body = text["body"].as_str().expect("body");
     body.split("code is ").nth(1).map(|rest| rest.chars().take_while(char::is_ascii_digit).collect()).expect("code")
@@ -171,7 +171,7 @@ async fn a_texted_code_signs_in_to_the_number_s_account(backend: Backend) {
     assert_eq!((status, crate::helpers::detail_paths(&body)), (422, vec!["phone_number".to_string()]), "{body}");
 }
 
-fn rand_digits() -> u16 {
+pub(crate) fn rand_digits() -> u16 {
     (uuid::Uuid::new_v4().as_u128() % 10_000) as u16
 }
 
@@ -206,19 +206,35 @@ async fn a_sign_in_link_redirects_once_and_only_where_allowed(backend: Backend) 
         let browser = browser.clone();
         async move { browser.get(url).send().await.expect("get") }
     };
-    // A redirect_to changed in the link: 422, no redirect, the ticket unspent.
-    let response = follow("https://evil.test/").await;
-    assert_eq!(response.status(), 422);
-    let response = follow("https://app.example.com/auth/done").await;
-    assert_eq!(response.status(), 302);
+    // A redirect_to changed in the link: 422, no page.
+    assert_eq!(follow("https://evil.test/").await.status(), 422);
+    // The link opens a page that spends nothing (a mail scanner signs no one in and
+    // burns no link)...
+    for _ in 0..2 {
+        let page = follow("https://app.example.com/auth/done").await;
+        assert_eq!(page.status(), 200);
+        assert!(page.headers()["content-type"].to_str().expect("type").starts_with("text/html"));
+        let html = page.text().await.expect("html");
+        assert!(html.contains(r#"<form method="post" action="verify">"#) && html.contains(&format!(r#"value="{ticket}""#)), "{html}");
+        assert!(!html.contains("<script"), "no script needed");
+    }
+    // ...and its button posts the form: 303 to redirect_to, the token in the fragment.
+    let submit = |redirect_to: &str| {
+        let form = [("ticket", ticket.clone()), ("redirect_to", redirect_to.to_string())];
+        let request = browser.post(format!("{}/v1/verify", server.base)).form(&form);
+        async move { request.send().await.expect("post") }
+    };
+    assert_eq!(submit("https://evil.test/").await.status(), 422, "refused before anything is spent");
+    let response = submit("https://app.example.com/auth/done").await;
+    assert_eq!(response.status(), 303);
     let location = response.headers()["location"].to_str().expect("location").to_string();
     let (before, fragment) = location.split_once('#').expect("a fragment");
     assert_eq!(before, "https://app.example.com/auth/done", "the token never goes in the query");
     let refresh_token = fragment.strip_prefix("refresh_token=").expect("refresh token");
     let session = server.api().refresh(refresh_token).await.expect("the refresh token works");
     assert_eq!(claims(&session.access_token)["amr"], json!(["email"]));
-    // Used once: followed again, or posted, it is 401.
-    assert_eq!(follow("https://app.example.com/auth/done").await.status(), 401);
+    // Used once: submitted again, or posted as JSON, it is 401.
+    assert_eq!(submit("https://app.example.com/auth/done").await.status(), 401);
     let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
     assert_eq!(status, 401);
     for forged in [format!("{}x", &ticket[..ticket.len() - 1]), "nothing".to_string()] {

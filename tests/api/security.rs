@@ -36,7 +36,7 @@ pub(crate) fn claims(jwt: &str) -> Value {
 
 /// An account with MFA on; returns the authenticator and the generated step offset
 /// already spent (enabling used the code of step -1).
-async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::TOTP {
+pub(crate) async fn account_with_mfa(server: &Server, username: &str) -> totp_rs::TOTP {
     server.sign_up(username).await;
     let session = server.sign_in(username).await;
     let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(&session.access_token), None).await;
@@ -109,7 +109,12 @@ async fn mfa_rejections(backend: Backend) {
     assert!(!server.api().user(&session.access_token).await.expect("user").mfa_enabled);
     let (status, _) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": crate::helpers::totp_code(&totp, 0)}))).await;
     assert_eq!(status, 204);
+    // With TOTP on, only a TOTP (or passkey) proof reaches the enrolment routes.
     let (status, body) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("stronger_proof_required")), "{body}");
+    let (status, elevated) = server.call("POST", "/v1/elevate/totp", bearer, Some(json!({"code": crate::helpers::totp_code(&totp, 1)}))).await;
+    assert_eq!(status, 200, "{elevated}");
+    let (status, body) = server.call("POST", "/v1/mfa/totp/generate", elevated["access_token"].as_str(), None).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("mfa_already_enabled")));
 
     // A made-up ticket is refused.

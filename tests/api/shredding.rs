@@ -252,6 +252,10 @@ async fn removal_leaves_nothing_personal(backend: Backend) {
     let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
     let (status, _) = call("POST", "/v1/mfa/totp/enable", bearer.clone(), Some(json!({"code": crate::helpers::totp_code(&totp, -1)}))).await;
     assert_eq!(status, 204);
+    // With TOTP on, what follows needs a TOTP step-up.
+    let (status, elevated) = call("POST", "/v1/elevate/totp", bearer.clone(), Some(json!({"code": crate::helpers::totp_code(&totp, 0)}))).await;
+    assert_eq!(status, 200, "{elevated}");
+    let bearer = elevated["access_token"].as_str().map(str::to_string);
     let (status, _) = call("POST", "/v1/account/forgot", None, Some(json!({"username": username}))).await;
     assert_eq!(status, 204);
     crate::helpers::outbox_mail(&server, &email, |subject| subject != "Activate your account").await;
