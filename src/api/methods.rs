@@ -50,10 +50,20 @@ impl Methods {
         }
     }
 
-    pub async fn call<E: Endpoint>(&self, endpoint: E, request: Request) -> poem::Result<Response> {
-        if let Some(method) = method_of(request.uri().path()).filter(|m| !self.is_on(m)) {
+    /// 403 `method_disabled` unless `method` is on (for a route that serves several,
+    /// like deanonymize, once the body names one).
+    pub fn require(&self, method: &str) -> Result<(), ApiError> {
+        if self.is_on(method) {
+            Ok(())
+        } else {
             let message = format!("sign-in by {method} is switched off on this server (AUTHD_SIGN_IN_METHODS)");
-            return Err(ApiError::new(403, "method_disabled", message).into());
+            Err(ApiError::new(403, "method_disabled", message))
+        }
+    }
+
+    pub async fn call<E: Endpoint>(&self, endpoint: E, request: Request) -> poem::Result<Response> {
+        if let Some(method) = method_of(request.uri().path()) {
+            self.require(method)?;
         }
         endpoint.call(request).await.map(IntoResponse::into_response)
     }

@@ -155,6 +155,7 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_l
         .at("/examples/passkey.html", poem::get(example(include_str!("../../examples/passkey.html"), "text/html; charset=utf-8")))
         .at("/examples/passkey.js", poem::get(example(include_str!("../../examples/passkey.js"), "text/javascript; charset=utf-8")))
         .data(app)
+        .data(methods.clone())
         .around(move |endpoint, request| {
             let limits = limits.clone();
             async move { limits.call(endpoint, request).await }

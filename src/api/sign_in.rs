@@ -199,7 +199,7 @@ impl PasswordlessApi {
     async fn link_follow(
         &self,
         app: Data<&Arc<App>>,
-        #[oai(validator(max_length = 256))] ticket: Query<String>,
+        #[oai(validator(max_length = 1024))] ticket: Query<String>,
         #[oai(validator(max_length = 2048))] redirect_to: Query<String>,
     ) -> Result<Html<String>, ApiError> {
         redirect_target(&app, &redirect_to.0)?;
@@ -218,8 +218,8 @@ impl PasswordlessApi {
             TicketRequest::Json(body) => Ok(TicketAnswer::Session(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))),
             TicketRequest::Form(form) => {
                 let mut fields = Fields::default();
-                if form.ticket.is_empty() || form.ticket.len() > 256 {
-                    fields.bad("ticket", "must be 1 to 256 characters");
+                if form.ticket.is_empty() || form.ticket.len() > 1024 {
+                    fields.bad("ticket", "must be 1 to 1024 characters");
                 }
                 let target = fields.check("redirect_to", redirect_target(&app, &form.redirect_to).map_err(|_| "is not within AUTHD_ALLOWED_REDIRECT_URLS".to_string()));
                 let (Some(mut target), true) = (target, fields.is_empty()) else { return Err(fields.error().into()) };
@@ -292,7 +292,7 @@ pub struct LinkStart {
 #[derive(Object)]
 pub struct TicketBody {
     /// The `ticket` of the link in the mail.
-    #[oai(validator(min_length = 1, max_length = 256))]
+    #[oai(validator(min_length = 1, max_length = 1024))]
     pub ticket: String,
 }
 

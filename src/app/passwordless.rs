@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
@@ -198,9 +200,8 @@ impl App {
     async fn send_sign_in_code(&self, channel: Channel, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         let profile_id = match self.owner_of(channel, address).await? {
             Some(owner) => owner,
-            // Open sign-up: the code is for the account its first use creates (not by
-            // link, whose ticket does not carry the address).
-            None if self.policy.open_signup && channel != Channel::Link => Uuid::new_v4(),
+            // Open sign-up: the code is for the account its first use creates.
+            None if self.policy.open_signup => Uuid::new_v4(),
             None => return Ok(()),
         };
         self.send_code_to(channel, profile_id, address, redirect_to, meta).await
@@ -218,8 +219,12 @@ impl App {
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
         let code = match channel {
-            // A ticket names its code's id, so the link alone finds it.
-            Channel::Link => format!("{code_id}.{}", random_token()),
+            // A ticket names its code's id, so the link alone finds it, and carries
+            // its address sealed to that id (an account it creates needs it).
+            Channel::Link => {
+                let sealed = self.keys.encrypt(code_id.as_bytes(), channel.normalise(address).as_bytes());
+                format!("{code_id}.{}.{}", random_token(), URL_SAFE_NO_PAD.encode(sealed))
+            }
             Channel::Email | Channel::Sms | Channel::StepUp => format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000)),
         };
         let code_hash = self.sign_in_code_hash(channel, address, &code);
@@ -272,25 +277,32 @@ impl App {
         }
     }
 
-    /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`).
+    /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`), or
+    /// the MFA ticket. The ticket names its code and carries its address sealed under
+    /// the server's key (bound to the code): the address's account signs in, an
+    /// anonymous account that asked for the link becomes real, and with open sign-up
+    /// an address no account verified gets a new account.
     pub async fn sign_in_link_verify(&self, ticket: &str, meta: &Metadata) -> Result<SignInResult, AppError> {
-        let code_id = ticket
-            .split_once('.')
-            .map(|(id, _)| id)
-            .filter(|id| id.len() == 43 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let mut parts = ticket.split('.');
+        let code_id = parts.next().filter(|id| id.len() == 43 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         let code_id = code_id.ok_or(AppError::InvalidCredentials)?;
-        let pending = self.store.load::<SignInCode>(code_id).await?;
-        let profile_id = pending.profile_id().ok_or(AppError::InvalidCredentials)?;
-        // The hash of a link's code binds it to its address, which the ticket does
-        // not carry: the account's current verified email stands in for it.
-        let user = self.store.load_current::<User>(&profile_id.to_string()).await?;
-        // An anonymous account becoming real: the address it asked the link for.
-        let address = match user.pending_email() {
-            Some(pending) => Some(pending),
-            None => user.email().filter(|_| user.email_verified()),
+        let sealed = parts.nth(1).and_then(|sealed| URL_SAFE_NO_PAD.decode(sealed).ok());
+        let address = sealed.and_then(|sealed| self.keys.decrypt(code_id.as_bytes(), &sealed)).and_then(|address| String::from_utf8(address).ok());
+        let address = address.ok_or(AppError::InvalidCredentials)?;
+        let code_hash = self.sign_in_code_hash(Channel::Link, &address, ticket);
+        let pending = self.store.load::<SignInCode>(code_id).await?.profile_id().ok_or(AppError::InvalidCredentials)?;
+        let (owner, creating) = match self.email_owner(&address).await? {
+            Some(owner) => (owner, None),
+            None => {
+                let user = self.store.load_current::<User>(&pending.to_string()).await?;
+                match user.pending_email() {
+                    Some(asked) if asked.eq_ignore_ascii_case(&address) => (pending, None),
+                    _ if self.policy.open_signup => (pending, Some(address.as_str())),
+                    _ => return Err(AppError::InvalidCredentials),
+                }
+            }
         };
-        let code_hash = self.sign_in_code_hash(Channel::Link, address.ok_or(AppError::InvalidCredentials)?, ticket);
-        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, profile_id, None, None, meta).await
+        self.redeem_sign_in_code(Channel::Link, code_id, code_hash, owner, creating, None, meta).await
     }
 
     /// Step-up by email, step 1, for an account with no password, TOTP or passkey

@@ -20,6 +20,10 @@ both_stores!(
     step_up_by_email_is_for_accounts_with_nothing_else,
     a_pat_session_reaches_no_elevated_route,
     a_pat_s_sessions_end_with_it,
+    deanonymizing_cannot_hijack_another_s_address,
+    deanonymize_honours_the_sign_in_methods,
+    a_verified_address_is_one_account_s,
+    with_open_sign_up_a_link_creates_the_account,
 );
 
 fn access(session: &Value) -> &str {
@@ -327,4 +331,127 @@ async fn a_pat_s_sessions_end_with_it(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
     assert!(server.api().jwt_verify(access(&session)).await.is_err(), "expired: the session ends");
     assert!(server.api().refresh(session["refresh_token"].as_str().expect("refresh")).await.is_err());
+}
+
+/// The ticket of the last sign-in link mailed to `email`.
+async fn ticket_in_mail(server: &Server, email: &str) -> String {
+    let (_, mail) = outbox_mail(server, email, |subject| subject == "Your sign-in link").await;
+    let link = mail.split("Sign in: ").nth(1).and_then(|rest| rest.lines().next()).expect("link");
+    reqwest::Url::parse(link).expect("url").query_pairs().find(|(k, _)| k == "ticket").map(|(_, v)| v.to_string()).expect("ticket")
+}
+
+async fn deanonymizing_cannot_hijack_another_s_address(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true")]).await;
+    let victim = verified_account(&server, "victim").await;
+    let (_, attacker) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    let attacker = access(&attacker).to_string();
+    // Asked for the victim's address, and for a free one: the same answer.
+    let free = format!("{}@example.com", unique("free"));
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(&attacker), Some(json!({"method": "email", "email": victim}))).await;
+    let (free_status, free_body) = server.call("POST", "/v1/user/deanonymize", Some(&attacker), Some(json!({"method": "email", "email": free}))).await;
+    assert_eq!((status, &body), (free_status, &free_body), "answered alike");
+    assert_eq!(status, 204);
+    // The victim gets a notice, never a link into the attacker's account.
+    let (_, notice) = outbox_mail(&server, &victim, |subject| subject == "Your address was used to sign up").await;
+    assert!(!notice.contains("/v1/verify"), "{notice}");
+    let links_to_victim = crate::helpers::outbox(&server).into_iter().filter(|(to, subject, _)| to == &victim && subject == "Your sign-in link").count();
+    assert_eq!(links_to_victim, 0);
+    // The attacker's account is still anonymous; the victim's address is hers alone.
+    let (status, body) = server.call("GET", "/v1/user", Some(&attacker), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["email"].is_null() || body["email"] == json!(free), "{body}");
+    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": victim}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = outbox_mail(&server, &victim, |subject| subject == "Your sign-in code").await;
+    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    let (status, session) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": victim, "otp": code}))).await;
+    assert_eq!(status, 200, "{session}");
+    assert_ne!(session["profile_id"], claims(&attacker)["sub"], "a code to her address signs in to her account");
+}
+
+async fn deanonymize_honours_the_sign_in_methods(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true"), ("AUTHD_SIGN_IN_METHODS", "password")]).await;
+    let (_, session) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    let email = format!("{}@example.com", unique("off"));
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(access(&session)), Some(json!({"method": "email", "email": email}))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("method_disabled")), "{body}");
+    let server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true"), ("AUTHD_SIGN_IN_METHODS", "email_link")]).await;
+    let (_, session) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    let body = json!({"method": "password", "username": unique("off"), "registration_request": "A".repeat(43)});
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(access(&session)), Some(body)).await;
+    assert_eq!((status, error_of(&body)), (403, Some("method_disabled")), "{body}");
+    let (status, body) = server.call("POST", "/v1/user/deanonymize/finish", Some(access(&session)), Some(json!({"registration_record": "A".repeat(256)}))).await;
+    assert_eq!((status, error_of(&body)), (403, Some("method_disabled")), "{body}");
+}
+
+async fn a_verified_address_is_one_account_s(backend: Backend) {
+    let server = Server::start(backend).await;
+    let email = verified_account(&server, "first").await;
+    // A second account signs up with the same address: its activation is refused.
+    let username = unique("second");
+    let token = server.invitation().await;
+    server.api().sign_up(&username, PASSWORD, Some(&token), Some(&email)).await.expect("sign up");
+    let mut activations = Vec::new();
+    for _ in 0..50 {
+        activations = crate::helpers::outbox(&server).into_iter().filter(|(to, subject, _)| to == &email && subject == "Activate your account").collect();
+        if activations.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(activations.len(), 2);
+    // (The first account's code is spent; the second's is refused.)
+    let mut answers = Vec::new();
+    for (_, _, mail) in activations {
+        let (verification_id, code) = crate::helpers::code_and_id(&mail);
+        let (status, body) = server.call("POST", "/v1/account/activate", None, Some(json!({"verification_id": verification_id, "code": code}))).await;
+        answers.push((status, error_of(&body).map(str::to_string)));
+    }
+    assert!(answers.contains(&(409, Some("email_taken".to_string()))), "{answers:?}");
+    let second = server.sign_in(&username).await;
+    assert!(!server.api().user(&second.access_token).await.expect("user").email_verified);
+    // Once the first account moves to another address, the old one is free.
+    let first = server.sign_in(email.split('@').next().expect("username")).await;
+    let other = format!("{}@example.com", unique("moved"));
+    let (status, _) = server.call("POST", "/v1/user/email/change", Some(&first.access_token), Some(json!({"new_email": other}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = outbox_mail(&server, &other, |subject| subject == "Confirm your new email address").await;
+    let (verification_id, code) = crate::helpers::code_and_id(&mail);
+    let (status, body) = server.call("POST", "/v1/user/email/verify", Some(&first.access_token), Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = server.call("POST", "/v1/user/email/change", Some(&second.access_token), Some(json!({"new_email": email}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Confirm your new email address").await;
+    let (verification_id, code) = crate::helpers::code_and_id(&mail);
+    let (status, body) = server.call("POST", "/v1/user/email/verify", Some(&second.access_token), Some(json!({"verification_id": verification_id, "code": code}))).await;
+    assert_eq!(status, 204, "{body}");
+    assert!(server.api().user(&second.access_token).await.expect("user").email_verified);
+}
+
+async fn with_open_sign_up_a_link_creates_the_account(backend: Backend) {
+    let server = Server::start_with(backend, &[("AUTHD_OPEN_SIGNUP", "true")]).await;
+    let email = format!("{}@example.com", unique("link-new"));
+    let (status, _) = server.call("POST", "/v1/sign/in/passwordless/email", None, Some(json!({"email": email}))).await;
+    assert_eq!(status, 204);
+    let ticket = ticket_in_mail(&server, &email).await;
+    // A ticket whose sealed address was tampered with creates nothing.
+    let mut parts: Vec<String> = ticket.split('.').map(str::to_string).collect();
+    assert_eq!(parts.len(), 3, "{ticket}");
+    parts[2] = format!("{}{}", if parts[2].starts_with('A') { "B" } else { "A" }, &parts[2][1..]);
+    let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": parts.join(".")}))).await;
+    assert_eq!(status, 401, "a forged seal");
+    let (status, session) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 200, "{session}");
+    let me = server.api().user(access(&session)).await.expect("user");
+    assert_eq!((me.email.as_deref(), me.email_verified), (Some(email.as_str()), true));
+    let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
+    assert_eq!(status, 401, "once");
+    // The address is the new account's: a code to it signs in there.
+    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Your sign-in code").await;
+    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    let (status, by_code) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await;
+    assert_eq!(status, 200, "{by_code}");
+    assert_eq!(by_code["profile_id"], session["profile_id"]);
 }
