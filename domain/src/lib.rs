@@ -4,6 +4,7 @@
 //! that decides an outcome (OPAQUE) is reached through the small traits in
 //! [`services`], so every rule can be driven by given/when/then tests.
 
+pub mod id_token;
 pub mod identity;
 pub mod invite_token;
 pub mod mfa;
@@ -23,6 +24,7 @@ pub mod username;
 pub mod verification_rules;
 pub mod verifier;
 
+pub use id_token::IdToken;
 pub use identity::Identity;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
