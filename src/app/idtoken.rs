@@ -327,12 +327,14 @@ impl App {
                 return Err(AppError::InvalidCredentials);
             }
             let mut unit = self.store.unit(&[(IdToken::TYPE, token_id.as_str())], meta).await?;
+            // The token is spent before each attempt: here, and again after a conflict.
+            self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
             loop {
-                self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
                 let tokens = self.open_session_in(&mut unit, owner, vec!["idtoken".into()], at).await?;
                 if unit.commit().await? {
                     return Ok(tokens);
                 }
+                self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
             }
         }
         if !self.policy.open_signup {
