@@ -247,21 +247,40 @@ async fn id_tokens_sign_in_link_and_are_refused_when_wrong(backend: Backend) {
     assert_eq!((status, error_of(&body)), (403, Some("sign_up_closed")), "{body}");
 }
 
+/// Exactly one of `answers` signed in; the others are refused.
+fn assert_one_sign_in(answers: &[(u16, Value)], why: &str) {
+    let signed_in = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(signed_in, 1, "{why}: {answers:?}");
+    for answer in answers.iter().filter(|(status, _)| *status != 200) {
+        assert_refused(answer, why);
+    }
+}
+
 /// The same token presented at once, for a new account and for a linked one: one
-/// sign-in, the others refused.
+/// sign-in, the others refused; still spent after a restart and on another replica,
+/// and presented at once on two replicas, it signs in once.
 async fn an_id_token_is_used_once_even_concurrently(backend: Backend) {
     let mut issuer = issuer().await;
     issuer.add_key("k1", true);
     let providers = issuer.providers();
-    let server = Server::start_with(backend, &[("AUTHD_OIDC_PROVIDERS", &providers), ("AUTHD_OPEN_SIGNUP", "true")]).await;
+    let mut server = Server::start_with(backend, &[("AUTHD_OIDC_PROVIDERS", &providers), ("AUTHD_OPEN_SIGNUP", "true")]).await;
     let carol = unique("carol-ext");
     for round in ["a new account", "a linked identity"] {
         let token = issuer.fresh("k1", &carol);
-        let answers = futures::future::join_all((0..4).map(|_| sign_in(&server, &token, None))).await;
-        let signed_in = answers.iter().filter(|(status, _)| *status == 200).count();
-        assert_eq!(signed_in, 1, "{round}: {answers:?}");
-        for answer in answers.iter().filter(|(status, _)| *status != 200) {
-            assert_refused(answer, round);
+        assert_one_sign_in(&futures::future::join_all((0..4).map(|_| sign_in(&server, &token, None))).await, round);
+    }
+
+    let spent = issuer.fresh("k1", &carol);
+    assert_eq!(sign_in(&server, &spent, None).await.0, 200);
+    server.restart().await;
+    assert_refused(&sign_in(&server, &spent, None).await, "replayed after a restart");
+    if backend == Backend::Postgres {
+        let replica = server.replica().await;
+        assert_refused(&sign_in(&replica, &spent, None).await, "replayed on another replica");
+        for round in 0..3 {
+            let token = issuer.fresh("k1", &carol);
+            let answers = futures::future::join_all([&server, &replica, &server, &replica].map(|s| sign_in(s, &token, None))).await;
+            assert_one_sign_in(&answers, &format!("at once on two replicas, round {round}"));
         }
     }
 }
