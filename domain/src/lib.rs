@@ -5,6 +5,7 @@
 //! [`services`], so every rule can be driven by given/when/then tests.
 
 pub mod email_address;
+pub mod id_token;
 pub mod identity;
 pub mod invite_token;
 pub mod mfa;
@@ -26,6 +27,7 @@ pub mod verification_rules;
 pub mod verifier;
 
 pub use email_address::EmailAddress;
+pub use id_token::IdToken;
 pub use identity::Identity;
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
