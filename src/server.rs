@@ -26,7 +26,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let db = store::connect_with(&url, config.db_pool).await?;
     let configured_setup = config.server_setup.as_deref().filter(|setup| !setup.trim().is_empty());
     let keys = Keys::load(configured_setup, &config.data_dir)?;
-    let kek = keys.subject_kek();
+    let kek = crate::store::shred::Kek::new(keys.subject_keys_secret());
     let wrapped = crate::store::shred::wrap_bare_keys(&db, &kek).await.context("cannot wrap the subject keys")?;
     if wrapped > 0 {
         tracing::info!(keys = wrapped, "subject keys wrapped with the key-encryption key");
@@ -98,7 +98,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     }
     if config.seal_interval > 0 {
         let full_check = Duration::from_secs(config.seal_full_check_interval);
-        spawn_sealer(db, app.keys.clone(), Duration::from_secs(config.seal_interval), full_check);
+        spawn_sealer(db, crate::store::chain::SealKey::new(app.keys.chain_seals_secret()), Duration::from_secs(config.seal_interval), full_check);
     }
     let limits = crate::api::RateLimits::new(config.rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
@@ -132,7 +132,7 @@ fn spawn_catch_up(store: Store, every: Duration) {
 /// stream, which also finds a tail deleted since. A log that no longer extends the
 /// latest seal is never sealed over: that is logged as an error on every pass until
 /// someone investigates (`authd replay verify`).
-fn spawn_sealer(db: projections::Db, keys: Arc<Keys>, every: Duration, full_check: Duration) {
+fn spawn_sealer(db: projections::Db, keys: crate::store::chain::SealKey, every: Duration, full_check: Duration) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;

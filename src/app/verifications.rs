@@ -610,7 +610,7 @@ mod tests {
             allowed_redirects: vec![],
         };
         let delivery = Delivery::new(None, "authd@localhost", dir.join("outbox"), None).expect("delivery");
-        App::new(crate::store::Store::new(db, keys.subject_kek()), keys, policy).with_verifications(delivery, max_attempts)
+        App::new(crate::store::Store::new(db, crate::store::shred::Kek::new(keys.subject_keys_secret())), keys, policy).with_verifications(delivery, max_attempts)
     }
 
     /// The code in the only outbox message to `to`, sent as `Code <code> for <id>`.

@@ -129,9 +129,14 @@ impl Keys {
         keyed_hash(&self.ids, &[kind.as_bytes(), b"\0", value.as_bytes()])
     }
 
-    /// The key-encryption key of the subject keys.
-    pub fn subject_kek(&self) -> crate::store::shred::Kek {
-        crate::store::shred::Kek::new(self.subject_keys)
+    /// The secret of the key-encryption key of the subject keys (`store::shred::Kek`).
+    pub fn subject_keys_secret(&self) -> [u8; 32] {
+        self.subject_keys
+    }
+
+    /// The secret of the log's seals (`store::chain::SealKey`).
+    pub fn chain_seals_secret(&self) -> [u8; 32] {
+        self.chain_seals
     }
 
     pub fn refresh_hash(&self, token: &str) -> String {
@@ -139,17 +144,6 @@ impl Keys {
     }
 
     /// HMAC-SHA256 of a chain seal's canonical encoding (see `chain.rs`).
-    pub fn chain_seal_mac(&self, message: &[u8]) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.chain_seals).expect("HMAC takes any key length");
-        mac.update(message);
-        mac.finalize().into_bytes().into()
-    }
-
-    /// Names the seal key without revealing it, so `verify` can tell "sealed with
-    /// another server setup" from "seal altered".
-    pub fn chain_seal_key_id(&self) -> String {
-        keyed_hash(&self.chain_seals, &[b"key-id"])[..12].to_string()
-    }
 
     /// Encrypts `plaintext` so that only this server (or a replica with the same
     /// setup) can read it back, bound to `context`.

@@ -28,7 +28,30 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::log::{self, Backend, Event, LogError};
-use crate::crypto::keys::Keys;
+
+/// The key seals are authenticated with (HMAC-SHA-256), derived from the server's
+/// secret outside the database (src/crypto/keys.rs hands it over at start-up).
+pub struct SealKey([u8; 32]);
+
+impl SealKey {
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self(secret)
+    }
+
+    fn mac(&self, message: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(message);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Names the key without revealing it, so `verify` can tell "sealed with another
+    /// server setup" from "seal altered".
+    pub fn key_id(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.mac(b"key-id"))[..12].to_string()
+    }
+}
 
 /// The `prev_hash` of an aggregate's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -314,9 +337,9 @@ impl Seal {
     }
 
     /// Whether the seal's MAC verifies under `keys`.
-    pub fn authentic(&self, keys: &Keys) -> bool {
+    pub fn authentic(&self, keys: &SealKey) -> bool {
         let message = Self::message(self.heads_state.is_some(), &self.sealed_at, self.streams, self.events, &self.digest);
-        let expected = hex(&keys.chain_seal_mac(&message));
+        let expected = hex(&keys.mac(&message));
         subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), self.mac.as_bytes()).into()
     }
 
@@ -416,7 +439,7 @@ pub enum SealOutcome {
 /// `accept_current` seals whatever the log holds now (after an investigation, to
 /// start a new baseline); `full_check` checks every stream, not only those that
 /// moved since the latest seal.
-pub async fn seal(db: &Db, keys: &Keys, accept_current: bool, full_check: bool) -> Result<SealOutcome, SealError> {
+pub async fn seal(db: &Db, keys: &SealKey, accept_current: bool, full_check: bool) -> Result<SealOutcome, SealError> {
     let backend = Backend::of(db);
     match db {
         Db::Postgres(pool) => {
@@ -444,7 +467,7 @@ pub async fn seal(db: &Db, keys: &Keys, accept_current: bool, full_check: bool) 
 async fn seal_on(
     conn: &mut Conn<'_>,
     backend: Backend,
-    keys: &Keys,
+    keys: &SealKey,
     accept_current: bool,
     full_check: bool,
 ) -> Result<SealOutcome, SealError> {
@@ -471,7 +494,7 @@ async fn numbered_through(conn: &mut Conn<'_>) -> Result<i64, sqlx::Error> {
 async fn seal_moved(
     conn: &mut Conn<'_>,
     backend: Backend,
-    keys: &Keys,
+    keys: &SealKey,
     latest: &Seal,
     after: i64,
     through: i64,
@@ -567,7 +590,7 @@ async fn sealed_heads_of<'a>(
 async fn seal_everything(
     conn: &mut Conn<'_>,
     backend: Backend,
-    keys: &Keys,
+    keys: &SealKey,
     accept_current: bool,
     through: i64,
 ) -> Result<SealOutcome, SealError> {
@@ -624,11 +647,11 @@ async fn write_heads(conn: &mut Conn<'_>, heads: &[(&(String, String), &(i64, [u
 
 /// Records a seal (authenticated by the server's key) of `streams` heads covering
 /// `events` events with `state`, having looked through global position `through`.
-async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64, state: &HeadsState, through: i64) -> Result<Seal, sqlx::Error> {
+async fn insert_seal(conn: &mut Conn<'_>, keys: &SealKey, streams: i64, events: i64, state: &HeadsState, through: i64) -> Result<Seal, sqlx::Error> {
     let sealed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let digest = hex(&state.digest());
-    let mac = hex(&keys.chain_seal_mac(&Seal::message(true, &sealed_at, streams, events, &digest)));
-    let key_id = keys.chain_seal_key_id();
+    let mac = hex(&keys.mac(&Seal::message(true, &sealed_at, streams, events, &digest)));
+    let key_id = keys.key_id();
     let heads_state = state.to_text();
     let id: i64 = with_conn!(conn, c => {
         sqlx::query_scalar(
@@ -653,7 +676,7 @@ async fn insert_seal(conn: &mut Conn<'_>, keys: &Keys, streams: i64, events: i64
 async fn extension_problems(
     conn: &mut Conn<'_>,
     backend: Backend,
-    keys: &Keys,
+    keys: &SealKey,
     latest: Option<&Seal>,
     sealed: &Heads,
     current: &Heads,
@@ -779,11 +802,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_incremental_seal_seals_what_a_full_one_would_and_refuses_edited_heads() {
-        use opaque_ke::ServerSetup;
         let dir = std::env::temp_dir().join(format!("authd-seal-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("dir");
         let db = crate::store::connect(&format!("sqlite://{}", dir.join("authd.db").display())).await.expect("store");
-        let keys = Keys::from_setup(ServerSetup::<protocol::Suite>::new(&mut rand::rngs::OsRng)).expect("keys");
+        let keys = SealKey::new(rand::random());
         let Db::Sqlite(pool) = &db else { panic!("sqlite") };
         let full_heads = |db: Db| async move {
             let Db::Sqlite(pool) = &db else { panic!("sqlite") };
@@ -808,7 +830,7 @@ mod tests {
         // digest and followed by a full seal that has a state.
         let legacy = legacy_heads_digest(&full_heads(db.clone()).await);
         let sealed_at = "2026-01-01T00:00:00.000000Z";
-        let mac = hex(&keys.chain_seal_mac(&Seal::message(false, sealed_at, incremental.streams, incremental.events, &hex(&legacy))));
+        let mac = hex(&keys.mac(&Seal::message(false, sealed_at, incremental.streams, incremental.events, &hex(&legacy))));
         sqlx::query("UPDATE chain_seals SET heads_state = NULL, sealed_at = $1, digest = $2, mac = $3 WHERE id = $4")
             .bind(sealed_at)
             .bind(hex(&legacy))

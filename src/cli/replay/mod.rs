@@ -42,16 +42,16 @@ pub async fn run(args: ReplayArgs, server: &ServerConfig) -> anyhow::Result<Exit
     // Every command needs the server's keys: personal fields open only with the
     // key-encryption key, seals only with the seal key.
     let keys = load_keys(setup.as_deref(), &data_dir)?;
-    let kek = keys.subject_kek();
+    let kek = crate::store::shred::Kek::new(keys.subject_keys_secret());
     let db = open(&url, &kek).await?;
     match args.command {
         ReplayCommand::Events(events) => events::export(&db, &kek, &events).await.map(|()| ExitCode::SUCCESS),
         ReplayCommand::Timeline(timeline) => timeline::print(&db, &keys, &timeline).await.map(|()| ExitCode::SUCCESS),
         ReplayCommand::State(state) => state::print(&db, &kek, &state).await.map(|()| ExitCode::SUCCESS),
         ReplayCommand::Rebuild(rebuild) => rebuild::run(&db, &kek, &rebuild).await,
-        ReplayCommand::Verify => verify::run(&db, &keys).await,
+        ReplayCommand::Verify => verify::run(&db, &crate::store::chain::SealKey::new(keys.chain_seals_secret())).await,
         ReplayCommand::Seal(seal) => {
-            match chain::seal(&db, &keys, seal.accept_current, true).await? {
+            match chain::seal(&db, &chain::SealKey::new(keys.chain_seals_secret()), seal.accept_current, true).await? {
                 SealOutcome::Sealed(seal) => println!(
                     "seal #{} at {}: {} streams, {} events, digest {}",
                     seal.id, seal.sealed_at, seal.streams, seal.events, seal.digest

@@ -68,7 +68,7 @@ pub async fn print(db: &Db, keys: &Keys, args: &TimelineArgs) -> anyhow::Result<
     // Log order across aggregates: the global position, events not numbered yet last.
     events.sort_by_key(|event| (event.position == 0, event.position));
     // Personal fields in clear, or erased (src/store/shred.rs).
-    let ring = crate::store::shred::KeyRing::load_all(db, &keys.subject_kek()).await?;
+    let ring = crate::store::shred::KeyRing::load_all(db, &crate::store::shred::Kek::new(keys.subject_keys_secret())).await?;
     for event in &mut events {
         ring.reveal(&mut event.payload);
         ring.reveal(&mut event.metadata);

@@ -23,7 +23,7 @@ use projections::{Conn, Db};
 
 use crate::store::chain::{self, event_hash, hex, unhex, Heads, Linked, Seal, GENESIS};
 use crate::store::log::{self, Backend, Event};
-use crate::crypto::keys::Keys;
+use crate::store::chain::SealKey;
 
 /// A broken link: where, and what differs.
 #[derive(Debug)]
@@ -193,7 +193,7 @@ impl Walk<'_> {
     }
 }
 
-pub async fn run(db: &Db, keys: &Keys) -> anyhow::Result<ExitCode> {
+pub async fn run(db: &Db, keys: &SealKey) -> anyhow::Result<ExitCode> {
     let backend = Backend::of(db);
     let (seal, sealed) = match db {
         Db::Postgres(pool) => read_seal(&mut Conn::Postgres(&mut *pool.acquire().await?)).await?,
@@ -211,8 +211,8 @@ pub async fn run(db: &Db, keys: &Keys) -> anyhow::Result<ExitCode> {
         None => {}
         Some(seal) => {
             if !seal.authentic(keys) {
-                let what = if seal.key_id != keys.chain_seal_key_id() {
-                    format!("seal #{} was made with another key (key id {}, ours {})", seal.id, seal.key_id, keys.chain_seal_key_id())
+                let what = if seal.key_id != keys.key_id() {
+                    format!("seal #{} was made with another key (key id {}, ours {})", seal.id, seal.key_id, keys.key_id())
                 } else {
                     format!("seal #{}: its MAC does not verify: the seal was altered", seal.id)
                 };
