@@ -279,9 +279,18 @@ impl App {
     }
 
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
-    /// webhook (503 `delivery_unavailable` without one).
+    /// webhook (503 `delivery_unavailable` without one), within the server's hourly
+    /// budget of texts (429 past it).
     pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &Metadata) -> Result<(), AppError> {
         self.require_elevation(who)?;
+        let mut fields = Fields::default();
+        fields.check("phone_number", Method::Phone.check_consumer(phone_number));
+        if !fields.is_empty() {
+            return Err(fields.error());
+        }
+        if !self.spend_sms_budget(meta).await? {
+            return Err(AppError::TooManyAttempts { retry_after_secs: self.next_sms_budget_in() });
+        }
         let purpose = CodePurpose::ChangePhone { profile_id: who.profile_id };
         let body = "Your authd code is {{{CODE}}} (verification id {{{VERIFICATION_ID}}}).";
         self.send_code(Method::Phone, phone_number, None, body, purpose.to_payload(), purpose.ttl(), meta).await?;

@@ -213,6 +213,11 @@ impl App {
             Err(CommandError::Rejected(ResetMailError::TooSoon)) => return Ok(()),
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
+        // The server-wide hourly budget of texts: past it, no code is issued or sent
+        // (the start already answered 204, as for any address).
+        if channel == Channel::Sms && !self.spend_sms_budget(meta).await? {
+            return Ok(());
+        }
         let code = match channel {
             // A ticket names its code's id, so the link alone finds it.
             Channel::Link => format!("{code_id}.{}", random_token()),
