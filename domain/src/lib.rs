@@ -24,7 +24,7 @@ pub mod username;
 pub mod verification_rules;
 pub mod verifier;
 
-pub use identity::Identity;
+pub use identity::{Identity, IdentityLinks};
 pub use invite_token::{Bucket, InviteToken};
 pub use mfa::Mfa;
 pub use mfa_challenge::MfaChallenge;

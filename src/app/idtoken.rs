@@ -10,10 +10,10 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Utc;
 use cqrs_es::Aggregate;
-use domain::identity::IdentityCommand;
+use domain::identity::{IdentityCommand, IdentityLinksCommand};
 use domain::user::UserCommand;
 use domain::username::UsernameCommand;
-use domain::{Identity, User, Username};
+use domain::{Identity, IdentityLinks, User, Username};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -141,7 +141,13 @@ impl App {
         let at = Utc::now();
         if let Some(owner) = self.store.load::<Identity>(&identity_id).await?.owner() {
             if !self.store.load_current::<User>(&owner.to_string()).await?.is_registered() {
-                return Err(AppError::InvalidCredentials);
+                // Held by a removed account (linked before removal released
+                // identities): released now, and the identity is free to sign up.
+                self.store
+                    .execute::<Identity>(&identity_id, IdentityCommand::Release { profile_id: owner }, &(), meta)
+                    .await
+                    .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+                return self.idtoken_sign_in_as(provider, &identity_id, at, meta).await;
             }
             let mut unit = self.store.unit(&[], meta).await?;
             loop {
@@ -151,6 +157,13 @@ impl App {
                 }
             }
         }
+        self.idtoken_sign_in_as(provider, &identity_id, at, meta).await
+    }
+
+    /// A first sign-in with the free identity `identity_id`: a new account, when
+    /// sign-up is open.
+    async fn idtoken_sign_in_as(&self, provider: &str, identity_id: &str, at: chrono::DateTime<Utc>, meta: &Metadata) -> Result<Tokens, AppError> {
+        let identity_id = identity_id.to_string();
         if !self.policy.open_signup {
             return Err(AppError::Forbidden(Denied::SignUpClosed));
         }
@@ -164,6 +177,9 @@ impl App {
             unit.decide::<Identity>(&identity_id, IdentityCommand::Link { profile_id, provider: provider.to_string() }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
+            unit.decide_new::<IdentityLinks>(&profile, IdentityLinksCommand::Add { identity_id: identity_id.clone() }, &())
+                .await
+                .map_err(|e| rejected(e, |never| match never {}))?;
             unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
@@ -182,12 +198,20 @@ impl App {
     pub async fn idtoken_link(&self, who: &Verified, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         self.require_elevation(who)?;
         let (issuer, subject) = self.oidc.verify(provider, id_token, nonce).await?;
+        let (identity_id, profile) = (self.identity_id(&issuer, &subject), who.profile_id.to_string());
         let link = IdentityCommand::Link { profile_id: who.profile_id, provider: provider.to_string() };
-        self.store
-            .execute::<Identity>(&self.identity_id(&issuer, &subject), link, &(), meta)
-            .await
-            .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
-        Ok(())
+        let mut unit = self.store.unit(&[(Identity::TYPE, identity_id.as_str()), (IdentityLinks::TYPE, profile.as_str())], meta).await?;
+        loop {
+            unit.decide::<Identity>(&identity_id, link.clone(), &())
+                .await
+                .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
+            unit.decide::<IdentityLinks>(&profile, IdentityLinksCommand::Add { identity_id: identity_id.clone() }, &())
+                .await
+                .map_err(|e| rejected(e, |never| match never {}))?;
+            if unit.commit().await? {
+                return Ok(());
+            }
+        }
     }
 }
 
