@@ -18,7 +18,7 @@ both_stores!(id_tokens_sign_in_link_and_are_refused_when_wrong,);
 
 const CLIENT_ID: &str = "authd-test-client";
 
-struct Issuer {
+pub(crate) struct Issuer {
     url: String,
     jwks: Arc<Mutex<Vec<Value>>>,
     /// kid → PKCS#8 of its key.
@@ -35,7 +35,7 @@ fn jwks(poem::web::Data(keys): poem::web::Data<&Arc<Mutex<Vec<Value>>>>) -> poem
     poem::web::Json(json!({"keys": keys.lock().expect("lock").clone()}))
 }
 
-async fn issuer() -> Issuer {
+pub(crate) async fn issuer() -> Issuer {
     use poem::listener::{Acceptor, Listener};
     use poem::EndpointExt;
     let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind issuer");
@@ -53,7 +53,7 @@ async fn issuer() -> Issuer {
 
 impl Issuer {
     /// A new signing key; `publish`: in the JWKS (else only the issuer knows it).
-    fn add_key(&mut self, kid: &str, publish: bool) {
+    pub(crate) fn add_key(&mut self, kid: &str, publish: bool) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key").as_ref().to_vec();
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).expect("pair");
         if publish {
@@ -64,26 +64,26 @@ impl Issuer {
     }
 
     /// A token signed with the key `signer`, naming `kid`.
-    fn token(&self, signer: &str, kid: &str, claims: Value) -> String {
+    pub(crate) fn token(&self, signer: &str, kid: &str, claims: Value) -> String {
         let (_, pkcs8) = self.keys.iter().find(|(k, _)| k == signer).expect("key");
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ed_der(pkcs8)).expect("sign")
     }
 
-    fn claims(&self, sub: &str, change: impl FnOnce(&mut Value)) -> Value {
+    pub(crate) fn claims(&self, sub: &str, change: impl FnOnce(&mut Value)) -> Value {
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({"iss": self.url, "sub": sub, "aud": CLIENT_ID, "iat": now, "exp": now + 300, "nonce": "n-1"});
         change(&mut claims);
         claims
     }
 
-    fn providers(&self) -> String {
+    pub(crate) fn providers(&self) -> String {
         json!([{"name": "local", "issuer": self.url, "client_id": CLIENT_ID}]).to_string()
     }
 }
 
-async fn sign_in(server: &Server, token: &str, nonce: Option<&str>) -> (u16, Value) {
+pub(crate) async fn sign_in(server: &Server, token: &str, nonce: Option<&str>) -> (u16, Value) {
     let body = json!({"provider": "local", "id_token": token, "nonce": nonce});
     server.call("POST", "/v1/sign/in/idtoken", None, Some(body)).await
 }

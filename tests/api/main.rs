@@ -14,6 +14,7 @@ mod contract;
 mod elevation;
 mod hardening;
 mod idtoken;
+mod limits;
 mod passkeys;
 mod passwordless;
 mod pats;
