@@ -79,9 +79,18 @@ pub struct ServerConfig {
     pub nats_url: Option<String>,
     /// Per-address rate limits on sign-in, sign-up, password recovery and code
     /// validation: `on` (60 a minute per address and kind), `<n>/min`, `<n>/s`, or
-    /// `off` for load tests and benchmarks.
+    /// `off` for load tests and benchmarks — `off` also turns off the write and
+    /// session limits below.
     #[arg(long, env = "AUTHD_RATE_LIMIT", default_value = "on")]
     pub rate_limit: crate::api::RateLimitSetting,
+    /// Per-address rate limit on every other route that writes (any method but GET,
+    /// HEAD, OPTIONS; not admin routes): `<n>/min`, `<n>/s` or `off`.
+    #[arg(long, env = "AUTHD_WRITE_RATE_LIMIT", default_value = "120/min")]
+    pub write_rate_limit: crate::api::RateLimitSetting,
+    /// Per-session rate limit on every route that writes with an access token (keyed
+    /// by the token's session): `<n>/min`, `<n>/s` or `off`.
+    #[arg(long, env = "AUTHD_SESSION_RATE_LIMIT", default_value = "30/min")]
+    pub session_rate_limit: crate::api::RateLimitSetting,
     /// The largest request body accepted, in bytes; larger ones are refused (413)
     /// before they are read.
     #[arg(long, env = "AUTHD_MAX_BODY_BYTES", default_value_t = 65_536)]
@@ -187,6 +196,11 @@ pub struct ServerConfig {
     /// `{"to", "body"}`. Unset: `phone` verifications answer 503.
     #[arg(long, env = "AUTHD_SMS_WEBHOOK_URL", hide_env_values = true)]
     pub sms_webhook_url: Option<String>,
+    /// Texted codes the whole server (all replicas together) sends in one hour (UTC,
+    /// by the clock hour); past it, sign-in by text answers as usual but sends nothing
+    /// and phone changes answer 429.
+    #[arg(long, env = "AUTHD_SMS_HOURLY_LIMIT", default_value_t = 200)]
+    pub sms_hourly_limit: u32,
     /// Wrong codes a verifier takes before it refuses every code (429).
     #[arg(long, env = "AUTHD_VERIFICATION_MAX_ATTEMPTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -83,6 +83,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             .filter(|url| !url.is_empty())
             .map(|url| url.parse().map_err(|e| anyhow::anyhow!("AUTHD_ALLOWED_REDIRECT_URLS: {url}: {e}")))
             .collect::<anyhow::Result<_>>()?,
+        sms_hourly_limit: config.sms_hourly_limit,
     };
     let delivery = Delivery::new(
         config.smtp_url.as_deref().filter(|url| !url.trim().is_empty()),
@@ -100,7 +101,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let full_check = Duration::from_secs(config.seal_full_check_interval);
         spawn_sealer(db, crate::store::chain::SealKey::new(app.keys.chain_seals_secret()), Duration::from_secs(config.seal_interval), full_check);
     }
-    let limits = crate::api::RateLimits::new(config.rate_limit);
+    let limits = crate::api::RateLimits::new(config.rate_limit, config.write_rate_limit, config.session_rate_limit);
     tracing::info!(listen = %config.listen, store = %store::redact(&url), "authd listening");
     Server::new(TcpListener::bind(config.listen))
         .run_with_graceful_shutdown(crate::api::routes(app, limits, crate::api::TrustedProxies::new(config.trusted_proxies.clone()), crate::api::BodyLimit(config.max_body_bytes), &config.cors_origins, methods).data(relay), shutdown(), Some(Duration::from_secs(10)))

@@ -564,6 +564,18 @@ impl ReadModels {
         }))
     }
 
+    /// The addresses codes of `method` went to for the account `profile_id` (its
+    /// verifiers' consumers, whatever their status): where its mail may still wait.
+    pub async fn verifier_consumers_of(&self, method: &str, profile_id: &str) -> Result<Vec<String>, Error> {
+        // A profile id (a UUID) holds no LIKE wildcards; the account's verifiers
+        // carry it in their payload (`CodePurpose`).
+        let sql = "SELECT DISTINCT consumer FROM verifiers_view WHERE method = $1 AND payload LIKE $2";
+        let pattern = format!("%{}%", profile_id.replace(['%', '_'], ""));
+        Ok(with_pool!(&self.db, pool => {
+            sqlx::query_scalar(sql).bind(method).bind(pattern).fetch_all(pool).await?
+        }))
+    }
+
     /// Ids of the sessions of an account that are still open.
     pub async fn active_sessions(&self, profile_id: &str) -> Result<Vec<String>, Error> {
         let sql = "SELECT session_id FROM sessions_view WHERE profile_id = $1 AND active = $2";

@@ -15,8 +15,10 @@ use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
 use domain::verifier::{CodePurpose, Method, PurposeKind};
 use domain::email_address::EmailAddressCommand;
+use domain::identity::IdentityCommand;
+use domain::passkey::PasskeyCredentialCommand;
 use domain::phone_number::PhoneNumberCommand;
-use domain::{Bucket, EmailAddress, InviteToken, PhoneNumber, ResetMail, User, Username};
+use domain::{Bucket, EmailAddress, Identity, IdentityLinks, InviteToken, PasskeyCredential, Passkeys, PhoneNumber, ResetMail, User, Username};
 use projections::UserView;
 use protocol::message;
 use uuid::Uuid;
@@ -299,9 +301,18 @@ impl App {
     }
 
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
-    /// webhook (503 `delivery_unavailable` without one).
+    /// webhook (503 `delivery_unavailable` without one), within the server's hourly
+    /// budget of texts (429 past it).
     pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &Metadata) -> Result<(), AppError> {
         self.require_elevation(who).await?;
+        let mut fields = Fields::default();
+        fields.check("phone_number", Method::Phone.check_consumer(phone_number));
+        if !fields.is_empty() {
+            return Err(fields.error());
+        }
+        if !self.spend_sms_budget(meta).await? {
+            return Err(AppError::TooManyAttempts { retry_after_secs: self.next_sms_budget_in() });
+        }
         let purpose = CodePurpose::ChangePhone { profile_id: who.profile_id };
         let body = "Your authd code is {{{CODE}}} (verification id {{{VERIFICATION_ID}}}).";
         self.send_code(Method::Phone, phone_number, None, body, purpose.to_payload(), purpose.ttl(), meta).await?;
@@ -362,32 +373,77 @@ impl App {
         self.remove(who.profile_id, meta).await
     }
 
-    /// Removes the account `profile_id` (the checks are the caller's).
+    /// Removes the account `profile_id` (the checks are the caller's). One unit
+    /// removes it and releases every owner claim it holds — its username, phone
+    /// number, passkey credential ids and outside identities — so each can be
+    /// claimed again at once; then every session ends, the outbox forgets the
+    /// account's mail (to every address it had or asked a code or link for), and the
+    /// personal data in the log is shredded. Safe to repeat after a partial failure.
     pub(crate) async fn remove(&self, profile_id: Uuid, meta: &Metadata) -> Result<(), AppError> {
         let id = profile_id.to_string();
         let user = self.store.load::<User>(&id).await?;
-        match self.store.execute::<User>(&id, UserCommand::Remove { at: Utc::now() }, &(), meta).await {
-            Ok(_) | Err(CommandError::Rejected(UserError::NotRegistered)) => {}
-            Err(error) => return Err(rejected(error, |_| AppError::NotFound(Missing::Account))),
-        }
         let name_id = self.keys.aggregate_id("username", user.username());
-        let release = UsernameCommand::Release { profile_id };
-        match self.store.execute::<Username>(&name_id, release, &(), meta).await {
-            Ok(_) | Err(CommandError::Rejected(_)) => {}
-            Err(CommandError::Store(error)) => return Err(error.into()),
-        }
-        if let Some(email) = user.email().filter(|_| user.email_verified()) {
-            let release = EmailAddressCommand::Release { profile_id };
-            self.store.execute::<EmailAddress>(&self.email_address_id(email), release, &(), meta).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
-        }
-        if let Some(number) = user.phone_number() {
-            let release = PhoneNumberCommand::Release { profile_id };
-            self.store.execute::<PhoneNumber>(&self.keys.aggregate_id("phone", number), release, &(), meta).await.map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+        let phone_id = user.phone_number().map(|number| self.keys.aggregate_id("phone", number));
+        let credential_ids: Vec<String> = self
+            .store
+            .load::<Passkeys>(&id)
+            .await?
+            .credentials()
+            .iter()
+            .map(|credential| self.keys.aggregate_id("passkey", &credential.credential_id))
+            .collect();
+        let identity_ids = self.store.load::<IdentityLinks>(&id).await?.identities().to_vec();
+        let email_id = user.email().filter(|_| user.email_verified()).map(|email| self.email_address_id(email));
+        let mut locked = vec![(User::TYPE, id.as_str()), (Username::TYPE, name_id.as_str())];
+        locked.extend(phone_id.as_deref().map(|phone| (PhoneNumber::TYPE, phone)));
+        locked.extend(email_id.as_deref().map(|email| (EmailAddress::TYPE, email)));
+        locked.extend(credential_ids.iter().map(|claim| (PasskeyCredential::TYPE, claim.as_str())));
+        locked.extend(identity_ids.iter().map(|identity| (Identity::TYPE, identity.as_str())));
+        let mut unit = self.store.unit(&locked, meta).await?;
+        loop {
+            match unit.decide::<User>(&id, UserCommand::Remove { at: Utc::now() }, &()).await {
+                Ok(_) | Err(CommandError::Rejected(UserError::NotRegistered)) => {}
+                Err(error) => return Err(rejected(error, |_| AppError::NotFound(Missing::Account))),
+            }
+            // A claim another account (or none) holds now is left alone.
+            match unit.decide::<Username>(&name_id, UsernameCommand::Release { profile_id }, &()).await {
+                Ok(_) | Err(CommandError::Rejected(_)) => {}
+                Err(CommandError::Store(error)) => return Err(error.into()),
+            }
+            if let Some(email_id) = &email_id {
+                unit.decide::<EmailAddress>(email_id, EmailAddressCommand::Release { profile_id }, &())
+                    .await
+                    .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+            }
+            if let Some(phone_id) = &phone_id {
+                unit.decide::<PhoneNumber>(phone_id, PhoneNumberCommand::Release { profile_id }, &())
+                    .await
+                    .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+            }
+            for claim in &credential_ids {
+                match unit.decide::<PasskeyCredential>(claim, PasskeyCredentialCommand::Release { profile_id }, &()).await {
+                    Ok(_) | Err(CommandError::Rejected(_)) => {}
+                    Err(CommandError::Store(error)) => return Err(error.into()),
+                }
+            }
+            for identity in &identity_ids {
+                unit.decide::<Identity>(identity, IdentityCommand::Release { profile_id }, &())
+                    .await
+                    .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+            }
+            if unit.commit().await? {
+                break;
+            }
         }
         self.end_all_sessions(profile_id, None, meta).await?;
-        // The account's mail in the outbox goes too (addresses, codes, links), to
-        // every address it has had.
-        for email in user.emails() {
+        // The account's mail in the outbox goes too (addresses, codes, links): to
+        // every address it has had, the one an anonymous account asked a link for,
+        // and those it asked a code for (an email change not yet confirmed).
+        let mut addresses: Vec<String> = user.emails().chain(user.pending_email()).map(str::to_string).collect();
+        addresses.extend(self.store.read_models().await?.verifier_consumers_of(Method::Email.as_str(), &id).await?);
+        addresses.sort_unstable();
+        addresses.dedup();
+        for email in addresses.iter().filter(|email| email.as_str() != crate::store::shred::ERASED) {
             self.forget_mail_to(email).await?;
         }
         // Last, so every step above could still read the account: from here on

@@ -14,10 +14,10 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::id_token::{IdTokenCommand, IdTokenError};
-use domain::identity::IdentityCommand;
+use domain::identity::{IdentityCommand, IdentityLinksCommand};
 use domain::user::UserCommand;
 use domain::username::UsernameCommand;
-use domain::{IdToken, Identity, User, Username};
+use domain::{IdToken, Identity, IdentityLinks, User, Username};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::Url;
@@ -325,7 +325,13 @@ impl App {
         let at = Utc::now();
         if let Some(owner) = self.store.load::<Identity>(&identity_id).await?.owner() {
             if !self.store.load_current::<User>(&owner.to_string()).await?.is_registered() {
-                return Err(AppError::InvalidCredentials);
+                // Held by a removed account (linked before removal released
+                // identities): released now, and the identity is free to sign up.
+                self.store
+                    .execute::<Identity>(&identity_id, IdentityCommand::Release { profile_id: owner }, &(), meta)
+                    .await
+                    .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
+                return self.idtoken_sign_up(provider, &identity_id, &token_id, &claims, at, meta).await;
             }
             let mut unit = self.store.unit(&[(IdToken::TYPE, token_id.as_str())], meta).await?;
             // The token is spent before each attempt: here, and again after a conflict.
@@ -338,6 +344,21 @@ impl App {
                 self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
             }
         }
+        self.idtoken_sign_up(provider, &identity_id, &token_id, &claims, at, meta).await
+    }
+
+    /// A first sign-in with the free identity `identity_id` (its token `token_id`): a
+    /// new account, when sign-up is open.
+    async fn idtoken_sign_up(
+        &self,
+        provider: &str,
+        identity_id: &str,
+        token_id: &str,
+        claims: &IdTokenClaims,
+        at: DateTime<Utc>,
+        meta: &Metadata,
+    ) -> Result<SignInResult, AppError> {
+        let identity_id = identity_id.to_string();
         if !self.policy.open_signup {
             return Err(AppError::Forbidden(Denied::SignUpClosed));
         }
@@ -346,13 +367,16 @@ impl App {
         let username = format!("{provider}-{}", identity_id.chars().filter(char::is_ascii_alphanumeric).take(12).collect::<String>()).to_lowercase();
         let name_id = self.keys.aggregate_id("username", &username);
         let profile = profile_id.to_string();
-        let locked = [(IdToken::TYPE, token_id.as_str()), (Identity::TYPE, identity_id.as_str()), (Username::TYPE, name_id.as_str())];
+        let locked = [(IdToken::TYPE, token_id), (Identity::TYPE, identity_id.as_str()), (Username::TYPE, name_id.as_str())];
         let mut unit = self.store.unit(&locked, meta).await?;
         loop {
-            self.use_id_token(&mut unit, &token_id, profile_id, &claims, at).await?;
+            self.use_id_token(&mut unit, token_id, profile_id, claims, at).await?;
             unit.decide::<Identity>(&identity_id, IdentityCommand::Link { profile_id, provider: provider.to_string() }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
+            unit.decide_new::<IdentityLinks>(&profile, IdentityLinksCommand::Add { identity_id: identity_id.clone() }, &())
+                .await
+                .map_err(|e| rejected(e, |never| match never {}))?;
             unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
@@ -371,16 +395,20 @@ impl App {
     pub async fn idtoken_link(&self, who: &Verified, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let claims = self.oidc.verify(provider, id_token, nonce).await?;
-        let identity_id = self.identity_id(&claims.issuer, &claims.subject);
+        let (identity_id, profile) = (self.identity_id(&claims.issuer, &claims.subject), who.profile_id.to_string());
         let token_id = self.id_token_id(id_token);
         let at = Utc::now();
         let link = IdentityCommand::Link { profile_id: who.profile_id, provider: provider.to_string() };
-        let mut unit = self.store.unit(&[(IdToken::TYPE, token_id.as_str()), (Identity::TYPE, identity_id.as_str())], meta).await?;
+        let locked = [(IdToken::TYPE, token_id.as_str()), (Identity::TYPE, identity_id.as_str()), (IdentityLinks::TYPE, profile.as_str())];
+        let mut unit = self.store.unit(&locked, meta).await?;
         loop {
             self.use_id_token(&mut unit, &token_id, who.profile_id, &claims, at).await?;
             unit.decide::<Identity>(&identity_id, link.clone(), &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
+            unit.decide::<IdentityLinks>(&profile, IdentityLinksCommand::Add { identity_id: identity_id.clone() }, &())
+                .await
+                .map_err(|e| rejected(e, |never| match never {}))?;
             if unit.commit().await? {
                 return Ok(());
             }

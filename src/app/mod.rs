@@ -147,6 +147,8 @@ pub struct Policy {
     pub public_url: String,
     /// Where a sign-in link may send the browser (`AUTHD_ALLOWED_REDIRECT_URLS`).
     pub allowed_redirects: Vec<webauthn_rs::prelude::Url>,
+    /// Codes the whole server may text in one clock hour (`AUTHD_SMS_HOURLY_LIMIT`).
+    pub sms_hourly_limit: u32,
 }
 
 pub struct App {

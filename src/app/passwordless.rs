@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::sign_in_code::{SignInCodeCommand, SignInCodeEvent};
+use domain::throttle::{ThrottleCommand, ThrottleEvent};
 use domain::verifier::Method;
 use domain::phone_number::PhoneNumberCommand;
 use domain::user::UserCommand;
@@ -218,6 +219,11 @@ impl App {
             Err(CommandError::Rejected(ResetMailError::TooSoon)) => return Ok(()),
             Err(CommandError::Store(error)) => return Err(error.into()),
         }
+        // The server-wide hourly budget of texts: past it, no code is issued or sent
+        // (the start already answered 204, as for any address).
+        if channel == Channel::Sms && !self.spend_sms_budget(meta).await? {
+            return Ok(());
+        }
         let code = match channel {
             // A ticket names its code's id, so the link alone finds it, and carries
             // its address sealed to that id (an account it creates needs it).
@@ -269,11 +275,34 @@ impl App {
         let (code_hash, code_id) = (self.sign_in_code_hash(channel, address, code), self.sign_in_code_id(channel, address));
         match self.owner_of(channel, address).await? {
             Some(owner) => self.redeem_sign_in_code(channel, &code_id, code_hash, owner, None, None, meta).await,
-            None if self.policy.open_signup => {
-                let pending = self.store.load::<SignInCode>(&code_id).await?.profile_id().ok_or(AppError::InvalidCredentials)?;
-                self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), None, meta).await
+            None => {
+                let pending = self.store.load::<SignInCode>(&code_id).await?.profile_id().filter(|_| self.policy.open_signup);
+                match pending {
+                    Some(pending) => self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), None, meta).await,
+                    None => Err(self.count_unknown_address(channel, address, meta).await),
+                }
             }
-            None => Err(AppError::InvalidCredentials),
+        }
+    }
+
+    /// A code for an address no account has (and no open sign-up awaits): always
+    /// wrong, and counted on the address's own throttle — the one a first sign-in by
+    /// code counts on — with the account's rules, so guesses at an unknown address
+    /// get the same 401s, then the same 429s, as at a known one.
+    async fn count_unknown_address(&self, channel: Channel, address: &str, meta: &Metadata) -> AppError {
+        let at = Utc::now();
+        let throttle_id = self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at);
+        let prove = ThrottleCommand::Prove { address: self.address_of(meta), profile_id: None, valid: false, at, policy: self.policy.throttle };
+        match self.store.execute::<Throttle>(&throttle_id, prove, &(), meta).await {
+            Ok(events) => match events.first() {
+                Some(ThrottleEvent::ProofAttempted { allowed: false, blocked_until, .. }) => {
+                    let retry_after_secs = blocked_until.map_or(1, |until| (until - at).num_seconds().max(1) as u64);
+                    AppError::TooManyAttempts { retry_after_secs }
+                }
+                _ => AppError::InvalidCredentials,
+            },
+            Err(CommandError::Rejected(never)) => match never {},
+            Err(CommandError::Store(error)) => error.into(),
         }
     }
 

@@ -168,6 +168,36 @@ impl App {
         }
     }
 
+    /// Whether one more code may be texted this hour (`AUTHD_SMS_HOURLY_LIMIT`, all
+    /// replicas together): decided and counted in one command on the hour's budget
+    /// before the text goes. `false`: the budget is spent and nothing may be sent; a
+    /// warning is logged (without the number).
+    pub(crate) async fn spend_sms_budget(&self, meta: &Metadata) -> Result<bool, AppError> {
+        if !self.verifications.delivery.can_text() {
+            // Nothing can be texted anyway (and the caller says so): nothing spent.
+            return Ok(true);
+        }
+        let at = Utc::now();
+        let spend = domain::sms_budget::SmsBudgetCommand::Spend { limit: self.policy.sms_hourly_limit, at };
+        // The budget concerns no account: its events carry no client address either.
+        let meta: Metadata = meta.iter().filter(|(key, _)| key.as_str() == "request_id").map(|(k, v)| (k.clone(), v.clone())).collect();
+        match self.store.execute::<domain::SmsBudget>(&domain::sms_budget::window_id(at), spend, &(), &meta).await {
+            Ok(_) => Ok(true),
+            Err(CommandError::Rejected(domain::sms_budget::SmsBudgetError::Exhausted)) => {
+                tracing::warn!(limit = self.policy.sms_hourly_limit, "the hourly budget of text messages (AUTHD_SMS_HOURLY_LIMIT) is spent: a code was not texted");
+                Ok(false)
+            }
+            Err(CommandError::Store(error)) => Err(error.into()),
+        }
+    }
+
+    /// Seconds until the next hour's text-message budget.
+    pub(crate) fn next_sms_budget_in(&self) -> u64 {
+        let now = Utc::now();
+        let into_hour = i64::from(chrono::Timelike::minute(&now)) * 60 + i64::from(chrono::Timelike::second(&now));
+        (3600 - into_hour).max(1) as u64
+    }
+
     pub(crate) async fn forget_mail_to(&self, address: &str) -> Result<(), AppError> {
         self.verifications.delivery.forget_recipient(address).await.map_err(|e| AppError::Delivery(Undeliverable::Failed(e)))?;
         Ok(())
@@ -608,6 +638,7 @@ mod tests {
             sign_in_code_ttl: Duration::minutes(10),
             public_url: "http://localhost:8080".into(),
             allowed_redirects: vec![],
+            sms_hourly_limit: 200,
         };
         let delivery = Delivery::new(None, "authd@localhost", dir.join("outbox"), None).expect("delivery");
         App::new(crate::store::Store::new(db, crate::store::shred::Kek::new(keys.subject_keys_secret())), keys, policy).with_verifications(delivery, max_attempts)

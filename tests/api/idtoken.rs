@@ -40,7 +40,7 @@ struct Served {
     padding: usize,
 }
 
-struct Issuer {
+pub(crate) struct Issuer {
     url: String,
     served: Arc<Mutex<Served>>,
     /// kid → PKCS#8 of its key.
@@ -65,7 +65,7 @@ fn jwks(poem::web::Data(served): poem::web::Data<&Arc<Mutex<Served>>>) -> poem::
     poem::Response::builder().content_type("application/json").body(poem::Body::from_bytes_stream(futures::stream::iter(chunks)))
 }
 
-async fn issuer() -> Issuer {
+pub(crate) async fn issuer() -> Issuer {
     use poem::listener::{Acceptor, Listener};
     use poem::EndpointExt;
     let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind issuer");
@@ -83,7 +83,7 @@ async fn issuer() -> Issuer {
 
 impl Issuer {
     /// A new signing key; `publish`: in the JWKS (else only the issuer knows it).
-    fn add_key(&mut self, kid: &str, publish: bool) {
+    pub(crate) fn add_key(&mut self, kid: &str, publish: bool) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key").as_ref().to_vec();
         if publish {
             self.served.lock().expect("lock").jwks.push(Self::jwk(kid, &pkcs8));
@@ -109,14 +109,14 @@ impl Issuer {
     }
 
     /// A token signed with the key `signer`, naming `kid`.
-    fn token(&self, signer: &str, kid: &str, claims: Value) -> String {
+    pub(crate) fn token(&self, signer: &str, kid: &str, claims: Value) -> String {
         let (_, pkcs8) = self.keys.iter().find(|(k, _)| k == signer).expect("key");
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_ed_der(pkcs8)).expect("sign")
     }
 
-    fn claims(&self, sub: &str, change: impl FnOnce(&mut Value)) -> Value {
+    pub(crate) fn claims(&self, sub: &str, change: impl FnOnce(&mut Value)) -> Value {
         let now = chrono::Utc::now().timestamp();
         // A `jti` makes every token distinct, as a provider's are.
         let mut claims = json!({"iss": self.url, "sub": sub, "aud": CLIENT_ID, "iat": now, "exp": now + 300, "nonce": "n-1", "jti": unique("jti")});
@@ -133,12 +133,12 @@ impl Issuer {
         json!({"name": name, "issuer": self.url, "client_id": CLIENT_ID})
     }
 
-    fn providers(&self) -> String {
+    pub(crate) fn providers(&self) -> String {
         json!([self.provider("local")]).to_string()
     }
 }
 
-async fn sign_in(server: &Server, token: &str, nonce: Option<&str>) -> (u16, Value) {
+pub(crate) async fn sign_in(server: &Server, token: &str, nonce: Option<&str>) -> (u16, Value) {
     sign_in_with(server, "local", token, nonce).await
 }
 

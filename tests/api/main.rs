@@ -15,6 +15,7 @@ mod contract;
 mod elevation;
 mod hardening;
 mod idtoken;
+mod limits;
 mod passkeys;
 mod passwordless;
 mod pats;
