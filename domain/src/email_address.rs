@@ -2,6 +2,8 @@
 //! address), claimed when a code or link proves the address and released on change
 //! and removal: a mailed code or link finds its one account, and no address is
 //! verified on two (an anonymous account cannot take over another's address).
+//! Addresses verified before this aggregate existed are claimed once at start-up
+//! (src/app/email_owners.rs).
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;

@@ -21,7 +21,6 @@ pub mod sign_in_code;
 pub mod sms_budget;
 pub mod throttle;
 pub mod totp_secret;
-pub mod upgrade;
 pub mod user;
 pub mod username;
 pub mod verification_rules;
@@ -45,7 +44,6 @@ pub use throttle::Throttle;
 pub use user::User;
 pub use username::Username;
 pub use totp_secret::TotpSecret;
-pub use upgrade::Upgrade;
 pub use verifier::Verifier;
 
 /// The account whose personal data an aggregate's events carry: their request

@@ -24,6 +24,7 @@ use protocol::message;
 use uuid::Uuid;
 
 use crate::crypto::opaque;
+use crate::store::transact;
 use crate::store::{CommandError, Metadata};
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
 
@@ -74,17 +75,14 @@ impl App {
         let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
         let profile_id = account_for(&redeemed.payload, PurposeKind::Activate)?;
         let (profile, email_id) = (profile_id.to_string(), self.email_address_id(&redeemed.consumer));
-        let mut unit = self.store.unit(&[(User::TYPE, profile.as_str()), (EmailAddress::TYPE, email_id.as_str())], meta).await?;
-        loop {
-            self.claim_email_in(&mut unit, &redeemed.consumer, profile_id).await?;
+        transact!(self.store, &[(User::TYPE, profile.as_str()), (EmailAddress::TYPE, email_id.as_str())], meta, |unit| {
+            self.claim_email_in(unit, &redeemed.consumer, profile_id).await?;
             let verify = UserCommand::VerifyEmail { email: redeemed.consumer.clone(), at: Utc::now() };
             unit.decide::<User>(&profile, verify, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::EmailAlreadyVerified)))?;
-            if unit.commit().await? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Forgotten password: when the account exists and has a verified email, a reset
@@ -286,18 +284,15 @@ impl App {
         let (new_id, old_id) = (self.email_address_id(&email), old.as_deref().map(|old| self.email_address_id(old)));
         let mut locked = vec![(User::TYPE, profile.as_str()), (EmailAddress::TYPE, new_id.as_str())];
         locked.extend(old_id.as_deref().map(|id| (EmailAddress::TYPE, id)));
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
-            self.claim_email_in(&mut unit, &email, who.profile_id).await?;
+        transact!(self.store, &locked, meta, |unit| {
+            self.claim_email_in(unit, &email, who.profile_id).await?;
             if let Some(old) = &old {
-                self.release_email_in(&mut unit, old, who.profile_id).await?;
+                self.release_email_in(unit, old, who.profile_id).await?;
             }
             let change = UserCommand::ChangeEmail { email: email.clone(), at: Utc::now() };
             unit.decide::<User>(&profile, change, &()).await.map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
-            if unit.commit().await? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
@@ -330,8 +325,7 @@ impl App {
         let old_id = user.phone_number().map(|old| self.keys.aggregate_id("phone", old)).filter(|old| *old != new_id);
         let mut locked = vec![(User::TYPE, profile.as_str()), (PhoneNumber::TYPE, new_id.as_str())];
         locked.extend(old_id.as_deref().map(|old| (PhoneNumber::TYPE, old)));
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
+        transact!(self.store, &locked, meta, |unit| {
             unit.decide::<PhoneNumber>(&new_id, PhoneNumberCommand::Claim { profile_id }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::PhoneNumberTaken)))?;
@@ -340,10 +334,8 @@ impl App {
             }
             let change = UserCommand::ChangePhoneNumber { phone_number: phone_number.clone(), at: Utc::now() };
             unit.decide::<User>(&profile, change, &()).await.map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Account)))?;
-            if unit.commit().await? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Redeems a code of purpose `kind` sent for the holder's own account (checked
@@ -399,8 +391,7 @@ impl App {
         locked.extend(email_id.as_deref().map(|email| (EmailAddress::TYPE, email)));
         locked.extend(credential_ids.iter().map(|claim| (PasskeyCredential::TYPE, claim.as_str())));
         locked.extend(identity_ids.iter().map(|identity| (Identity::TYPE, identity.as_str())));
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
+        transact!(self.store, &locked, meta, |unit| {
             match unit.decide::<User>(&id, UserCommand::Remove { at: Utc::now() }, &()).await {
                 Ok(_) | Err(CommandError::Rejected(UserError::NotRegistered)) => {}
                 Err(error) => return Err(rejected(error, |_| AppError::NotFound(Missing::Account))),
@@ -431,10 +422,7 @@ impl App {
                     .await
                     .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
             }
-            if unit.commit().await? {
-                break;
-            }
-        }
+        });
         self.end_all_sessions(profile_id, None, meta).await?;
         // The account's mail in the outbox goes too (addresses, codes, links): to
         // every address it has had, the one an anonymous account asked a link for,

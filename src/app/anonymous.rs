@@ -12,6 +12,7 @@ use protocol::message;
 use uuid::Uuid;
 
 use crate::crypto::opaque;
+use crate::store::transact;
 use crate::store::Metadata;
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
@@ -59,16 +60,13 @@ impl App {
     /// A new anonymous account and its session, in one unit.
     pub async fn anonymous_sign_in(&self, meta: &Metadata) -> Result<Tokens, AppError> {
         let (profile_id, at) = (Uuid::new_v4(), Utc::now());
-        let mut unit = self.store.unit(&[], meta).await?;
-        loop {
+        transact!(self.store, &[], meta, |unit| {
             unit.decide_new::<User>(&profile_id.to_string(), UserCommand::RegisterAnonymous { at }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
-            let tokens = self.admit_in(&mut unit, Proven::by(Factor::Anonymous, profile_id, at)).await?.into_session()?;
-            if unit.commit().await? {
-                return Ok(tokens);
-            }
-        }
+            let tokens = self.admit_in(unit, Proven::by(Factor::Anonymous, profile_id, at)).await?.into_session()?;
+            Ok(tokens)
+        })
     }
 
     /// Deanonymize, step 1, by `method`: `password` answers the OPAQUE registration
@@ -155,17 +153,13 @@ impl App {
         let user = self.store.load_current::<User>(&profile).await?;
         let username = user.pending_username().ok_or(AppError::Forbidden(Denied::NotAnonymous))?.to_string();
         let name_id = self.keys.aggregate_id("username", &username);
-        let mut unit = self.store.unit(&[(User::TYPE, profile.as_str()), (Username::TYPE, name_id.as_str())], meta).await?;
-        loop {
+        transact!(self.store, &[(User::TYPE, profile.as_str()), (Username::TYPE, name_id.as_str())], meta, |unit| {
             unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id: who.profile_id }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::UsernameTaken)))?;
             let finish = UserCommand::Deanonymize { registration_record: record.clone(), email: email.clone(), at: Utc::now() };
             unit.decide::<User>(&profile, finish, &()).await.map_err(|e| rejected(e, |_| AppError::Forbidden(Denied::NotAnonymous)))?;
-            if unit.commit().await? {
-                break;
-            }
-        }
+        });
         if let Some(email) = &email {
             if let Err(error) = self.send_activation(who.profile_id, email, meta).await {
                 tracing::warn!(%error, "the activation message could not be sent");

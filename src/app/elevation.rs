@@ -10,6 +10,7 @@ use cqrs_es::Aggregate;
 use domain::mfa::MfaCommand;
 use domain::{Mfa, Session, Throttle, User};
 
+use crate::store::transact;
 use crate::store::Metadata;
 use super::assurance::Factor;
 use super::mfa::{mfa_error, Proof};
@@ -54,17 +55,14 @@ impl App {
         let user = self.store.load::<User>(&profile).await?;
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));
         let locked = [(Mfa::TYPE, profile.as_str()), (Throttle::TYPE, throttle_id.as_str()), (Session::TYPE, session.as_str())];
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
+        transact!(self.store, &locked, meta, |unit| {
             let use_code = MfaCommand::UseCode { code: code.to_string(), at };
-            let proof = self.prove_code(&mut unit, who.profile_id, &throttle_id, &address, use_code, at, mfa_error).await?;
+            let proof = self.prove_code(unit, who.profile_id, &throttle_id, &address, use_code, at, mfa_error).await?;
             let outcome = match proof {
-                Proof::Valid => self.elevate_in(&mut unit, who, Factor::Totp, at).await,
+                Proof::Valid => self.elevate_in(unit, who, Factor::Totp, at).await,
                 refused => Err(refused.refusal(mfa_error(domain::mfa::MfaError::InvalidCode))),
             };
-            if unit.commit().await? {
-                return outcome;
-            }
-        }
+            outcome
+        })
     }
 }

@@ -4,10 +4,8 @@
 //! their account through it — never through a read model. Start-up backfills it once
 //! from the accounts verified before it existed ([`App::backfill_email_owners`]).
 
-use chrono::Utc;
 use domain::email_address::{EmailAddressCommand, EmailAddressError};
-use domain::upgrade::UpgradeCommand;
-use domain::{EmailAddress, Upgrade};
+use domain::EmailAddress;
 use uuid::Uuid;
 
 use crate::store::{CommandError, Metadata, Unit};
@@ -48,7 +46,7 @@ impl App {
     /// is claimed for it (the read models caught up from the log first). Where two
     /// accounts had verified one address, the first keeps it and the case is logged.
     pub async fn backfill_email_owners(&self) -> Result<(), AppError> {
-        if self.store.load::<Upgrade>(BACKFILL).await?.is_completed() {
+        if self.store.upgrade_done(BACKFILL).await? {
             return Ok(());
         }
         self.store.catch_up().await?;
@@ -65,9 +63,6 @@ impl App {
                 Err(CommandError::Store(error)) => return Err(error.into()),
             }
         }
-        match self.store.execute::<Upgrade>(BACKFILL, UpgradeCommand::Complete { changed, at: Utc::now() }, &(), &meta).await {
-            Ok(_) | Err(CommandError::Rejected(_)) => Ok(()),
-            Err(CommandError::Store(error)) => Err(error.into()),
-        }
+        Ok(self.store.record_upgrade(BACKFILL, changed).await?)
     }
 }

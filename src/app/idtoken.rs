@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::store::transact;
 use crate::store::{Metadata, Unit};
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Denied, SignInResult, Verified};
@@ -333,16 +334,10 @@ impl App {
                     .map_err(|e| rejected(e, |e| AppError::Internal(e.to_string())))?;
                 return self.idtoken_sign_up(provider, &identity_id, &token_id, &claims, at, meta).await;
             }
-            let mut unit = self.store.unit(&[(IdToken::TYPE, token_id.as_str())], meta).await?;
-            // The token is spent before each attempt: here, and again after a conflict.
-            self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
-            loop {
-                let result = self.admit_in(&mut unit, Proven::by(Factor::IdToken, owner, at)).await?;
-                if unit.commit().await? {
-                    return Ok(result);
-                }
-                self.use_id_token(&mut unit, &token_id, owner, &claims, at).await?;
-            }
+            return transact!(self.store, &[(IdToken::TYPE, token_id.as_str())], meta, |unit| {
+                    self.use_id_token(unit, &token_id, owner, &claims, at).await?;
+                    self.admit_in(unit, Proven::by(Factor::IdToken, owner, at)).await
+                });
         }
         self.idtoken_sign_up(provider, &identity_id, &token_id, &claims, at, meta).await
     }
@@ -368,9 +363,8 @@ impl App {
         let name_id = self.keys.aggregate_id("username", &username);
         let profile = profile_id.to_string();
         let locked = [(IdToken::TYPE, token_id), (Identity::TYPE, identity_id.as_str()), (Username::TYPE, name_id.as_str())];
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
-            self.use_id_token(&mut unit, token_id, profile_id, claims, at).await?;
+        transact!(self.store, &locked, meta, |unit| {
+            self.use_id_token(unit, token_id, profile_id, claims, at).await?;
             unit.decide::<Identity>(&identity_id, IdentityCommand::Link { profile_id, provider: provider.to_string() }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
@@ -383,11 +377,9 @@ impl App {
             unit.decide_new::<User>(&profile, UserCommand::RegisterWithoutPassword { username: username.clone(), email: None, at }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
-            let result = self.admit_in(&mut unit, Proven::by(Factor::IdToken, profile_id, at)).await?;
-            if unit.commit().await? {
-                return Ok(result);
-            }
-        }
+            let result = self.admit_in(unit, Proven::by(Factor::IdToken, profile_id, at)).await?;
+            Ok(result)
+        })
     }
 
     /// Links an ID token's identity to the holder's account (elevated); 409
@@ -400,19 +392,16 @@ impl App {
         let at = Utc::now();
         let link = IdentityCommand::Link { profile_id: who.profile_id, provider: provider.to_string() };
         let locked = [(IdToken::TYPE, token_id.as_str()), (Identity::TYPE, identity_id.as_str()), (IdentityLinks::TYPE, profile.as_str())];
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
-            self.use_id_token(&mut unit, &token_id, who.profile_id, &claims, at).await?;
+        transact!(self.store, &locked, meta, |unit| {
+            self.use_id_token(unit, &token_id, who.profile_id, &claims, at).await?;
             unit.decide::<Identity>(&identity_id, link.clone(), &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdentityLinked)))?;
             unit.decide::<IdentityLinks>(&profile, IdentityLinksCommand::Add { identity_id: identity_id.clone() }, &())
                 .await
                 .map_err(|e| rejected(e, |never| match never {}))?;
-            if unit.commit().await? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use domain::throttle::{ThrottleCommand, ThrottleEvent};
 use domain::{Mfa, Throttle, User};
 use uuid::Uuid;
 
+use crate::store::transact;
 use crate::store::{CommandError, Metadata, Unit};
 use super::{rejected, App, AppError, Conflict, TotpEnrollment, Verified};
 
@@ -69,15 +70,12 @@ impl App {
         let profile = who.profile_id.to_string();
         let user = self.store.load::<User>(&profile).await?;
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));
-        let mut unit = self.store.unit(&[(Mfa::TYPE, &profile), (Throttle::TYPE, &throttle_id)], meta).await?;
-        loop {
-            let proof = self.prove_code(&mut unit, who.profile_id, &throttle_id, &address, command.clone(), at, mfa_error).await?;
-            if unit.commit().await? {
-                return match proof {
-                    Proof::Valid => Ok(()),
-                    refused => Err(refused.refusal(mfa_error(MfaError::InvalidCode))),
-                };
-            }
+        let proof = transact!(self.store, &[(Mfa::TYPE, &profile), (Throttle::TYPE, &throttle_id)], meta, |unit| {
+                self.prove_code(unit, who.profile_id, &throttle_id, &address, command.clone(), at, mfa_error).await
+            })?;
+        match proof {
+            Proof::Valid => Ok(()),
+            refused => Err(refused.refusal(mfa_error(MfaError::InvalidCode))),
         }
     }
 

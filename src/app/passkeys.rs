@@ -21,6 +21,7 @@ use webauthn_rs::prelude::{
     RegisterPublicKeyCredential, Url, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
+use crate::store::transact;
 use crate::store::{Metadata, Unit};
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Tokens, Verified};
@@ -231,10 +232,9 @@ impl App {
         if let Some(token_id) = &signup_token_id {
             locked.push((InviteToken::TYPE, token_id.as_str()));
         }
-        let mut unit = self.store.unit(&locked, meta).await?;
-        let tokens = loop {
+        let tokens = transact!(self.store, &locked, meta, |unit| {
             let outcome = async {
-                let (purpose, state) = self.answer_in(&mut unit, challenge_id, at).await?;
+                let (purpose, state) = self.answer_in(unit, challenge_id, at).await?;
                 let Purpose::SignUp { email, nickname, .. } = purpose else { return Err(challenge_gone()) };
                 let passkey = self.finish_registration(credential, &state)?;
                 unit.decide::<Username>(&name_id, UsernameCommand::Claim { profile_id }, &())
@@ -252,8 +252,8 @@ impl App {
                 unit.decide::<User>(&profile, register, &())
                     .await
                     .map_err(|e| rejected(e, |_| AppError::Conflict(Conflict::IdCollision("account"))))?;
-                self.add_passkey_in(&mut unit, profile_id, &passkey, nickname, at).await?;
-                let tokens = self.admit_in(&mut unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session()?;
+                self.add_passkey_in(unit, profile_id, &passkey, nickname, at).await?;
+                let tokens = self.admit_in(unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session()?;
                 Ok((tokens, email))
             }
             .await;
@@ -261,10 +261,8 @@ impl App {
             if outcome.is_err() {
                 unit.keep_only::<WebauthnChallenge>(challenge_id);
             }
-            if unit.commit().await? {
-                break outcome?;
-            }
-        };
+            outcome
+        })?;
         let (tokens, email) = tokens;
         if let Some(email) = email {
             if let Err(error) = self.send_activation(profile_id, &email, meta).await {
@@ -361,10 +359,9 @@ impl App {
         if let Some(session) = &session {
             locked.push((Session::TYPE, session.as_str()));
         }
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
+        transact!(self.store, &locked, meta, |unit| {
             let outcome = async {
-                let (purpose, state) = self.answer_in(&mut unit, challenge_id, at).await?;
+                let (purpose, state) = self.answer_in(unit, challenge_id, at).await?;
                 let passkeys = self.store.load_current::<Passkeys>(&profile).await?;
                 let user = self.store.load_current::<User>(&profile).await?;
                 let known = Self::passkeys_of(&passkeys);
@@ -404,8 +401,8 @@ impl App {
                     return Err(AppError::PasskeyCloned);
                 }
                 match who {
-                    None => self.admit_in(&mut unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session(),
-                    Some(who) => self.elevate_in(&mut unit, who, Factor::Passkey, at).await,
+                    None => self.admit_in(unit, Proven::by(Factor::Passkey, profile_id, at)).await?.into_session(),
+                    Some(who) => self.elevate_in(unit, who, Factor::Passkey, at).await,
                 }
             }
             .await;
@@ -413,10 +410,8 @@ impl App {
             if outcome.as_ref().is_err_and(|error| !matches!(error, AppError::PasskeyCloned)) {
                 unit.keep_only::<WebauthnChallenge>(challenge_id);
             }
-            if unit.commit().await? {
-                return outcome;
-            }
-        }
+            outcome
+        })
     }
 
     /// Another passkey for the holder's account, step 1 (elevated: a new way to sign
@@ -442,26 +437,23 @@ impl App {
         self.require_elevation(who).await?;
         let at = Utc::now();
         let profile = who.profile_id.to_string();
-        let mut unit = self.store.unit(&[(WebauthnChallenge::TYPE, challenge_id), (Passkeys::TYPE, profile.as_str())], meta).await?;
-        loop {
+        transact!(self.store, &[(WebauthnChallenge::TYPE, challenge_id), (Passkeys::TYPE, profile.as_str())], meta, |unit| {
             let outcome = async {
-                let (purpose, state) = self.answer_in(&mut unit, challenge_id, at).await?;
+                let (purpose, state) = self.answer_in(unit, challenge_id, at).await?;
                 let Purpose::Add { profile_id, session_id, nickname } = purpose else { return Err(challenge_gone()) };
                 if (profile_id, session_id) != (who.profile_id, who.session_id) {
                     return Err(challenge_gone());
                 }
                 let passkey = self.finish_registration(credential, &state)?;
-                let credential_id = self.add_passkey_in(&mut unit, profile_id, &passkey, nickname.clone(), at).await?;
+                let credential_id = self.add_passkey_in(unit, profile_id, &passkey, nickname.clone(), at).await?;
                 Ok((credential_id, nickname))
             }
             .await;
             if outcome.is_err() {
                 unit.keep_only::<WebauthnChallenge>(challenge_id);
             }
-            if unit.commit().await? {
-                return outcome;
-            }
-        }
+            outcome
+        })
     }
 
     /// The holder's passkeys.
@@ -485,8 +477,7 @@ impl App {
         self.require_elevation(who).await?;
         let profile = who.profile_id.to_string();
         let claim = self.keys.aggregate_id("passkey", credential_id);
-        let mut unit = self.store.unit(&[(Passkeys::TYPE, profile.as_str()), (User::TYPE, profile.as_str()), (PasskeyCredential::TYPE, claim.as_str())], meta).await?;
-        loop {
+        transact!(self.store, &[(Passkeys::TYPE, profile.as_str()), (User::TYPE, profile.as_str()), (PasskeyCredential::TYPE, claim.as_str())], meta, |unit| {
             let user: User = unit.read(&profile).await?;
             let remove = PasskeysCommand::Remove { credential_id: credential_id.to_string(), has_password: user.has_password(), at: Utc::now() };
             unit.decide::<Passkeys>(&profile, remove, &()).await.map_err(|e| {
@@ -498,10 +489,8 @@ impl App {
             unit.decide::<PasskeyCredential>(&claim, PasskeyCredentialCommand::Release { profile_id: who.profile_id }, &())
                 .await
                 .map_err(|e| rejected(e, |_| AppError::NotFound(Missing::Passkey)))?;
-            if unit.commit().await? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
     }
 
     /// Step-up with a passkey, step 1: a ceremony for the account's passkeys.

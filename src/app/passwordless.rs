@@ -24,6 +24,7 @@ use rand::Rng;
 use uuid::Uuid;
 use webauthn_rs::prelude::Url;
 
+use crate::store::transact;
 use crate::store::{CommandError, Metadata, Unit};
 use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
@@ -397,20 +398,19 @@ impl App {
         locked.extend(name_id.as_deref().map(|id| (Username::TYPE, id)));
         locked.extend(phone_id.as_deref().map(|id| (PhoneNumber::TYPE, id)));
         locked.extend(email_id.as_deref().map(|id| (EmailAddress::TYPE, id)));
-        let mut unit = self.store.unit(&locked, meta).await?;
-        loop {
+        transact!(self.store, &locked, meta, |unit| {
             let redeem = SignInCodeCommand::Redeem { code_hash: code_hash.clone(), at };
             let valid = match unit.decide::<SignInCode>(code_id, redeem, &()).await {
                 Ok((events, _)) => matches!(events.first(), Some(SignInCodeEvent::SignInCodeRedeemed { profile_id: owner, .. }) if *owner == profile_id),
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
-            let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &client, valid, at).await? {
+            let outcome = match self.count_proof(unit, profile_id, &throttle_id, &client, valid, at).await? {
                 Proof::Valid => {
                     let account = match creating {
-                        Some(address) => self.register_by_code_in(&mut unit, channel, code_id, profile_id, address, at).await,
+                        Some(address) => self.register_by_code_in(unit, channel, code_id, profile_id, address, at).await,
                         None => match upgrading {
-                            Some(address) => self.deanonymize_by_link_in(&mut unit, profile_id, code_id, address, at).await,
+                            Some(address) => self.deanonymize_by_link_in(unit, profile_id, code_id, address, at).await,
                             None => Ok(()),
                         },
                     };
@@ -425,8 +425,8 @@ impl App {
                     }
                     match (account, elevating) {
                         (Err(error), _) => Err(error),
-                        (Ok(()), None) => self.admit_in(&mut unit, Proven::by(channel.factor(), profile_id, at)).await,
-                        (Ok(()), Some(who)) => self.elevate_in(&mut unit, who, channel.factor(), at).await.map(SignInResult::Session),
+                        (Ok(()), None) => self.admit_in(unit, Proven::by(channel.factor(), profile_id, at)).await,
+                        (Ok(()), Some(who)) => self.elevate_in(unit, who, channel.factor(), at).await.map(SignInResult::Session),
                     }
                 }
                 refused => {
@@ -436,10 +436,8 @@ impl App {
                     Err(refused.refusal(AppError::InvalidCredentials))
                 }
             };
-            if unit.commit().await? {
-                return outcome;
-            }
-        }
+            outcome
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use domain::pat::{Pat, PatsCommand, PatsError};
 use domain::{Pats, Throttle, User};
 use uuid::Uuid;
 
+use crate::store::transact;
 use crate::store::{CommandError, Metadata};
 use super::assurance::Proven;
 use super::mfa::Proof;
@@ -87,24 +88,21 @@ impl App {
             return Err(AppError::InvalidCredentials);
         }
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));
-        let mut unit = self.store.unit(&[(Pats::TYPE, profile.as_str()), (Throttle::TYPE, throttle_id.as_str())], meta).await?;
-        loop {
+        transact!(self.store, &[(Pats::TYPE, profile.as_str()), (Throttle::TYPE, throttle_id.as_str())], meta, |unit| {
             let valid = match unit.decide::<Pats>(&profile, PatsCommand::Use { pat_id, presented_hash: self.pat_hash(token), at }, &()).await {
                 Ok(_) => true,
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
-            let outcome = match self.count_proof(&mut unit, profile_id, &throttle_id, &address, valid, at).await? {
-                Proof::Valid => self.admit_in(&mut unit, Proven::pat(profile_id, pat_id, at)).await.and_then(SignInResult::into_session),
+            let outcome = match self.count_proof(unit, profile_id, &throttle_id, &address, valid, at).await? {
+                Proof::Valid => self.admit_in(unit, Proven::pat(profile_id, pat_id, at)).await.and_then(SignInResult::into_session),
                 refused => {
                     unit.undo::<Pats>(&profile);
                     Err(refused.refusal(AppError::InvalidCredentials))
                 }
             };
-            if unit.commit().await? {
-                return outcome;
-            }
-        }
+            outcome
+        })
     }
 }
 

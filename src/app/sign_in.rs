@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::crypto::opaque;
+use crate::store::transact;
 use crate::store::Metadata;
 use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
@@ -74,8 +75,7 @@ impl App {
         };
         let sign_in = Uuid::new_v4();
         // Counted, decided and started in one commit: no answer before the count.
-        let mut unit = self.store.unit(&[(Throttle::TYPE, &throttle_id)], meta).await?;
-        let start = loop {
+        let start = transact!(self.store, &[(Throttle::TYPE, &throttle_id)], meta, |unit| {
             let (events, _) =
                 unit.decide::<Throttle>(&throttle_id, attempt.clone(), &()).await.map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             let allowed = matches!(events.first(), Some(ThrottleEvent::ProofAttempted { allowed: true, .. }));
@@ -91,11 +91,8 @@ impl App {
             unit.decide_new::<SignIn>(&sign_in.to_string(), command, &self.verifier)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-            if unit.commit().await? {
-                break start;
-            }
-        };
-        drop(unit);
+            start
+        });
         let record = record_digest(user.registration_record());
         let pending = PendingSignIn { login_state: protocol::b64(&start.state), throttle_id, address, profile_id: owner.unwrap_or(Uuid::nil()), record };
         let sealed = serde_json::to_vec(&pending).map_err(|e| AppError::Internal(e.to_string()))?;
@@ -141,8 +138,7 @@ impl App {
         let profile = pending.profile_id.to_string();
         // The sign-in's end, the address's clean slate and the session (or MFA
         // ticket): one commit.
-        let mut unit = self.store.unit(&[(SignIn::TYPE, &sign_in), (Throttle::TYPE, &pending.throttle_id)], meta).await?;
-        let result = loop {
+        transact!(self.store, &[(SignIn::TYPE, &sign_in), (Throttle::TYPE, &pending.throttle_id)], meta, |unit| {
             // The account as it stands: read from memory, and the commit goes in only
             // if the store has nothing newer (a reset on another replica counts at once;
             // so does an MFA change, read by the admission).
@@ -153,36 +149,32 @@ impl App {
                 .decide::<SignIn>(&sign_in, finish, &self.verifier)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-            // A failure was counted when the attempt began.
-            let Some(SignInEvent::SignInSucceeded { profile_id, .. }) = events.first() else {
-                if unit.commit().await? {
-                    return Err(AppError::InvalidCredentials);
+            match events.first() {
+                Some(SignInEvent::SignInSucceeded { profile_id, .. }) => {
+                    let profile_id = *profile_id;
+                    let result = match elevating {
+                        Some(who) => self.elevate_in(unit, who, Factor::Password, at).await.map(SignInResult::Session),
+                        None => self.admit_in(unit, Proven::by(Factor::Password, profile_id, at)).await,
+                    };
+                    // The address's count starts again once the proof is complete: with TOTP
+                    // on, at the second factor (a password alone buys no fresh guesses, nor
+                    // does a password step-up, which would reset the count of TOTP guesses).
+                    let complete = match elevating {
+                        None => matches!(result, Ok(SignInResult::Session(_))),
+                        Some(_) => result.is_ok() && !unit.read::<Mfa>(&profile).await?.is_enabled(),
+                    };
+                    if complete {
+                        let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
+                        unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
+                            .await
+                            .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+                    }
+                    result
                 }
-                continue;
-            };
-            let profile_id = *profile_id;
-            let result = match elevating {
-                Some(who) => self.elevate_in(&mut unit, who, Factor::Password, at).await.map(SignInResult::Session),
-                None => self.admit_in(&mut unit, Proven::by(Factor::Password, profile_id, at)).await,
-            };
-            // The address's count starts again once the proof is complete: with TOTP
-            // on, at the second factor (a password alone buys no fresh guesses, nor
-            // does a password step-up, which would reset the count of TOTP guesses).
-            let complete = match elevating {
-                None => matches!(result, Ok(SignInResult::Session(_))),
-                Some(_) => result.is_ok() && !unit.read::<Mfa>(&profile).await?.is_enabled(),
-            };
-            if complete {
-                let succeed = ThrottleCommand::Succeed { address: pending.address.clone(), profile_id: Some(profile_id), at };
-                unit.decide::<Throttle>(&pending.throttle_id, succeed, &())
-                    .await
-                    .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
+                // Recorded, and counted when the attempt began.
+                _ => Err(AppError::InvalidCredentials),
             }
-            if unit.commit().await? {
-                break result;
-            }
-        };
-        result
+        })
     }
 
     /// The second factor of a sign-in: a valid, unused TOTP code and the ticket. The
@@ -203,17 +195,16 @@ impl App {
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));
         let profile = profile_id.to_string();
         let locked = [(MfaChallenge::TYPE, ticket_id.as_str()), (Mfa::TYPE, profile.as_str()), (Throttle::TYPE, throttle_id.as_str())];
-        let mut unit = self.store.unit(&locked, meta).await?;
-        let outcome = loop {
+        let outcome = transact!(self.store, &locked, meta, |unit| {
             let use_code = MfaCommand::UseCode { code: code.to_string(), at };
-            let proof = self.prove_code(&mut unit, profile_id, &throttle_id, &address, use_code, at, |_| AppError::InvalidCredentials).await?;
+            let proof = self.prove_code(unit, profile_id, &throttle_id, &address, use_code, at, |_| AppError::InvalidCredentials).await?;
             let outcome = match proof {
                 Proof::Valid => {
                     // A ticket that died meanwhile (another guess) spends nothing.
                     unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Complete { at }, &())
                         .await
                         .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
-                    self.admit_second_factor_in(&mut unit, profile_id, challenge.first_factor(), at).await
+                    self.admit_second_factor_in(unit, profile_id, challenge.first_factor(), at).await
                 }
                 Proof::Wrong => {
                     unit.decide::<MfaChallenge>(&ticket_id, MfaChallengeCommand::Fail { at }, &())
@@ -223,10 +214,8 @@ impl App {
                 }
                 blocked => Err(blocked.refusal(AppError::InvalidCredentials)),
             };
-            if unit.commit().await? {
-                break outcome;
-            }
-        };
+            outcome
+        });
         outcome
     }
 

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Undeliverable};
 use crate::delivery::Delivery;
 use crate::crypto::keys::{CodeHasher, Keys};
+use crate::store::transact;
 use crate::store::{CommandError, Metadata};
 
 /// 160 bits, as RFC 4226 recommends.
@@ -256,8 +257,7 @@ impl App {
             // consumer's last step is read, and a right code's step recorded, in the
             // verifier's own commit.
             Some((owner, _, clear)) => {
-                let mut unit = self.store.unit(&[(Verifier::TYPE, verification_id), (TotpSecret::TYPE, owner.as_str())], meta).await?;
-                loop {
+                transact!(self.store, &[(Verifier::TYPE, verification_id), (TotpSecret::TYPE, owner.as_str())], meta, |unit| {
                     let last_step = unit.read::<TotpSecret>(owner).await?.last_step();
                     let (events, _) =
                         unit.decide::<Verifier>(verification_id, validate(Some(clear), last_step), services).await.map_err(|e| rejected(e, refused))?;
@@ -267,10 +267,8 @@ impl App {
                         let used = TotpSecretCommand::UseCode { step, at };
                         unit.decide::<TotpSecret>(owner, used, &()).await.map_err(|e| rejected(e, |_| NOT_FOUND))?;
                     }
-                    if unit.commit().await? {
-                        break events;
-                    }
-                }
+                    events
+                })
             }
             None => self
                 .store

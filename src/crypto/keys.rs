@@ -143,8 +143,6 @@ impl Keys {
         keyed_hash(&self.refresh, &[token.as_bytes()])
     }
 
-    /// HMAC-SHA256 of a chain seal's canonical encoding (see `chain.rs`).
-
     /// Encrypts `plaintext` so that only this server (or a replica with the same
     /// setup) can read it back, bound to `context`.
     pub fn encrypt(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {

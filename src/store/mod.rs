@@ -20,6 +20,7 @@ pub mod log;
 pub mod shred;
 
 pub use unit::Unit;
+pub(crate) use unit::transact;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -326,13 +327,25 @@ impl Store {
         A: Aggregate + domain::Subject + Clone + 'static,
         A::Command: Clone,
     {
-        let mut unit = self.unit(&[(A::TYPE, id)], metadata).await?;
-        loop {
-            let decided = unit.decide::<A>(id, command.clone(), services).await?;
-            if unit.commit().await? {
-                return Ok(decided);
-            }
-        }
+        Ok(unit::transact!(self, &[(A::TYPE, id)], metadata, |unit| unit.decide::<A>(id, command.clone(), services).await?))
+    }
+
+    /// Whether the data upgrade `name` ran to its end on this store.
+    pub async fn upgrade_done(&self, name: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT count(*) FROM upgrades WHERE name = $1";
+        let count: i64 = projections::with_pool!(&self.db, pool => sqlx::query_scalar(sql).bind(name).fetch_one(pool).await)
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        Ok(count > 0)
+    }
+
+    /// Records that the data upgrade `name` ran to its end, having changed `changed`
+    /// things (a replica that finished it at the same time recorded it already).
+    pub async fn record_upgrade(&self, name: &str, changed: u64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO upgrades (name, changed, completed_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+        let (changed, at) = (i64::try_from(changed).unwrap_or(i64::MAX), chrono::Utc::now().to_rfc3339());
+        projections::with_pool!(&self.db, pool => sqlx::query(sql).bind(name).bind(changed).bind(&at).execute(pool).await.map(drop))
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        Ok(())
     }
 
     /// Destroys the account's personal-data key (see src/store/shred.rs).

@@ -9,13 +9,15 @@
 //! replica's commit in between makes [`Unit::commit`] answer `false`: the caller
 //! decides again, this time on the store's state, after a jittered back-off.
 //!
+//! [`transact!`] is the one retry loop: a use case hands it the body that decides on
+//! the unit, and it commits, or decides again after a conflict.
+//!
 //! ```ignore
-//! let mut unit = store.unit(&[(Throttle::TYPE, &throttle_id)], meta).await?;
-//! let outcome = loop {
+//! let events = transact!(store, &[(Throttle::TYPE, &throttle_id)], meta, |unit| {
 //!     let (events, _) = unit.decide::<Throttle>(&throttle_id, command.clone(), &()).await?;
 //!     unit.decide_new::<SignIn>(&sign_in_id, start.clone(), &verifier).await?;
-//!     if unit.commit().await? { break events; }
-//! };
+//!     events
+//! });
 //! ```
 
 use std::time::Duration;
@@ -114,6 +116,30 @@ impl Store {
         Ok(Unit { store: self, _turns: turns, metadata: metadata.clone(), attempt: 0, decided: Vec::new(), unchanged: Vec::new() })
     }
 }
+
+/// The write path's one retry loop: `transact!(store, locked, metadata, |unit| body)`
+/// opens a unit on the aggregates `locked` names, evaluates `body` with `unit` (a
+/// `&mut Unit`) and commits; when another replica committed to one of them first, it
+/// evaluates `body` again (on the store's state). It answers what `body` evaluated to.
+/// Leaving `body` early (`?`, `return`) commits nothing; a refusal that must be
+/// recorded (a counted wrong password) is a value `body` evaluates to.
+///
+/// A macro rather than a method taking a closure: the body borrows the request's
+/// values, and a future of an async closure over them is not `Send` for the
+/// compiler, which poem's handlers need.
+macro_rules! transact {
+    ($store:expr, $locked:expr, $metadata:expr, |$unit:ident| $body:expr) => {{
+        let mut unit = $store.unit($locked, $metadata).await?;
+        loop {
+            let $unit = &mut unit;
+            let outcome = $body;
+            if unit.commit().await? {
+                break outcome;
+            }
+        }
+    }};
+}
+pub(crate) use transact;
 
 impl Unit<'_> {
     /// What this unit's events are recorded with.

@@ -24,6 +24,7 @@ both_stores!(
     deanonymize_honours_the_sign_in_methods,
     a_verified_address_is_one_account_s,
     with_open_sign_up_a_link_creates_the_account,
+    addresses_verified_before_owners_were_recorded_are_claimed_at_start_up,
 );
 
 fn access(session: &Value) -> &str {
@@ -55,7 +56,7 @@ async fn a_stolen_token_cannot_enrol_a_second_factor(backend: Backend) {
     let (status, body) = server.call("POST", "/v1/pat", bearer, Some(json!({"name": "thief", "expires_at": expires}))).await;
     assert_eq!((status, error_of(&body)), (403, Some("elevation_required")), "{body}");
     // The owner, proving the password again, enrols.
-    let (status, elevated) = elevate_with_password(&server, bearer.expect("bearer"), PASSWORD).await;
+    let (status, elevated) = elevate_with_password(&server, &stolen.access_token, PASSWORD).await;
     assert_eq!(status, 200, "{elevated}");
     let (status, body) = server.call("POST", "/v1/mfa/totp/generate", Some(access(&elevated)), None).await;
     assert_eq!(status, 200, "{body}");
@@ -241,7 +242,7 @@ async fn step_up_by_email_is_for_accounts_with_nothing_else(backend: Backend) {
     let (status, body) = server.call("POST", "/v1/elevate/email/verify", bearer, Some(json!({"otp": code}))).await;
     assert_eq!(status, 401, "a code works once: {body}");
     let fresh = claims(access(&elevated));
-    assert!(fresh["auth_time"].as_i64() > claims(bearer.expect("bearer"))["auth_time"].as_i64());
+    assert!(fresh["auth_time"].as_i64() > claims(access(&session))["auth_time"].as_i64());
     let (status, body) = server.call("POST", "/v1/account/remove", Some(access(&elevated)), None).await;
     assert_eq!(status, 204, "{body}");
 
@@ -454,4 +455,25 @@ async fn with_open_sign_up_a_link_creates_the_account(backend: Backend) {
     let (status, by_code) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await;
     assert_eq!(status, 200, "{by_code}");
     assert_eq!(by_code["profile_id"], session["profile_id"]);
+}
+
+async fn addresses_verified_before_owners_were_recorded_are_claimed_at_start_up(backend: Backend) {
+    let mut server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true")]).await;
+    let email = verified_account(&server, "before").await;
+    // A store from before owners were recorded: no claims, no upgrade done.
+    server.sql(&["DELETE FROM events WHERE aggregate_type = 'email_address'", "DELETE FROM upgrades"]).await;
+    server.restart().await;
+    let claims: Vec<_> = server.stored_events().await.into_iter().filter(|(kind, _, _)| kind == "email_address").collect();
+    assert_eq!(claims.len(), 1, "start-up claimed the verified address: {claims:?}");
+    // So an anonymous account asking for it gets no link, only the owner a notice.
+    let (_, anonymous) = server.call("POST", "/v1/sign/in/anonymous", None, None).await;
+    let (status, body) = server.call("POST", "/v1/user/deanonymize", Some(access(&anonymous)), Some(json!({"method": "email", "email": email}))).await;
+    assert_eq!(status, 204, "{body}");
+    outbox_mail(&server, &email, |subject| subject == "Your address was used to sign up").await;
+    // Once is enough: a start-up after it leaves the claims alone (a claim deleted
+    // now stays deleted).
+    server.sql(&["DELETE FROM events WHERE aggregate_type = 'email_address'"]).await;
+    server.restart().await;
+    let claims = server.stored_events().await.into_iter().filter(|(kind, _, _)| kind == "email_address").count();
+    assert_eq!(claims, 0, "the upgrade ran once");
 }

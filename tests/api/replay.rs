@@ -116,8 +116,7 @@ async fn events_export_with_filters(backend: Backend) {
     let all_positions = positions(&all);
     assert!(all_positions.windows(2).all(|pair| pair[0] < pair[1]), "log order: {all_positions:?}");
     assert_eq!(all.iter().filter(|e| e["event_type"] == "UserRegistered").count(), 2);
-    let first_write = all.iter().find(|e| e["aggregate_type"] != "upgrade").expect("a write");
-    assert_eq!(first_write["metadata"]["client_address"], "127.0.0.1");
+    assert_eq!(all[0]["metadata"]["client_address"], "127.0.0.1");
 
     let user = exported(&server, &["--aggregate-type", "user", "--aggregate-id", &first_id]);
     assert_eq!(user.len(), 1, "{user:?}");
