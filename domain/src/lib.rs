@@ -24,7 +24,7 @@ pub mod totp_secret;
 pub mod user;
 pub mod username;
 pub mod verification_rules;
-pub mod verifier;
+pub mod verification_code;
 
 pub use email_address::EmailAddress;
 pub use id_token::IdToken;
@@ -44,7 +44,7 @@ pub use throttle::Throttle;
 pub use user::User;
 pub use username::Username;
 pub use totp_secret::TotpSecret;
-pub use verifier::Verifier;
+pub use verification_code::VerificationCode;
 
 /// The account whose personal data an aggregate's events carry: their request
 /// metadata (client address, user agent) and personal payload fields are encrypted

@@ -13,7 +13,7 @@ use chrono::Duration;
 use email_address::EmailAddress;
 use serde_json::Value;
 
-use crate::verifier::{generate_code, Method, SymbolSet};
+use crate::verification_code::{generate_code, Method, SymbolSet};
 
 /// Lifetime of a verifier whose policy names none.
 pub const DEFAULT_TTL: Duration = Duration::hours(1);

@@ -19,8 +19,8 @@ use domain::invite_token::InviteTokenEvent;
 use domain::mfa::MfaEvent;
 use domain::session::SessionEvent;
 use domain::user::UserEvent;
-use domain::verifier::VerifierEvent;
-use domain::{InviteToken, Mfa, Session, User, Verifier};
+use domain::verification_code::VerificationCodeEvent;
+use domain::{InviteToken, Mfa, Session, User, VerificationCode};
 use sqlx::{PgPool, Row, SqlitePool};
 
 /// A connection pool to whichever store `DATABASE_URL` selected.
@@ -171,7 +171,7 @@ impl VerifierView {
 }
 
 /// The aggregate types that feed a read model.
-const PROJECTED: [&str; 5] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE, Verifier::TYPE];
+const PROJECTED: [&str; 5] = [User::TYPE, Session::TYPE, InviteToken::TYPE, Mfa::TYPE, VerificationCode::TYPE];
 const BATCH: usize = 500;
 
 enum Arg {
@@ -277,8 +277,8 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                 vec![id(), Bool(true)],
             )],
         },
-        Verifier::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
-            VerifierEvent::VerifierInitiated { method, consumer, payload, expires_at, max_attempts, .. } => vec![stmt(
+        VerificationCode::TYPE => match serde_json::from_value(payload).map_err(parse_error)? {
+            VerificationCodeEvent::VerifierInitiated { method, consumer, payload, expires_at, max_attempts, .. } => vec![stmt(
                 "INSERT INTO verifiers_view
                    (verification_id, method, consumer, payload, expires_at, attempts, max_attempts, status)
                  VALUES ($1, $2, $3, $4, $5, 0, $6, 'pending')
@@ -292,15 +292,15 @@ fn fold(event: &impl Folded) -> Result<Vec<Stmt>, Error> {
                     Int(i64::from(max_attempts)),
                 ],
             )],
-            VerifierEvent::VerificationFailed { attempts, .. } => vec![stmt(
+            VerificationCodeEvent::VerificationFailed { attempts, .. } => vec![stmt(
                 "UPDATE verifiers_view SET attempts = $2 WHERE verification_id = $1",
                 vec![id(), Int(i64::from(attempts))],
             )],
-            VerifierEvent::VerifierValidated { .. } => vec![stmt(
+            VerificationCodeEvent::VerifierValidated { .. } => vec![stmt(
                 "UPDATE verifiers_view SET status = 'validated' WHERE verification_id = $1",
                 vec![id()],
             )],
-            VerifierEvent::VerifierDeleted { .. } => vec![stmt(
+            VerificationCodeEvent::VerifierDeleted { .. } => vec![stmt(
                 "UPDATE verifiers_view SET status = 'deleted' WHERE verification_id = $1",
                 vec![id()],
             )],

@@ -7,7 +7,7 @@ use poem_openapi::{Object, OpenApi};
 
 use super::mfa::Done;
 use super::sign_up::SignUpStarted;
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::App;
 
 #[derive(Object)]
@@ -82,7 +82,7 @@ impl AccountApi {
     /// 404 unknown or expired, 429 when attempts are exhausted.
     #[oai(path = "/v1/account/activate", method = "post", operation_id = "account_activate")]
     async fn activate(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<Activate>) -> Result<Done, ApiError> {
-        app.activate(&body.0.verification_id, &body.0.code, &metadata(request)).await?;
+        app.activate(&body.0.verification_id, &body.0.code, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -90,7 +90,7 @@ impl AccountApi {
     /// does and its email is verified, a reset code is emailed there.
     #[oai(path = "/v1/account/forgot", method = "post", operation_id = "account_forgot")]
     async fn forgot(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<Forgot>) -> Result<Done, ApiError> {
-        app.forgot(&body.0.username, &metadata(request));
+        app.forgot(&body.0.username, &context(request));
         Ok(Done::NoContent)
     }
 
@@ -105,7 +105,7 @@ impl AccountApi {
     ) -> Result<Json<SignUpStarted>, ApiError> {
         let body = body.0;
         let registration_response =
-            app.reset_start(&body.verification_id, &body.code, &body.registration_request, &metadata(request)).await?;
+            app.reset_start(&body.verification_id, &body.code, &body.registration_request, &context(request)).await?;
         Ok(Json(SignUpStarted { registration_response }))
     }
 
@@ -119,7 +119,7 @@ impl AccountApi {
         body: JsonBody<ResetFinish>,
     ) -> Result<Done, ApiError> {
         let body = body.0;
-        app.reset_finish(&body.verification_id, &body.code, &body.registration_record, &metadata(request)).await?;
+        app.reset_finish(&body.verification_id, &body.code, &body.registration_record, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -144,7 +144,7 @@ impl AccountApi {
         body: JsonBody<RecoverFinish>,
     ) -> Result<Done, ApiError> {
         let body = body.0;
-        app.recover_finish(&body.username, &body.recovery_token, &body.registration_record, &metadata(request))
+        app.recover_finish(&body.username, &body.recovery_token, &body.registration_record, &context(request))
             .await?;
         Ok(Done::NoContent)
     }
@@ -154,8 +154,8 @@ impl AccountApi {
     /// when the token's `auth_time` is older than `AUTHD_ELEVATION_MAX_AGE`.
     #[oai(path = "/v1/account/remove", method = "post", operation_id = "account_remove")]
     async fn remove(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.remove_account(&who, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.remove_account(&who, &context(request)).await?;
         Ok(Done::NoContent)
     }
 }

@@ -6,7 +6,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 
-use super::{metadata, AdminToken, ApiError, JsonBody, Tag};
+use super::{context, AdminToken, ApiError, JsonBody, Tag};
 use crate::app::{App, Fields};
 
 #[derive(Debug, Clone, Copy, Enum)]
@@ -87,10 +87,10 @@ impl BucketApi {
         auth: AdminToken,
         body: JsonBody<FillRequest>,
     ) -> Result<Json<FillResponse>, ApiError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let body = body.0;
         let bucket = domain::Bucket::from(body.bucket);
-        let meta = metadata(request);
+        let meta = context(request);
         let mut fields = Fields::default();
         let for_profile = app.token_owner(bucket, body.username.as_deref(), &mut fields).await?;
         let (added, tokens) = match (body.tokens, body.count) {
@@ -129,8 +129,8 @@ impl BucketApi {
         auth: AdminToken,
         body: JsonBody<TopUpRequest>,
     ) -> Result<Json<FillResponse>, ApiError> {
-        app.admin(&auth.0.token, &metadata(request))?;
-        let tokens = app.top_up(u64::from(body.0.bucket_size), &metadata(request)).await?;
+        app.admin(&auth.0.token, &context(request))?;
+        let tokens = app.top_up(u64::from(body.0.bucket_size), &context(request)).await?;
         let (available, _) = Self::status(&app, domain::Bucket::Signup).await?;
         Ok(Json(FillResponse { bucket: "signup".into(), added: tokens.len() as u64, available, tokens }))
     }
@@ -145,7 +145,7 @@ impl BucketApi {
         /// `signup` or `profile`.
         bucket: Path<String>,
     ) -> Result<Json<BucketStatus>, ApiError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let Some(bucket) = domain::Bucket::parse(&bucket.0) else {
             return Err(ApiError::new(404, "unknown_bucket", "buckets are `signup` and `profile`"));
         };

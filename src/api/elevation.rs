@@ -8,7 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use super::mfa::{Done, TotpCode};
 use super::sessions::SessionBody;
 use super::sign_in::{SignInFinish, SignInStarted};
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::App;
 
 #[derive(Object)]
@@ -33,8 +33,8 @@ impl ElevationApi {
         auth: AccessToken,
         body: JsonBody<ElevatePasswordStart>,
     ) -> Result<Json<SignInStarted>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        let (sign_in_id, credential_response) = app.elevate_password_start(&who, &body.0.credential_request, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        let (sign_in_id, credential_response) = app.elevate_password_start(&who, &body.0.credential_request, &context(request)).await?;
         Ok(Json(SignInStarted { sign_in_id, credential_response }))
     }
 
@@ -50,9 +50,9 @@ impl ElevationApi {
         auth: AccessToken,
         body: JsonBody<SignInFinish>,
     ) -> Result<Json<SessionBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let tokens = app
-            .elevate_password_finish(&who, &body.0.sign_in_id, &body.0.credential_finalization, &metadata(request))
+            .elevate_password_finish(&who, &body.0.sign_in_id, &body.0.credential_finalization, &context(request))
             .await?;
         Ok(Json(tokens.into()))
     }
@@ -68,8 +68,8 @@ impl ElevationApi {
         auth: AccessToken,
         body: JsonBody<TotpCode>,
     ) -> Result<Json<SessionBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        let tokens = app.elevate_totp(&who, &body.0.code, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        let tokens = app.elevate_totp(&who, &body.0.code, &context(request)).await?;
         Ok(Json(tokens.into()))
     }
 
@@ -78,8 +78,8 @@ impl ElevationApi {
     /// address (409 `no_verified_email` without one), one message a minute.
     #[oai(path = "/v1/elevate/email", method = "post", operation_id = "elevate_email")]
     async fn email(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.elevate_email_start(&who, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.elevate_email_start(&who, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -94,8 +94,8 @@ impl ElevationApi {
         auth: AccessToken,
         body: JsonBody<ElevateEmailVerify>,
     ) -> Result<Json<SessionBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        let tokens = app.elevate_email_verify(&who, &body.0.otp, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        let tokens = app.elevate_email_verify(&who, &body.0.otp, &context(request)).await?;
         Ok(Json(tokens.into()))
     }
 }

@@ -13,7 +13,7 @@ use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ParseFromParameter, ParseResult, Type};
 use poem_openapi::{Object, OpenApi};
 
-use super::{metadata, AdminToken, ApiError, Tag};
+use super::{context, AdminToken, ApiError, Tag};
 use crate::app::{App, Fields};
 use crate::app::AuditEnvelope as Envelope;
 use crate::app::EventFilter as Filter;
@@ -56,7 +56,7 @@ impl EventsApi {
         /// Only events of this type (`UserRegistered`, …).
         event_type: Query<Option<String>>,
     ) -> Result<Json<EventPage>, ApiError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let mut fields = Fields::default();
         let after = match after.0 {
             None => Some(0),

@@ -6,7 +6,7 @@ use poem::Request;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{Object, OpenApi};
 
-use super::{metadata, AdminToken, ApiError, Tag};
+use super::{context, AdminToken, ApiError, Tag};
 use crate::app::App;
 use crate::app::{RelayState, RelayStatus};
 
@@ -88,7 +88,7 @@ impl HealthApi {
         relay: Data<&RelayStatus>,
         auth: AdminToken,
     ) -> Result<PlainText<String>, ApiError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: i64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");

@@ -5,7 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::App;
 
 #[derive(Object)]
@@ -40,8 +40,8 @@ impl MfaApi {
     /// Generate a TOTP secret (pending until enabled with a code from it).
     #[oai(path = "/v1/mfa/totp/generate", method = "post", operation_id = "mfa_totp_generate")]
     async fn generate(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Json<TotpSecret>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        let enrollment = app.mfa_generate(&who, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        let enrollment = app.mfa_generate(&who, &context(request)).await?;
         Ok(Json(TotpSecret {
             otp_secret: enrollment.otp_secret,
             otpauth_uri: enrollment.otpauth_uri,
@@ -58,8 +58,8 @@ impl MfaApi {
         auth: AccessToken,
         body: JsonBody<TotpCode>,
     ) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.mfa_enable(&who, &body.0.code, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.mfa_enable(&who, &body.0.code, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -74,8 +74,8 @@ impl MfaApi {
         auth: AccessToken,
         body: JsonBody<TotpCode>,
     ) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.mfa_disable(&who, &body.0.code, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.mfa_disable(&who, &body.0.code, &context(request)).await?;
         Ok(Done::NoContent)
     }
 }

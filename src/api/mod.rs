@@ -38,7 +38,7 @@ pub use methods::Methods;
 pub use rate_limit::{RateLimitSetting, RateLimits};
 
 use crate::app::App;
-use crate::app::Metadata;
+use crate::app::RequestContext;
 
 #[derive(Tags)]
 pub enum Tag {
@@ -86,20 +86,15 @@ pub struct AccessToken(pub Bearer);
 pub struct AdminToken(pub Bearer);
 
 /// What every event records about the request that caused it.
-pub fn metadata(request: &Request) -> Metadata {
+pub fn context(request: &Request) -> RequestContext {
     let header = |name: &str, max: usize| {
         request.header(name).map(|value| value.chars().take(max).collect::<String>())
     };
-    let mut metadata = Metadata::new();
-    let request_id = header("x-request-id", 128).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    metadata.insert("request_id".into(), request_id);
-    if let Some(address) = ClientAddress::of(request) {
-        metadata.insert("client_address".into(), address.to_string());
+    RequestContext {
+        request_id: Some(header("x-request-id", 128).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
+        client: ClientAddress::of(request),
+        user_agent: header("user-agent", 256),
     }
-    if let Some(agent) = header("user-agent", 256) {
-        metadata.insert("user_agent".into(), agent);
-    }
-    metadata
 }
 
 pub type Apis = (

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::mfa::Done;
 use super::sessions::SessionBody;
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::{App, Ceremony, PasskeyInfo};
 
 #[derive(Object)]
@@ -114,7 +114,7 @@ impl PasskeyApi {
     async fn sign_up(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignUpStart>) -> Result<Json<CeremonyBody>, ApiError> {
         let body = body.0;
         let ceremony = app
-            .passkey_sign_up_start(&body.username, body.signup_token.as_deref(), body.email, body.nickname, &metadata(request))
+            .passkey_sign_up_start(&body.username, body.signup_token.as_deref(), body.email, body.nickname, &context(request))
             .await?;
         Ok(Json(ceremony.into()))
     }
@@ -125,14 +125,14 @@ impl PasskeyApi {
     #[oai(path = "/v1/sign/up/webauthn/verify", method = "post", operation_id = "sign_up_webauthn_verify")]
     async fn sign_up_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
         let body = body.0;
-        Ok(Json(app.passkey_sign_up_finish(&body.challenge_id, &body.credential, &metadata(request)).await?.into()))
+        Ok(Json(app.passkey_sign_up_finish(&body.challenge_id, &body.credential, &context(request)).await?.into()))
     }
 
     /// Sign in with a passkey, step 1: by username, or discoverable (no username).
     /// An unknown username gets a ceremony like any other, which no answer passes.
     #[oai(path = "/v1/sign/in/webauthn", method = "post", operation_id = "sign_in_webauthn")]
     async fn sign_in(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignInStart>) -> Result<Json<CeremonyBody>, ApiError> {
-        Ok(Json(app.passkey_sign_in_start(body.0.username.as_deref(), &metadata(request)).await?.into()))
+        Ok(Json(app.passkey_sign_in_start(body.0.username.as_deref(), &context(request)).await?.into()))
     }
 
     /// Sign in with a passkey, step 2: the assertion → a session (`amr` `["webauthn"]`).
@@ -141,30 +141,30 @@ impl PasskeyApi {
     #[oai(path = "/v1/sign/in/webauthn/verify", method = "post", operation_id = "sign_in_webauthn_verify")]
     async fn sign_in_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
         let body = body.0;
-        Ok(Json(app.passkey_sign_in_finish(&body.challenge_id, &body.credential, &metadata(request)).await?.into()))
+        Ok(Json(app.passkey_sign_in_finish(&body.challenge_id, &body.credential, &context(request)).await?.into()))
     }
 
     /// Add a passkey to the Bearer token's account, step 1 (elevated: a new way to
     /// sign in needs a recent proof of presence, 403 `elevation_required`).
     #[oai(path = "/v1/user/webauthn/add", method = "post", operation_id = "user_webauthn_add")]
     async fn add(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PasskeyAddStart>) -> Result<Json<CeremonyBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        Ok(Json(app.passkey_add_start(&who, body.0.nickname, &metadata(request)).await?.into()))
+        let who = app.check_access_token(&auth.0.token).await?;
+        Ok(Json(app.passkey_add_start(&who, body.0.nickname, &context(request)).await?.into()))
     }
 
     /// Add a passkey, step 2: the new credential, for a ceremony this session started.
     #[oai(path = "/v1/user/webauthn/verify", method = "post", operation_id = "user_webauthn_verify")]
     async fn add_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<PasskeyAdded>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
-        let (credential_id, nickname) = app.passkey_add_finish(&who, &body.challenge_id, &body.credential, &metadata(request)).await?;
+        let (credential_id, nickname) = app.passkey_add_finish(&who, &body.challenge_id, &body.credential, &context(request)).await?;
         Ok(Json(PasskeyAdded { credential_id, nickname }))
     }
 
     /// The passkeys of the Bearer token's account.
     #[oai(path = "/v1/user/webauthn", method = "get", operation_id = "user_webauthn")]
     async fn list(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<PasskeyList>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let credentials = app.passkeys(&who).await?.into_iter().map(PasskeyEntry::from).collect();
         Ok(Json(PasskeyList { credentials }))
     }
@@ -179,8 +179,8 @@ impl PasskeyApi {
         auth: AccessToken,
         #[oai(validator(max_length = 1400))] credential_id: Path<String>,
     ) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.passkey_remove(&who, &credential_id.0, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.passkey_remove(&who, &credential_id.0, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -188,16 +188,16 @@ impl PasskeyApi {
     /// `no_passkeys` when it has none.
     #[oai(path = "/v1/elevate/webauthn", method = "post", operation_id = "elevate_webauthn", tag = "Tag::Elevation")]
     async fn elevate(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Json<CeremonyBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        Ok(Json(app.passkey_elevate_start(&who, &metadata(request)).await?.into()))
+        let who = app.check_access_token(&auth.0.token).await?;
+        Ok(Json(app.passkey_elevate_start(&who, &context(request)).await?.into()))
     }
 
     /// Step-up with a passkey, step 2: the assertion → the session elevated (a new
     /// session body with a fresh `auth_time`; the refresh token rotates).
     #[oai(path = "/v1/elevate/webauthn/verify", method = "post", operation_id = "elevate_webauthn_verify", tag = "Tag::Elevation")]
     async fn elevate_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
-        Ok(Json(app.passkey_elevate_finish(&who, &body.challenge_id, &body.credential, &metadata(request)).await?.into()))
+        Ok(Json(app.passkey_elevate_finish(&who, &body.challenge_id, &body.credential, &context(request)).await?.into()))
     }
 }

@@ -13,7 +13,7 @@ use poem_openapi::types::ToJSON;
 use poem_openapi::{Object, OpenApi};
 
 use super::sign_in::SignInAnswer;
-use super::{metadata, ApiError, JsonBody, Tag};
+use super::{context, ApiError, JsonBody, Tag};
 use crate::app::App;
 
 /// Step one: the client's half of the key agreement.
@@ -131,7 +131,7 @@ impl PrivateSignInApi {
     ) -> Result<Json<PrivateStepTwoAnswer>, ApiError> {
         let body = body.0;
         let started =
-            app.private_step_two(&body.pke_key, &body.pake_key, &body.encrypted_id, &metadata(request)).await?;
+            app.private_step_two(&body.pke_key, &body.pake_key, &body.encrypted_id, &context(request)).await?;
         Ok(Json(PrivateStepTwoAnswer { pake_key: started.pake_key, salt: started.salt }))
     }
 
@@ -147,7 +147,7 @@ impl PrivateSignInApi {
         request: &Request,
         body: JsonBody<PrivateStepThree>,
     ) -> Result<Json<PrivateStepThreeAnswer>, ApiError> {
-        let (finished, keys) = app.private_step_three(&body.0.pake_key, &body.0.pake_proof, &metadata(request)).await?;
+        let (finished, keys) = app.private_step_three(&body.0.pake_key, &body.0.pake_proof, &context(request)).await?;
         // Exactly the body `/v1/sign/in/finish` would answer.
         let answer = SignInAnswer::from(finished).to_json_string();
         let (encrypted_token, pake_proof) = keys.seal(answer.as_bytes());

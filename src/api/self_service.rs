@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::mfa::Done;
 use super::sign_up::SignUpStarted;
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use super::methods::Methods;
 use crate::app::{App, Deanonymization, SessionInfo};
 
@@ -137,7 +137,7 @@ impl SelfServiceApi {
     /// opened from.
     #[oai(path = "/v1/user/sessions", method = "get", operation_id = "user_sessions")]
     async fn sessions(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<MySessions>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let sessions = app.my_sessions(&who).await?.into_iter().map(MySession::from).collect();
         Ok(Json(MySessions { sessions }))
     }
@@ -152,8 +152,8 @@ impl SelfServiceApi {
         auth: AccessToken,
         #[oai(validator(max_length = 64))] session_id: Path<String>,
     ) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.end_my_session(&who, &session_id.0, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.end_my_session(&who, &session_id.0, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -161,8 +161,8 @@ impl SelfServiceApi {
     /// the old one. 403 `elevation_required` without a recent proof of presence.
     #[oai(path = "/v1/user/email/change", method = "post", operation_id = "user_email_change")]
     async fn email_change(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<EmailChange>) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.change_email_start(&who, &body.0.new_email, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.change_email_start(&who, &body.0.new_email, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -171,8 +171,8 @@ impl SelfServiceApi {
     /// purpose; 404 unknown, expired or another account's.
     #[oai(path = "/v1/user/email/verify", method = "post", operation_id = "user_email_verify")]
     async fn email_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CodeProof>) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.change_email_verify(&who, &body.0.verification_id, &body.0.code, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.change_email_verify(&who, &body.0.verification_id, &body.0.code, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -180,16 +180,16 @@ impl SelfServiceApi {
     /// `delivery_unavailable` when none is configured).
     #[oai(path = "/v1/user/phone/change", method = "post", operation_id = "user_phone_change")]
     async fn phone_change(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PhoneChange>) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.change_phone_start(&who, &body.0.phone_number, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.change_phone_start(&who, &body.0.phone_number, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
     /// Phone number, step 2: the texted code → the number is the account's.
     #[oai(path = "/v1/user/phone/verify", method = "post", operation_id = "user_phone_verify")]
     async fn phone_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CodeProof>) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.change_phone_verify(&who, &body.0.verification_id, &body.0.code, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.change_phone_verify(&who, &body.0.verification_id, &body.0.code, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -200,12 +200,12 @@ impl SelfServiceApi {
     /// other sessions; 409 `username_taken`.
     #[oai(path = "/v1/user/deanonymize", method = "post", operation_id = "user_deanonymize")]
     async fn deanonymize(&self, app: Data<&Arc<App>>, methods: Data<&Methods>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeStart>) -> Result<Deanonymizing, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
         // The way in it makes: honoured like the routes of that method.
         methods.require(if body.method == "email" { "email_link" } else { "password" })?;
         let (username, request_message, email) = (body.username.as_deref(), body.registration_request.as_deref(), body.email.as_deref());
-        Ok(match app.deanonymize(&who, &body.method, username, request_message, email, &metadata(request)).await? {
+        Ok(match app.deanonymize(&who, &body.method, username, request_message, email, &context(request)).await? {
             Deanonymization::Registration(registration_response) => Deanonymizing::Registration(Json(SignUpStarted { registration_response })),
             Deanonymization::LinkSent => Deanonymizing::LinkSent,
         })
@@ -217,8 +217,8 @@ impl SelfServiceApi {
     #[oai(path = "/v1/user/deanonymize/finish", method = "post", operation_id = "user_deanonymize_finish")]
     async fn deanonymize_finish(&self, app: Data<&Arc<App>>, methods: Data<&Methods>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeFinish>) -> Result<Done, ApiError> {
         methods.require("password")?;
-        let who = app.verify(&auth.0.token).await?;
-        app.deanonymize_finish(&who, &body.0.registration_record, body.0.email, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.deanonymize_finish(&who, &body.0.registration_record, body.0.email, &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -232,7 +232,7 @@ impl SelfServiceApi {
         auth: AccessToken,
         body: JsonBody<PasswordChangeStart>,
     ) -> Result<Json<SignUpStarted>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let registration_response = app.change_password_start(&who, &body.0.registration_request).await?;
         Ok(Json(SignUpStarted { registration_response }))
     }
@@ -247,8 +247,8 @@ impl SelfServiceApi {
         auth: AccessToken,
         body: JsonBody<PasswordChangeFinish>,
     ) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        app.change_password_finish(&who, &body.0.registration_record, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        app.change_password_finish(&who, &body.0.registration_record, &context(request)).await?;
         Ok(Done::NoContent)
     }
 }

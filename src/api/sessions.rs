@@ -5,7 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::{App, Tokens};
 
 /// A session: a short-lived access token and a single-use refresh token.
@@ -104,7 +104,7 @@ impl SessionApi {
     /// Check the Bearer access token: signature, expiry, and that its session is open.
     #[oai(path = "/v1/jwt/verify", method = "get", operation_id = "jwt_verify")]
     async fn verify(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<TokenInfo>, ApiError> {
-        let verified = app.verify(&auth.0.token).await?;
+        let verified = app.check_access_token(&auth.0.token).await?;
         Ok(Json(TokenInfo {
             profile_id: verified.profile_id.to_string(),
             session_id: verified.session_id.to_string(),
@@ -120,7 +120,7 @@ impl SessionApi {
         request: &Request,
         body: JsonBody<RefreshRequest>,
     ) -> Result<Json<SessionBody>, ApiError> {
-        Ok(Json(app.refresh(&body.0.refresh_token, &metadata(request)).await?.into()))
+        Ok(Json(app.refresh(&body.0.refresh_token, &context(request)).await?.into()))
     }
 
     /// End this session, or with `all` every session of the account.
@@ -132,15 +132,15 @@ impl SessionApi {
         auth: AccessToken,
         body: JsonBody<SignOutRequest>,
     ) -> Result<Json<SignedOut>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
-        let revoked = app.sign_out(&who, body.0.all, &metadata(request)).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
+        let revoked = app.sign_out(&who, body.0.all, &context(request)).await?;
         Ok(Json(SignedOut { revoked }))
     }
 
     /// The account of the Bearer access token.
     #[oai(path = "/v1/user", method = "get", operation_id = "user")]
     async fn user(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<Profile>, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let Some(user) = app.user(who.profile_id).await? else {
             return Err(ApiError::new(503, "catching_up", "the account is not in the read model yet; retry"));
         };

@@ -9,7 +9,7 @@ use webauthn_rs::prelude::Url;
 
 use super::mfa::Done;
 use super::sessions::SessionBody;
-use super::{metadata, AccessToken, ApiError, JsonBody, Tag};
+use super::{context, AccessToken, ApiError, JsonBody, Tag};
 use crate::app::{App, AppError, Channel, Fields, SignInResult};
 
 #[derive(Object)]
@@ -101,7 +101,7 @@ impl SignInApi {
         body: JsonBody<SignInStart>,
     ) -> Result<Json<SignInStarted>, ApiError> {
         let (sign_in_id, credential_response) =
-            app.sign_in_start(&body.0.username, &body.0.credential_request, &metadata(request)).await?;
+            app.sign_in_start(&body.0.username, &body.0.credential_request, &context(request)).await?;
         Ok(Json(SignInStarted { sign_in_id, credential_response }))
     }
 
@@ -117,7 +117,7 @@ impl SignInApi {
         body: JsonBody<SignInFinish>,
     ) -> Result<Json<SignInAnswer>, ApiError> {
         let result =
-            app.sign_in_finish(&body.0.sign_in_id, &body.0.credential_finalization, &metadata(request)).await?;
+            app.sign_in_finish(&body.0.sign_in_id, &body.0.credential_finalization, &context(request)).await?;
         Ok(Json(result.into()))
     }
 
@@ -131,14 +131,14 @@ impl SignInApi {
         request: &Request,
         body: JsonBody<MfaSignIn>,
     ) -> Result<Json<SessionBody>, ApiError> {
-        let tokens = app.sign_in_mfa(&body.0.mfa_ticket, &body.0.code, &metadata(request)).await?;
+        let tokens = app.sign_in_mfa(&body.0.mfa_ticket, &body.0.code, &context(request)).await?;
         Ok(Json(tokens.into()))
     }
 
     /// Check an access token; 401 when invalid, expired or signed out.
     #[oai(path = "/v1/sign/in/verify", method = "post", operation_id = "sign_in_verify")]
     async fn verify(&self, app: Data<&Arc<App>>, body: JsonBody<VerifyRequest>) -> Result<Json<VerifiedProfile>, ApiError> {
-        let verified = app.verify(&body.0.jwt).await?;
+        let verified = app.check_access_token(&body.0.jwt).await?;
         Ok(Json(VerifiedProfile { profile_id: verified.profile_id.to_string() }))
     }
 }
@@ -168,7 +168,7 @@ impl PasswordlessApi {
     /// there.
     #[oai(path = "/v1/sign/in/otp/email", method = "post", operation_id = "sign_in_otp_email")]
     async fn start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
-        app.sign_in_code_start(Channel::Email, &body.0.email, None, &metadata(request))?;
+        app.sign_in_code_start(Channel::Email, &body.0.email, None, &context(request))?;
         Ok(Done::NoContent)
     }
 
@@ -178,7 +178,7 @@ impl PasswordlessApi {
     /// (counted on the account's throttle), 429 when this address is throttled.
     #[oai(path = "/v1/sign/in/otp/email/verify", method = "post", operation_id = "sign_in_otp_email_verify")]
     async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SignInAnswer>, ApiError> {
-        Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &metadata(request)).await?.into()))
+        Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &context(request)).await?.into()))
     }
 
     /// Sign in by link, step 1: always 204 for a well-formed address (422 for a
@@ -187,7 +187,7 @@ impl PasswordlessApi {
     #[oai(path = "/v1/sign/in/passwordless/email", method = "post", operation_id = "sign_in_passwordless_email")]
     async fn link_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<LinkStart>) -> Result<Done, ApiError> {
         let body = body.0;
-        app.sign_in_code_start(Channel::Link, &body.email, body.redirect_to.as_deref(), &metadata(request))?;
+        app.sign_in_code_start(Channel::Link, &body.email, body.redirect_to.as_deref(), &context(request))?;
         Ok(Done::NoContent)
     }
 
@@ -215,7 +215,7 @@ impl PasswordlessApi {
     #[oai(path = "/v1/verify", method = "post", operation_id = "verify_ticket")]
     async fn link_verify(&self, app: Data<&Arc<App>>, request: &Request, body: TicketRequest) -> Result<TicketAnswer, ApiError> {
         match body {
-            TicketRequest::Json(body) => Ok(TicketAnswer::Session(Json(app.sign_in_link_verify(&body.0.ticket, &metadata(request)).await?.into()))),
+            TicketRequest::Json(body) => Ok(TicketAnswer::Session(Json(app.sign_in_link_verify(&body.0.ticket, &context(request)).await?.into()))),
             TicketRequest::Form(form) => {
                 let mut fields = Fields::default();
                 if form.ticket.is_empty() || form.ticket.len() > 1024 {
@@ -223,7 +223,7 @@ impl PasswordlessApi {
                 }
                 let target = fields.check("redirect_to", redirect_target(&app, &form.redirect_to).map_err(|_| "is not within AUTHD_ALLOWED_REDIRECT_URLS".to_string()));
                 let (Some(mut target), true) = (target, fields.is_empty()) else { return Err(fields.error().into()) };
-                let fragment = match app.sign_in_link_verify(&form.ticket, &metadata(request)).await? {
+                let fragment = match app.sign_in_link_verify(&form.ticket, &context(request)).await? {
                     SignInResult::Session(tokens) => format!("refresh_token={}", tokens.refresh_token),
                     SignInResult::MfaRequired { mfa_ticket } => format!("mfa_ticket={mfa_ticket}"),
                 };
@@ -239,7 +239,7 @@ impl PasswordlessApi {
     /// makes it a real account.
     #[oai(path = "/v1/sign/in/anonymous", method = "post", operation_id = "sign_in_anonymous")]
     async fn anonymous(&self, app: Data<&Arc<App>>, request: &Request) -> Result<Json<SessionBody>, ApiError> {
-        Ok(Json(app.anonymous_sign_in(&metadata(request)).await?.into()))
+        Ok(Json(app.anonymous_sign_in(&context(request)).await?.into()))
     }
 
     /// Sign in with an ID token of a configured OpenID provider → a session (`amr`
@@ -250,16 +250,16 @@ impl PasswordlessApi {
     #[oai(path = "/v1/sign/in/idtoken", method = "post", operation_id = "sign_in_idtoken")]
     async fn idtoken(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SignInAnswer>, ApiError> {
         let body = body.0;
-        Ok(Json(app.idtoken_sign_in(&body.provider, &body.id_token, body.nonce.as_deref(), &metadata(request)).await?.into()))
+        Ok(Json(app.idtoken_sign_in(&body.provider, &body.id_token, body.nonce.as_deref(), &context(request)).await?.into()))
     }
 
     /// Link an ID token's identity to the Bearer token's account (elevated); 409
     /// `identity_linked` when another account has it.
     #[oai(path = "/v1/link/idtoken", method = "post", operation_id = "link_idtoken")]
     async fn link_idtoken(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<IdTokenBody>) -> Result<Done, ApiError> {
-        let who = app.verify(&auth.0.token).await?;
+        let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
-        app.idtoken_link(&who, &body.provider, &body.id_token, body.nonce.as_deref(), &metadata(request)).await?;
+        app.idtoken_link(&who, &body.provider, &body.id_token, body.nonce.as_deref(), &context(request)).await?;
         Ok(Done::NoContent)
     }
 
@@ -268,7 +268,7 @@ impl PasswordlessApi {
     /// through the SMS webhook.
     #[oai(path = "/v1/sign/in/passwordless/sms", method = "post", operation_id = "sign_in_sms")]
     async fn sms_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsStart>) -> Result<Done, ApiError> {
-        app.sign_in_code_start(Channel::Sms, &body.0.phone_number, None, &metadata(request))?;
+        app.sign_in_code_start(Channel::Sms, &body.0.phone_number, None, &context(request))?;
         Ok(Done::NoContent)
     }
 
@@ -276,7 +276,7 @@ impl PasswordlessApi {
     /// `["sms"]`) or the MFA ticket; refusals as for the email code.
     #[oai(path = "/v1/sign/in/passwordless/sms/otp", method = "post", operation_id = "sign_in_sms_otp")]
     async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SignInAnswer>, ApiError> {
-        Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &metadata(request)).await?.into()))
+        Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &context(request)).await?.into()))
     }
 }
 

@@ -5,7 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{metadata, ApiError, JsonBody, Tag};
+use super::{context, ApiError, JsonBody, Tag};
 use crate::app::App;
 
 #[derive(Object)]
@@ -79,7 +79,7 @@ impl SignUpApi {
                 body.signup_token.as_deref(),
                 &body.registration_record,
                 body.email,
-                &metadata(request),
+                &context(request),
             )
             .await?;
         Ok(Json(SignedUp { profile_id: profile_id.to_string() }))

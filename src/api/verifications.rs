@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use domain::verifier::{Method, SymbolSet};
+use domain::verification_code::{Method, SymbolSet};
 use poem::web::Data;
 use poem::Request;
 use poem_openapi::param::Path;
@@ -14,7 +14,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::Value;
 
 use super::error::{ErrorBody, FieldError};
-use super::{metadata, AdminToken, ApiError, JsonBody, Tag};
+use super::{context, AdminToken, ApiError, JsonBody, Tag};
 use crate::app::{AdminDenied, App, AppError, CodeOutcome, CodeSpec, Initiation, Template, VerifierData};
 
 #[derive(Debug, Clone, Copy, Enum)]
@@ -293,7 +293,7 @@ impl VerificationApi {
         method: Path<String>,
         body: JsonBody<InitiateRequest>,
     ) -> Result<Json<InitiatedBody>, VerificationError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let method = self::method(&method.0)?;
         let body = body.0;
         let policy = body.policy;
@@ -311,7 +311,7 @@ impl VerificationApi {
             max_attempts: policy.as_ref().and_then(|p| p.max_attempts),
             payload: body.payload,
         };
-        let initiated = app.initiate_verification(method, initiation, &metadata(request)).await?;
+        let initiated = app.initiate_verification(method, initiation, &context(request)).await?;
         Ok(Json(InitiatedBody {
             status: 200,
             verification_id: initiated.verification_id,
@@ -341,10 +341,10 @@ impl VerificationApi {
         id: Path<String>,
         body: JsonBody<ValidateRequest>,
     ) -> Result<Json<VerifierAnswer>, VerificationError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let method = self::method(&method.0)?;
         let outcome =
-            app.validate_verification(method, &id.0, &body.0.code, body.0.remove_secret, &metadata(request)).await?;
+            app.validate_verification(method, &id.0, &body.0.code, body.0.remove_secret, &context(request)).await?;
         match outcome {
             CodeOutcome::Valid(data) => Ok(Json(VerifierAnswer { status: 200, data: data.into() })),
             CodeOutcome::Invalid(data) => Err(VerificationError::reference(422, "Invalid code", Some(data.into()))),
@@ -363,7 +363,7 @@ impl VerificationApi {
         /// The verification id.
         id: Path<String>,
     ) -> Result<Json<VerifierAnswer>, VerificationError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let method = self::method(&method.0)?;
         let data = app.verifier(method, &id.0).await?;
         Ok(Json(VerifierAnswer { status: 200, data: data.into() }))
@@ -381,9 +381,9 @@ impl VerificationApi {
         /// The verification id.
         id: Path<String>,
     ) -> Result<Json<StatusAnswer>, VerificationError> {
-        app.admin(&auth.0.token, &metadata(request))?;
+        app.admin(&auth.0.token, &context(request))?;
         let method = self::method(&method.0)?;
-        app.delete_verification(method, &id.0, &metadata(request)).await?;
+        app.delete_verification(method, &id.0, &context(request)).await?;
         Ok(Json(StatusAnswer { status: 200 }))
     }
 }

@@ -1,7 +1,7 @@
 //! Account lifecycle use cases: email activation, forgotten password (an emailed
 //! code), recovery with an admin-issued token, removal. The rules are in
 //! `domain::user`, `domain::username`, `domain::invite_token` and
-//! `domain::verifier`; codes travel through the verification service.
+//! `domain::verification_code`; codes travel through the verification service.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use domain::invite_token::InviteTokenCommand;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::user::{UserCommand, UserError, REGISTRATION_RECORD_LEN};
 use domain::username::{self as usernames, UsernameCommand};
-use domain::verifier::{CodePurpose, Method, PurposeKind};
+use domain::verification_code::{CodePurpose, Method, PurposeKind};
 use domain::email_address::EmailAddressCommand;
 use domain::identity::IdentityCommand;
 use domain::passkey::PasskeyCredentialCommand;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::transact;
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, RequestContext};
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Verified};
 
 /// The account an emailed code of purpose `kind` is for.
@@ -57,7 +57,7 @@ impl App {
 
 
     /// Sends the activation code for a new account's email (24 hours valid).
-    pub(crate) async fn send_activation(&self, profile_id: Uuid, email: &str, meta: &Metadata) -> Result<String, AppError> {
+    pub(crate) async fn send_activation(&self, profile_id: Uuid, email: &str, meta: &RequestContext) -> Result<String, AppError> {
         self.send_email_code(
             email,
             "Activate your account",
@@ -71,7 +71,7 @@ impl App {
 
     /// Activation: the emailed code proves the address; the email becomes verified
     /// and the account's (409 `email_taken` when another account verified it first).
-    pub async fn activate(&self, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn activate(&self, verification_id: &str, code: &str, meta: &RequestContext) -> Result<(), AppError> {
         let redeemed = self.redeem_code(Method::Email.as_str(), verification_id, code, meta).await?;
         let profile_id = account_for(&redeemed.payload, PurposeKind::Activate)?;
         let (profile, email_id) = (profile_id.to_string(), self.email_address_id(&redeemed.consumer));
@@ -88,7 +88,7 @@ impl App {
     /// Forgotten password: when the account exists and has a verified email, a reset
     /// code goes there (15 minutes valid), one mail a minute at most. Answers at once either way, and sends in
     /// the background, so neither the answer nor its timing reveals the account.
-    pub fn forgot(self: &Arc<Self>, username: &str, meta: &Metadata) {
+    pub fn forgot(self: &Arc<Self>, username: &str, meta: &RequestContext) {
         let (app, username, meta) = (self.clone(), username.to_string(), meta.clone());
         tokio::spawn(async move {
             if let Err(error) = app.send_reset(&username, &meta).await {
@@ -97,7 +97,7 @@ impl App {
         });
     }
 
-    async fn send_reset(&self, username: &str, meta: &Metadata) -> Result<(), AppError> {
+    async fn send_reset(&self, username: &str, meta: &RequestContext) -> Result<(), AppError> {
         let Some(profile_id) = self.account_of(username).await? else { return Ok(()) };
         let user = self.store.load::<User>(&profile_id.to_string()).await?;
         let (Some(email), true) = (user.email(), user.email_verified()) else { return Ok(()) };
@@ -128,7 +128,7 @@ impl App {
         verification_id: &str,
         code: &str,
         registration_request: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<String, AppError> {
         let mut fields = Fields::default();
         let request = fields.check("registration_request", message(registration_request, protocol::REGISTRATION_REQUEST_LEN));
@@ -152,7 +152,7 @@ impl App {
         verification_id: &str,
         code: &str,
         registration_record: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let record = fields.check("registration_record", checked_record(registration_record));
@@ -194,7 +194,7 @@ impl App {
         username: &str,
         token: &str,
         registration_record: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
@@ -209,7 +209,7 @@ impl App {
     }
 
     /// A new OPAQUE record for the account; every session ends.
-    pub(crate) async fn reset_password(&self, profile_id: Uuid, record: Vec<u8>, meta: &Metadata) -> Result<(), AppError> {
+    pub(crate) async fn reset_password(&self, profile_id: Uuid, record: Vec<u8>, meta: &RequestContext) -> Result<(), AppError> {
         let reset = UserCommand::ResetPassword { registration_record: record, at: Utc::now() };
         self.store
             .execute::<User>(&profile_id.to_string(), reset, &(), meta)
@@ -237,7 +237,7 @@ impl App {
 
     /// Password change, step 2 (elevated): the new record replaces the old one and
     /// every other session of the account ends; this one goes on.
-    pub async fn change_password_finish(&self, who: &Verified, registration_record: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn change_password_finish(&self, who: &Verified, registration_record: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let mut fields = Fields::default();
         let record = fields.check("registration_record", checked_record(registration_record));
@@ -253,7 +253,7 @@ impl App {
 
     /// Email change, step 1 (elevated): a code to the new address (15 minutes), a
     /// notice to the old one. Nothing changes until the code comes back.
-    pub async fn change_email_start(&self, who: &Verified, new_email: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn change_email_start(&self, who: &Verified, new_email: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let mut fields = Fields::default();
         fields.check("new_email", Method::Email.check_consumer(new_email));
@@ -276,7 +276,7 @@ impl App {
 
     /// Email change, step 2: the code sent to the new address makes it the
     /// account's, verified.
-    pub async fn change_email_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn change_email_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &RequestContext) -> Result<(), AppError> {
         let email = self.redeem_own_code(who, Method::Email, PurposeKind::ChangeEmail, verification_id, code, meta).await?;
         let profile = who.profile_id.to_string();
         let user = self.store.load::<User>(&profile).await?;
@@ -298,7 +298,7 @@ impl App {
     /// Phone number, step 1 (elevated): a code texted to it (E.164) through the SMS
     /// webhook (503 `delivery_unavailable` without one), within the server's hourly
     /// budget of texts (429 past it).
-    pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn change_phone_start(&self, who: &Verified, phone_number: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let mut fields = Fields::default();
         fields.check("phone_number", Method::Phone.check_consumer(phone_number));
@@ -317,7 +317,7 @@ impl App {
     /// Phone number, step 2: the texted code makes the number the account's.
     /// The number becomes the account's only if no other account holds it (409
     /// `phone_number_taken`); the account's former number is free again.
-    pub async fn change_phone_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn change_phone_verify(&self, who: &Verified, verification_id: &str, code: &str, meta: &RequestContext) -> Result<(), AppError> {
         let phone_number = self.redeem_own_code(who, Method::Phone, PurposeKind::ChangePhone, verification_id, code, meta).await?;
         let (profile_id, profile) = (who.profile_id, who.profile_id.to_string());
         let new_id = self.keys.aggregate_id("phone", &phone_number);
@@ -348,7 +348,7 @@ impl App {
         kind: PurposeKind,
         verification_id: &str,
         code: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<String, AppError> {
         let verifier = self.verifier(method, verification_id).await?;
         if account_for(&verifier.payload, kind)? != who.profile_id {
@@ -360,7 +360,7 @@ impl App {
     /// Removes the account: the username becomes free and every session ends. Safe
     /// to repeat after a partial failure (each step accepts that it already ran).
     /// Needs a recent proof of presence (step-up).
-    pub async fn remove_account(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn remove_account(&self, who: &Verified, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         self.remove(who.profile_id, meta).await
     }
@@ -371,7 +371,7 @@ impl App {
     /// claimed again at once; then every session ends, the outbox forgets the
     /// account's mail (to every address it had or asked a code or link for), and the
     /// personal data in the log is shredded. Safe to repeat after a partial failure.
-    pub(crate) async fn remove(&self, profile_id: Uuid, meta: &Metadata) -> Result<(), AppError> {
+    pub(crate) async fn remove(&self, profile_id: Uuid, meta: &RequestContext) -> Result<(), AppError> {
         let id = profile_id.to_string();
         let user = self.store.load::<User>(&id).await?;
         let name_id = self.keys.aggregate_id("username", user.username());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{App, Metadata};
+use super::{App, RequestContext};
 
 /// The shortest admin token the server starts with.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
@@ -61,9 +61,10 @@ impl Failures {
 
 impl App {
     /// Admits an admin request presenting `presented`, from the client `meta` names.
-    pub fn admin(&self, presented: &str, meta: &Metadata) -> Result<(), AdminDenied> {
+    pub fn admin(&self, presented: &str, meta: &RequestContext) -> Result<(), AdminDenied> {
         let Some(token) = &self.policy.admin_token else { return Err(AdminDenied::NotConfigured) };
-        let address = meta.get("client_address").map_or("unknown", String::as_str);
+        let address = meta.client.map_or_else(|| "unknown".to_string(), |client| client.to_string());
+        let address = address.as_str();
         let now = Instant::now();
         if let Some(retry_after_secs) = self.admin_failures.throttled(address, now) {
             return Err(AdminDenied::Throttled { retry_after_secs });

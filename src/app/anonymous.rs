@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::transact;
-use crate::store::Metadata;
+use crate::store::RequestContext;
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Denied, Fields, Tokens, Verified};
 
@@ -35,7 +35,7 @@ impl App {
         let now = Utc::now();
         let cutoff = now - retention;
         let candidates = self.store.read_models().await?.anonymous_accounts_before(&cutoff.to_rfc3339(), RETENTION_BATCH).await?;
-        let meta = Metadata::from([("request_id".to_string(), "anonymous-retention".to_string())]);
+        let meta = RequestContext::server("anonymous-retention");
         let mut removed = 0;
         for id in candidates {
             let Ok(profile_id) = Uuid::parse_str(&id) else { continue };
@@ -58,7 +58,7 @@ impl App {
     }
 
     /// A new anonymous account and its session, in one unit.
-    pub async fn anonymous_sign_in(&self, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn anonymous_sign_in(&self, meta: &RequestContext) -> Result<Tokens, AppError> {
         let (profile_id, at) = (Uuid::new_v4(), Utc::now());
         transact!(self.store, &[], meta, |unit| {
             unit.decide_new::<User>(&profile_id.to_string(), UserCommand::RegisterAnonymous { at }, &())
@@ -78,7 +78,7 @@ impl App {
         username: Option<&str>,
         registration_request: Option<&str>,
         email: Option<&str>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Deanonymization, AppError> {
         if method == "email" {
             self.deanonymize_by_email(who, email, meta).await?;
@@ -91,10 +91,10 @@ impl App {
     /// following it makes the account real with that address, verified. An address
     /// another account verified gets a notice instead, never a link into this account
     /// — and the answer is the same.
-    async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+    async fn deanonymize_by_email(&self, who: &Verified, email: Option<&str>, meta: &RequestContext) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let email = email.unwrap_or_default().trim().to_string();
-        fields.check("email", domain::verifier::Method::Email.check_consumer(&email));
+        fields.check("email", domain::verification_code::Method::Email.check_consumer(&email));
         if !fields.is_empty() {
             return Err(fields.error());
         }
@@ -117,7 +117,7 @@ impl App {
 
     /// Deanonymize, step 1: the username (free, kept until step 2) and the OPAQUE
     /// registration request of the new password.
-    async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &Metadata) -> Result<String, AppError> {
+    async fn deanonymize_start(&self, who: &Verified, method: &str, username: Option<&str>, registration_request: Option<&str>, meta: &RequestContext) -> Result<String, AppError> {
         let mut fields = Fields::default();
         if method != "password" {
             fields.bad("method", "must be \"password\" or \"email\"");
@@ -142,7 +142,7 @@ impl App {
 
     /// Deanonymize, step 2: the username is claimed and the password registered in
     /// one unit; the account keeps its profile id. An email gets an activation code.
-    pub async fn deanonymize_finish(&self, who: &Verified, registration_record: &str, email: Option<String>, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn deanonymize_finish(&self, who: &Verified, registration_record: &str, email: Option<String>, meta: &RequestContext) -> Result<(), AppError> {
         let mut fields = Fields::default();
         let record = fields.check("registration_record", super::account::checked_record(registration_record));
         let Some(record) = record else { return Err(fields.error()) };

@@ -15,7 +15,7 @@ use domain::{Mfa, MfaChallenge, Passkeys, Session, User};
 use jsonwebtoken::{Algorithm, Header};
 use uuid::Uuid;
 
-use crate::store::{Metadata, Unit};
+use crate::store::{RequestContext, Unit};
 use super::{random_token, rejected, App, AppError, Claims, Conflict, Denied, SignInResult, Tokens, Verified};
 
 /// Wrong codes an `mfa_ticket` survives.
@@ -207,7 +207,7 @@ impl App {
             amr: amr.clone(),
             presence,
             pat_id: proven.pat_id,
-            device: device_of(unit.metadata()),
+            device: device_of(unit.context()),
             at,
         };
         unit.decide_new::<Session>(&session_id.to_string(), command, &())
@@ -323,9 +323,9 @@ impl App {
     }
 }
 
-/// The device a request came from, as its metadata recorded it.
-fn device_of(meta: &Metadata) -> Device {
-    Device { client_address: meta.get("client_address").cloned(), user_agent: meta.get("user_agent").cloned() }
+/// The device a request came from.
+fn device_of(context: &RequestContext) -> Device {
+    Device { client_address: context.client.map(|client| client.to_string()), user_agent: context.user_agent.clone() }
 }
 
 #[cfg(test)]

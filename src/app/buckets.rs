@@ -6,7 +6,7 @@ use futures::{stream, StreamExt, TryStreamExt};
 use projections::BucketView;
 use uuid::Uuid;
 
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, RequestContext};
 use super::{random_token, rejected, App, AppError, Conflict, Fields};
 
 /// Commands in flight at once when a bucket is filled.
@@ -20,7 +20,7 @@ impl App {
         bucket: Bucket,
         for_profile: Option<Uuid>,
         tokens: Vec<String>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<u64, AppError> {
         let issued = stream::iter(tokens)
             .map(|token| async move {
@@ -66,7 +66,7 @@ impl App {
         bucket: Bucket,
         for_profile: Option<Uuid>,
         count: usize,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Vec<String>, AppError> {
         let tokens: Vec<String> = (0..count).map(|_| random_token()).collect();
         self.fill(bucket, for_profile, tokens.clone(), meta).await?;
@@ -74,7 +74,7 @@ impl App {
     }
 
     /// Generates tokens until `size` are available in the `signup` bucket.
-    pub async fn top_up(&self, size: u64, meta: &Metadata) -> Result<Vec<String>, AppError> {
+    pub async fn top_up(&self, size: u64, meta: &RequestContext) -> Result<Vec<String>, AppError> {
         let available = u64::try_from(self.bucket(Bucket::Signup).await?.available).unwrap_or(0);
         let missing = usize::try_from(size.saturating_sub(available)).unwrap_or(0);
         self.generate(Bucket::Signup, None, missing, meta).await

@@ -11,7 +11,7 @@ use domain::mfa::MfaCommand;
 use domain::{Mfa, Session, Throttle, User};
 
 use crate::store::transact;
-use crate::store::Metadata;
+use crate::store::RequestContext;
 use super::assurance::Factor;
 use super::mfa::{mfa_error, Proof};
 use super::{App, AppError, SignInResult, Tokens, Verified};
@@ -24,7 +24,7 @@ impl App {
         &self,
         who: &Verified,
         credential_request: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(String, String), AppError> {
         self.may_elevate(who)?;
         let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
@@ -38,7 +38,7 @@ impl App {
         who: &Verified,
         sign_in_id: &str,
         credential_finalization: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Tokens, AppError> {
         match self.password_finish(sign_in_id, credential_finalization, Some(who), meta).await? {
             SignInResult::Session(tokens) => Ok(tokens),
@@ -48,7 +48,7 @@ impl App {
 
     /// Step-up by TOTP: the code is proved and counted on the account's throttle and
     /// the session elevated, in one unit.
-    pub async fn elevate_totp(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn elevate_totp(&self, who: &Verified, code: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
         self.may_elevate(who)?;
         let at = Utc::now();
         let (profile, session) = (who.profile_id.to_string(), who.session_id.to_string());

@@ -8,7 +8,7 @@ use domain::email_address::{EmailAddressCommand, EmailAddressError};
 use domain::EmailAddress;
 use uuid::Uuid;
 
-use crate::store::{CommandError, Metadata, Unit};
+use crate::store::{CommandError, RequestContext, Unit};
 use super::{rejected, App, AppError, Conflict};
 
 /// The upgrade that claimed every address verified before owners were recorded.
@@ -50,7 +50,7 @@ impl App {
             return Ok(());
         }
         self.store.catch_up().await?;
-        let meta = Metadata::default();
+        let meta = RequestContext::default();
         let mut changed = 0;
         for (email, profile_id) in self.store.read_models().await?.verified_emails().await? {
             let Ok(profile_id) = Uuid::parse_str(&profile_id) else { continue };

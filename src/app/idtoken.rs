@@ -26,7 +26,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::store::transact;
-use crate::store::{Metadata, Unit};
+use crate::store::{RequestContext, Unit};
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Denied, SignInResult, Verified};
 
@@ -319,7 +319,7 @@ impl App {
     /// linked to the identity; a new account when none is and sign-up is open (403
     /// `sign_up_closed` otherwise). The token signs in once: it is spent in the
     /// session's own unit, so two concurrent uses cannot both succeed.
-    pub async fn idtoken_sign_in(&self, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<SignInResult, AppError> {
+    pub async fn idtoken_sign_in(&self, provider: &str, id_token: &str, nonce: Option<&str>, meta: &RequestContext) -> Result<SignInResult, AppError> {
         let claims = self.oidc.verify(provider, id_token, nonce).await?;
         let identity_id = self.identity_id(&claims.issuer, &claims.subject);
         let token_id = self.id_token_id(id_token);
@@ -351,7 +351,7 @@ impl App {
         token_id: &str,
         claims: &IdTokenClaims,
         at: DateTime<Utc>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<SignInResult, AppError> {
         let identity_id = identity_id.to_string();
         if !self.policy.open_signup {
@@ -384,7 +384,7 @@ impl App {
 
     /// Links an ID token's identity to the holder's account (elevated); 409
     /// `identity_linked` when another account has it.
-    pub async fn idtoken_link(&self, who: &Verified, provider: &str, id_token: &str, nonce: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn idtoken_link(&self, who: &Verified, provider: &str, id_token: &str, nonce: Option<&str>, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let claims = self.oidc.verify(provider, id_token, nonce).await?;
         let (identity_id, profile) = (self.identity_id(&claims.issuer, &claims.subject), who.profile_id.to_string());

@@ -10,7 +10,7 @@ use domain::{Mfa, Throttle, User};
 use uuid::Uuid;
 
 use crate::store::transact;
-use crate::store::{CommandError, Metadata, Unit};
+use crate::store::{CommandError, RequestContext, Unit};
 use super::{rejected, App, AppError, Conflict, TotpEnrollment, Verified};
 
 /// What a TOTP code proved.
@@ -36,7 +36,7 @@ impl Proof {
 impl App {
     /// A new TOTP secret for the account, pending until a code enables it. Elevated,
     /// like enabling it: a stolen session must not enrol its own second factor.
-    pub async fn mfa_generate(&self, who: &Verified, meta: &Metadata) -> Result<TotpEnrollment, AppError> {
+    pub async fn mfa_generate(&self, who: &Verified, meta: &RequestContext) -> Result<TotpEnrollment, AppError> {
         self.require_elevation(who).await?;
         let user = self.store.load::<User>(&who.profile_id.to_string()).await?;
         let secret = crate::crypto::totp::new_secret();
@@ -52,21 +52,21 @@ impl App {
     }
 
     /// Elevated, and a current code of the pending secret.
-    pub async fn mfa_enable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn mfa_enable(&self, who: &Verified, code: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let at = Utc::now();
         self.change_mfa(who, MfaCommand::Enable { code: code.to_string(), at }, at, meta).await
     }
 
     /// Needs a recent proof of presence (step-up) as well as a current code.
-    pub async fn mfa_disable(&self, who: &Verified, code: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn mfa_disable(&self, who: &Verified, code: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let at = Utc::now();
         self.change_mfa(who, MfaCommand::Disable { code: code.to_string(), at }, at, meta).await
     }
 
     /// Enables or disables TOTP with a code, proved and counted in one unit.
-    async fn change_mfa(&self, who: &Verified, command: MfaCommand, at: DateTime<Utc>, meta: &Metadata) -> Result<(), AppError> {
+    async fn change_mfa(&self, who: &Verified, command: MfaCommand, at: DateTime<Utc>, meta: &RequestContext) -> Result<(), AppError> {
         let profile = who.profile_id.to_string();
         let user = self.store.load::<User>(&profile).await?;
         let (throttle_id, address) = (self.account_throttle_id(&user, at), self.address_of(meta));

@@ -44,7 +44,7 @@ pub(crate) use error::rejected;
 pub use crate::relay::envelope::Envelope as AuditEnvelope;
 pub use crate::relay::{State as RelayState, Status as RelayStatus};
 pub use crate::store::log::Filter as EventFilter;
-pub use crate::store::Metadata;
+pub use crate::store::RequestContext;
 pub use admin::{AdminDenied, MIN_ADMIN_TOKEN_LEN};
 pub use error::{AppError, Conflict, Denied, Fields, Missing, Undeliverable};
 pub use passkeys::{relying_party, Ceremony, PasskeyInfo};
@@ -155,7 +155,8 @@ pub struct App {
     store: Store,
     pub keys: Arc<Keys>,
     pub policy: Policy,
-    verifier: Arc<dyn LoginVerifier>,
+    /// The OPAQUE KE3 check (`LoginVerifier`), a service of the `SignIn` aggregate.
+    opaque_login: Arc<dyn LoginVerifier>,
     totp: Arc<dyn TotpCheck>,
     validation: Validation,
     verifications: verifications::Verifications,
@@ -183,7 +184,7 @@ impl App {
         let keys = Arc::new(keys);
         let totp = Arc::new(crate::crypto::totp::TotpChecker(keys.clone()));
         let verifications = verifications::Verifications::new(&keys);
-        Self { store, keys, policy, verifier: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default(), webauthn: None, oidc: OidcProviders::default() }
+        Self { store, keys, policy, opaque_login: Arc::new(OpaqueVerifier), totp, validation, verifications, admin_failures: Default::default(), verified_tokens: Default::default(), webauthn: None, oidc: OidcProviders::default() }
     }
 
     /// ID-token sign-in with these providers.

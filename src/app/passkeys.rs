@@ -22,7 +22,7 @@ use webauthn_rs::prelude::{
 };
 
 use crate::store::transact;
-use crate::store::{Metadata, Unit};
+use crate::store::{RequestContext, Unit};
 use super::assurance::{Factor, Proven};
 use super::{rejected, App, AppError, Conflict, Fields, Missing, Tokens, Verified};
 
@@ -135,7 +135,7 @@ impl App {
     }
 
     /// Records a ceremony's state and purpose; returns its id.
-    async fn issue(&self, purpose: Purpose, state: Value, options: Value, meta: &Metadata) -> Result<Ceremony, AppError> {
+    async fn issue(&self, purpose: Purpose, state: Value, options: Value, meta: &RequestContext) -> Result<Ceremony, AppError> {
         let challenge_id = Uuid::new_v4();
         let at = Utc::now();
         let issue = WebauthnChallengeCommand::Issue { purpose, state, expires_at: at + CHALLENGE_TTL, at };
@@ -204,7 +204,7 @@ impl App {
         token: Option<&str>,
         email: Option<String>,
         nickname: Option<String>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Ceremony, AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
@@ -221,7 +221,7 @@ impl App {
     /// Sign-up with a passkey, step 2: in one unit the challenge is answered, the
     /// username claimed, the invitation redeemed, the account (without a password)
     /// registered with its passkey, and a session opened (`amr` `["webauthn"]`).
-    pub async fn passkey_sign_up_finish(&self, challenge_id: &str, credential: &Value, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn passkey_sign_up_finish(&self, challenge_id: &str, credential: &Value, meta: &RequestContext) -> Result<Tokens, AppError> {
         let at = Utc::now();
         let challenge = self.store.load::<WebauthnChallenge>(challenge_id).await?;
         let Some(Purpose::SignUp { profile_id, username, signup_token_id, .. }) = challenge.purpose().cloned() else {
@@ -276,7 +276,7 @@ impl App {
     /// account's passkeys — or, for an unknown name or an account without one, a
     /// credential id derived from the name, so the answer looks alike; without one, a
     /// discoverable sign-in (the authenticator picks the account).
-    pub async fn passkey_sign_in_start(&self, username: Option<&str>, meta: &Metadata) -> Result<Ceremony, AppError> {
+    pub async fn passkey_sign_in_start(&self, username: Option<&str>, meta: &RequestContext) -> Result<Ceremony, AppError> {
         let webauthn = self.webauthn()?;
         let known = match username {
             None => None,
@@ -324,7 +324,7 @@ impl App {
     /// (answered once), the passkey's counter moved forward, a session opened
     /// (`amr` `["webauthn"]`) — one unit. A counter that went back is recorded
     /// (`PasskeyCloneSuspected`) and refused.
-    pub async fn passkey_sign_in_finish(&self, challenge_id: &str, credential: &Value, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn passkey_sign_in_finish(&self, challenge_id: &str, credential: &Value, meta: &RequestContext) -> Result<Tokens, AppError> {
         let credential: PublicKeyCredential = serde_json::from_value(credential.clone())
             .map_err(|e| AppError::Invalid(vec![("credential".into(), format!("is not a WebAuthn assertion: {e}"))]))?;
         let challenge = self.store.load::<WebauthnChallenge>(challenge_id).await?;
@@ -350,7 +350,7 @@ impl App {
         credential: &PublicKeyCredential,
         profile_id: Uuid,
         who: Option<&Verified>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Tokens, AppError> {
         let at = Utc::now();
         let profile = profile_id.to_string();
@@ -416,7 +416,7 @@ impl App {
 
     /// Another passkey for the holder's account, step 1 (elevated: a new way to sign
     /// in is as sensitive as a new password).
-    pub async fn passkey_add_start(&self, who: &Verified, nickname: Option<String>, meta: &Metadata) -> Result<Ceremony, AppError> {
+    pub async fn passkey_add_start(&self, who: &Verified, nickname: Option<String>, meta: &RequestContext) -> Result<Ceremony, AppError> {
         self.require_elevation(who).await?;
         let mut fields = Fields::default();
         let nickname = checked_nickname(nickname, &mut fields);
@@ -433,7 +433,7 @@ impl App {
 
     /// Another passkey, step 2: the registration answer for a ceremony this session
     /// started; returns the credential id and nickname.
-    pub async fn passkey_add_finish(&self, who: &Verified, challenge_id: &str, credential: &Value, meta: &Metadata) -> Result<(String, Option<String>), AppError> {
+    pub async fn passkey_add_finish(&self, who: &Verified, challenge_id: &str, credential: &Value, meta: &RequestContext) -> Result<(String, Option<String>), AppError> {
         self.require_elevation(who).await?;
         let at = Utc::now();
         let profile = who.profile_id.to_string();
@@ -473,7 +473,7 @@ impl App {
 
     /// Removes one of the holder's passkeys (elevated); never the last way to sign in
     /// (409 `last_sign_in_method`). The credential id is free again.
-    pub async fn passkey_remove(&self, who: &Verified, credential_id: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn passkey_remove(&self, who: &Verified, credential_id: &str, meta: &RequestContext) -> Result<(), AppError> {
         self.require_elevation(who).await?;
         let profile = who.profile_id.to_string();
         let claim = self.keys.aggregate_id("passkey", credential_id);
@@ -494,7 +494,7 @@ impl App {
     }
 
     /// Step-up with a passkey, step 1: a ceremony for the account's passkeys.
-    pub async fn passkey_elevate_start(&self, who: &Verified, meta: &Metadata) -> Result<Ceremony, AppError> {
+    pub async fn passkey_elevate_start(&self, who: &Verified, meta: &RequestContext) -> Result<Ceremony, AppError> {
         self.may_elevate(who)?;
         let passkeys = Self::passkeys_of(&self.store.load_current::<Passkeys>(&who.profile_id.to_string()).await?);
         if passkeys.is_empty() {
@@ -509,7 +509,7 @@ impl App {
     }
 
     /// Step-up with a passkey, step 2: the session gets a fresh `auth_time`.
-    pub async fn passkey_elevate_finish(&self, who: &Verified, challenge_id: &str, credential: &Value, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn passkey_elevate_finish(&self, who: &Verified, challenge_id: &str, credential: &Value, meta: &RequestContext) -> Result<Tokens, AppError> {
         let credential: PublicKeyCredential = serde_json::from_value(credential.clone())
             .map_err(|e| AppError::Invalid(vec![("credential".into(), format!("is not a WebAuthn assertion: {e}"))]))?;
         self.passkey_proof(challenge_id, &credential, who.profile_id, Some(who), meta).await

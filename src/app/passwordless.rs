@@ -15,7 +15,7 @@ use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::sign_in_code::{SignInCodeCommand, SignInCodeEvent};
 use domain::throttle::{ThrottleCommand, ThrottleEvent};
-use domain::verifier::Method;
+use domain::verification_code::Method;
 use domain::phone_number::PhoneNumberCommand;
 use domain::user::UserCommand;
 use domain::username::UsernameCommand;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use webauthn_rs::prelude::Url;
 
 use crate::store::transact;
-use crate::store::{CommandError, Metadata, Unit};
+use crate::store::{CommandError, RequestContext, Unit};
 use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
 use super::{random_token, rejected, App, AppError, Conflict, Fields, SignInResult, Tokens, Verified};
@@ -179,7 +179,7 @@ impl App {
         channel: Channel,
         address: &str,
         redirect_to: Option<&str>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(), AppError> {
         let mut fields = Fields::default();
         fields.check(channel.field(), channel.method().check_consumer(address.trim()));
@@ -199,7 +199,7 @@ impl App {
         Ok(())
     }
 
-    async fn send_sign_in_code(&self, channel: Channel, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+    async fn send_sign_in_code(&self, channel: Channel, address: &str, redirect_to: Option<&str>, meta: &RequestContext) -> Result<(), AppError> {
         let profile_id = match self.owner_of(channel, address).await? {
             Some(owner) => owner,
             // Open sign-up: the code is for the account its first use creates.
@@ -211,7 +211,7 @@ impl App {
 
     /// Issues a code (or a link's ticket) for `profile_id` and sends it to `address`,
     /// at most one message a minute per address.
-    pub(super) async fn send_code_to(&self, channel: Channel, profile_id: Uuid, address: &str, redirect_to: Option<&str>, meta: &Metadata) -> Result<(), AppError> {
+    pub(super) async fn send_code_to(&self, channel: Channel, profile_id: Uuid, address: &str, redirect_to: Option<&str>, meta: &RequestContext) -> Result<(), AppError> {
         let at = Utc::now();
         let code_id = self.sign_in_code_id(channel, address);
         // One message a minute per address (the `ResetMail` rule, kept per address).
@@ -271,7 +271,7 @@ impl App {
     /// right code (not spent).
     /// With open sign-up, the first sign-in of an address no account verified
     /// creates the account (no password; the address verified by the code).
-    pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &Metadata) -> Result<SignInResult, AppError> {
+    pub async fn sign_in_code_verify(&self, channel: Channel, address: &str, code: &str, meta: &RequestContext) -> Result<SignInResult, AppError> {
         let address = address.trim();
         let (code_hash, code_id) = (self.sign_in_code_hash(channel, address, code), self.sign_in_code_id(channel, address));
         match self.owner_of(channel, address).await? {
@@ -290,7 +290,7 @@ impl App {
     /// wrong, and counted on the address's own throttle — the one a first sign-in by
     /// code counts on — with the account's rules, so guesses at an unknown address
     /// get the same 401s, then the same 429s, as at a known one.
-    async fn count_unknown_address(&self, channel: Channel, address: &str, meta: &Metadata) -> AppError {
+    async fn count_unknown_address(&self, channel: Channel, address: &str, meta: &RequestContext) -> AppError {
         let at = Utc::now();
         let throttle_id = self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at);
         let prove = ThrottleCommand::Prove { address: self.address_of(meta), profile_id: None, valid: false, at, policy: self.policy.throttle };
@@ -312,7 +312,7 @@ impl App {
     /// the server's key (bound to the code): the address's account signs in, an
     /// anonymous account that asked for the link becomes real, and with open sign-up
     /// an address no account verified gets a new account.
-    pub async fn sign_in_link_verify(&self, ticket: &str, meta: &Metadata) -> Result<SignInResult, AppError> {
+    pub async fn sign_in_link_verify(&self, ticket: &str, meta: &RequestContext) -> Result<SignInResult, AppError> {
         let mut parts = ticket.split('.');
         let code_id = parts.next().filter(|id| id.len() == 43 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         let code_id = code_id.ok_or(AppError::InvalidCredentials)?;
@@ -338,14 +338,14 @@ impl App {
     /// Step-up by email, step 1, for an account with no password, TOTP or passkey
     /// (403 `other_proof_required` otherwise): a code to its verified address (409
     /// `no_verified_email` without one), one message a minute.
-    pub async fn elevate_email_start(&self, who: &Verified, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn elevate_email_start(&self, who: &Verified, meta: &RequestContext) -> Result<(), AppError> {
         let email = self.step_up_address(who).await?;
         self.send_code_to(Channel::StepUp, who.profile_id, &email, None, meta).await
     }
 
     /// Step-up by email, step 2: the code → the session elevated (`email`). Wrong,
     /// used or expired: 401, counted on the account's throttle like any code.
-    pub async fn elevate_email_verify(&self, who: &Verified, otp: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn elevate_email_verify(&self, who: &Verified, otp: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
         let email = self.step_up_address(who).await?;
         let (code_id, code_hash) = (self.sign_in_code_id(Channel::StepUp, &email), self.sign_in_code_hash(Channel::StepUp, &email, otp));
         self.redeem_sign_in_code(Channel::StepUp, &code_id, code_hash, who.profile_id, None, Some(who), meta).await?.into_session()
@@ -371,7 +371,7 @@ impl App {
         profile_id: Uuid,
         creating: Option<&str>,
         elevating: Option<&Verified>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<SignInResult, AppError> {
         let (at, profile) = (Utc::now(), profile_id.to_string());
         let user = self.store.load_current::<User>(&profile).await?;

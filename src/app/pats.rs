@@ -9,7 +9,7 @@ use domain::{Pats, Throttle, User};
 use uuid::Uuid;
 
 use crate::store::transact;
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, RequestContext};
 use super::assurance::Proven;
 use super::mfa::Proof;
 use super::{random_token, rejected, App, AppError, Fields, Missing, SignInResult, Tokens, Verified};
@@ -35,7 +35,7 @@ impl App {
     }
 
     /// Creates a token (elevated): its id and the token, shown this once.
-    pub async fn pat_create(&self, who: &Verified, name: &str, expires_at: &str, meta: &Metadata) -> Result<(Uuid, String), AppError> {
+    pub async fn pat_create(&self, who: &Verified, name: &str, expires_at: &str, meta: &RequestContext) -> Result<(Uuid, String), AppError> {
         self.require_elevation(who).await?;
         let at = Utc::now();
         let mut fields = Fields::default();
@@ -67,7 +67,7 @@ impl App {
     }
 
     /// Revokes one of the holder's tokens: it signs in no more.
-    pub async fn pat_revoke(&self, who: &Verified, pat_id: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn pat_revoke(&self, who: &Verified, pat_id: &str, meta: &RequestContext) -> Result<(), AppError> {
         let pat_id = Uuid::try_parse(pat_id).map_err(|_| AppError::NotFound(Missing::Pat))?;
         let revoke = PatsCommand::Revoke { pat_id, at: Utc::now() };
         self.store
@@ -80,7 +80,7 @@ impl App {
     /// Sign-in with a token: checked and counted on the account's throttle in one
     /// unit with the session it opens. Wrong, revoked or expired: 401; a throttled
     /// address: 429, even with a valid token.
-    pub async fn pat_sign_in(&self, token: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn pat_sign_in(&self, token: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
         let (profile_id, pat_id) = parse(token).ok_or(AppError::InvalidCredentials)?;
         let (at, profile) = (Utc::now(), profile_id.to_string());
         let user = self.store.load_current::<User>(&profile).await?;

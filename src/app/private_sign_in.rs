@@ -23,7 +23,7 @@ use protocol::message;
 use protocol::private::{Agreement, TokenKeys, AGREEMENT_LEN, PUBLIC_KEY_LEN};
 
 use crate::crypto::opaque;
-use crate::store::Metadata;
+use crate::store::RequestContext;
 use super::{App, AppError, Fields, SignInResult};
 
 /// Seals step one's `handle`.
@@ -107,7 +107,7 @@ impl App {
         handle: &str,
         ke1: &str,
         encrypted_id: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<PrivateSignInStarted, AppError> {
         let mut fields = Fields::default();
         let ke1_bytes = fields.check("pake_key", message(ke1, protocol::KE1_LEN));
@@ -140,7 +140,7 @@ impl App {
         &self,
         salt: &str,
         ke3: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(SignInResult, TokenKeys), AppError> {
         let mut fields = Fields::default();
         let ke3_bytes = fields.check("pake_proof", message(ke3, protocol::KE3_LEN));

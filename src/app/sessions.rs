@@ -11,13 +11,13 @@ use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, RequestContext};
 use super::{random_token, rejected, App, AppError, Claims, Missing, Presence, Tokens, Verified};
 
 impl App {
     /// Rotates the refresh token. A token that was already rotated revokes the
     /// whole session.
-    pub async fn refresh(&self, refresh_token: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn refresh(&self, refresh_token: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
         let session_id = refresh_token
             .split_once('.')
             .and_then(|(id, _)| Uuid::parse_str(id).ok())
@@ -54,7 +54,7 @@ impl App {
     /// own sign-outs update at once and the log follower within a poll (no query).
     /// A token seen before skips the signature check ([`VerifiedTokens`]); its expiry
     /// and its session are checked every time.
-    pub async fn verify(&self, jwt: &str) -> Result<Verified, AppError> {
+    pub async fn check_access_token(&self, jwt: &str) -> Result<Verified, AppError> {
         let digest: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
         let verified = match self.verified_tokens.get(&digest) {
             Some(verified) if Utc::now().timestamp() <= verified.expires_at + self.validation.leeway as i64 => verified,
@@ -105,7 +105,7 @@ impl App {
     /// log, on every replica, including sessions the read model has not seen yet);
     /// the sessions the read model knows are then ended one by one, for the count
     /// and the audit trail.
-    pub async fn sign_out(&self, who: &Verified, all: bool, meta: &Metadata) -> Result<u64, AppError> {
+    pub async fn sign_out(&self, who: &Verified, all: bool, meta: &RequestContext) -> Result<u64, AppError> {
         let this = who.session_id.to_string();
         let mut sessions = vec![this.clone()];
         if all {
@@ -121,7 +121,7 @@ impl App {
 
     /// Ends every open session of an account (after a password reset or removal),
     /// but `kept`.
-    pub async fn end_all_sessions(&self, profile_id: Uuid, kept: Option<Uuid>, meta: &Metadata) -> Result<u64, AppError> {
+    pub async fn end_all_sessions(&self, profile_id: Uuid, kept: Option<Uuid>, meta: &RequestContext) -> Result<u64, AppError> {
         let mut sessions = self.store.read_models().await?.active_sessions(&profile_id.to_string()).await?;
         sessions.retain(|id| kept.is_none_or(|kept| *id != kept.to_string()));
         self.end_sessions(sessions, meta).await
@@ -155,7 +155,7 @@ impl App {
 
     /// Ends one session of the holder's account (this one too). Another account's
     /// session, or one already over, is not found.
-    pub async fn end_my_session(&self, who: &Verified, session_id: &str, meta: &Metadata) -> Result<(), AppError> {
+    pub async fn end_my_session(&self, who: &Verified, session_id: &str, meta: &RequestContext) -> Result<(), AppError> {
         let not_found = || AppError::NotFound(Missing::Session);
         let id = Uuid::parse_str(session_id).map_err(|_| not_found())?;
         let session = self.store.load_current::<Session>(&id.to_string()).await?;
@@ -169,7 +169,7 @@ impl App {
         }
     }
 
-    async fn end_sessions(&self, sessions: Vec<String>, meta: &Metadata) -> Result<u64, AppError> {
+    async fn end_sessions(&self, sessions: Vec<String>, meta: &RequestContext) -> Result<u64, AppError> {
         let mut revoked = 0;
         for session in sessions {
             let command = SessionCommand::SignOut { at: Utc::now() };

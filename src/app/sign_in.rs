@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::crypto::opaque;
 use crate::store::transact;
-use crate::store::Metadata;
+use crate::store::RequestContext;
 use super::assurance::{Factor, Proven};
 use super::mfa::Proof;
 use super::{rejected, App, AppError, Fields, SignInResult, Tokens, Verified};
@@ -52,7 +52,7 @@ impl App {
         &self,
         username: &str,
         credential_request: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(String, String), AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
@@ -88,7 +88,7 @@ impl App {
                 at,
                 expires_at: at + self.policy.sign_in_ttl,
             };
-            unit.decide_new::<SignIn>(&sign_in.to_string(), command, &self.verifier)
+            unit.decide_new::<SignIn>(&sign_in.to_string(), command, &self.opaque_login)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             start
@@ -108,7 +108,7 @@ impl App {
         &self,
         sign_in_id: &str,
         credential_finalization: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<SignInResult, AppError> {
         self.password_finish(sign_in_id, credential_finalization, None, meta).await
     }
@@ -122,7 +122,7 @@ impl App {
         sign_in_id: &str,
         credential_finalization: &str,
         elevating: Option<&Verified>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<SignInResult, AppError> {
         let mut fields = Fields::default();
         let ke3 = fields.check("credential_finalization", message(credential_finalization, protocol::KE3_LEN));
@@ -146,7 +146,7 @@ impl App {
             let credentials_current = record_digest(user.registration_record()) == pending.record;
             let finish = SignInCommand::Finish { login_state: login_state.clone(), ke3: ke3.clone(), credentials_current, at };
             let (events, _) = unit
-                .decide::<SignIn>(&sign_in, finish, &self.verifier)
+                .decide::<SignIn>(&sign_in, finish, &self.opaque_login)
                 .await
                 .map_err(|e| rejected(e, |_| AppError::InvalidCredentials))?;
             match events.first() {
@@ -181,7 +181,7 @@ impl App {
     /// code is proved on the account's throttle (a wrong one counts like a wrong
     /// password; a blocked address is refused even the right one), and the ticket
     /// spent or its failure counted, in one unit: concurrent guesses count each.
-    pub async fn sign_in_mfa(&self, mfa_ticket: &str, code: &str, meta: &Metadata) -> Result<Tokens, AppError> {
+    pub async fn sign_in_mfa(&self, mfa_ticket: &str, code: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
         let at = Utc::now();
         let ticket_id = self.keys.aggregate_id("mfa_ticket", mfa_ticket);
         let challenge = self.store.load::<MfaChallenge>(&ticket_id).await?;
@@ -239,11 +239,8 @@ impl App {
     }
 
     /// The client address a proof is throttled by ([`address_key`]), as a keyed hash.
-    pub(crate) fn address_of(&self, meta: &Metadata) -> String {
-        let key = meta
-            .get("client_address")
-            .and_then(|address| address.parse().ok())
-            .map_or_else(|| "unknown".to_string(), address_key);
+    pub(crate) fn address_of(&self, meta: &RequestContext) -> String {
+        let key = meta.client.map_or_else(|| "unknown".to_string(), address_key);
         self.keys.aggregate_id("address", &key)
     }
 }

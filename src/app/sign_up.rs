@@ -12,7 +12,7 @@ use protocol::message;
 use uuid::Uuid;
 
 use crate::crypto::opaque;
-use crate::store::Metadata;
+use crate::store::RequestContext;
 use super::{rejected, App, AppError, Conflict, Fields};
 
 impl App {
@@ -74,7 +74,7 @@ impl App {
         token: Option<&str>,
         registration_record: &str,
         email: Option<String>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Uuid, AppError> {
         let mut fields = Fields::default();
         let username = fields.check("username", usernames::normalize(username));
@@ -125,7 +125,7 @@ impl App {
         Ok(profile_id)
     }
 
-    async fn release_username(&self, name_id: &str, profile_id: Uuid, meta: &Metadata) {
+    async fn release_username(&self, name_id: &str, profile_id: Uuid, meta: &RequestContext) {
         let release = UsernameCommand::Release { profile_id };
         if let Err(error) = self.store.execute::<Username>(name_id, release, &(), meta).await {
             tracing::error!(?error, "could not give a username back after a failed sign-up");

@@ -15,11 +15,11 @@ use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use domain::services::{CodeVerifier, TotpVerifier};
 use domain::totp_secret::{StoredSecret, TotpSecretCommand, TotpSecretError};
-use domain::verifier::{
-    Method, Secret, VerifierCommand, VerifierError, VerifierEvent, VerifierServices,
+use domain::verification_code::{
+    Method, Secret, VerificationCodeCommand, VerificationCodeError, VerificationCodeEvent, VerifierServices,
 };
 use domain::verification_rules::{self as rules, CodeChoice, MessageError};
-use domain::{TotpSecret, Verifier};
+use domain::{TotpSecret, VerificationCode};
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
 use serde_json::Value;
@@ -29,7 +29,7 @@ use super::{rejected, App, AppError, Conflict, Fields, Missing, Undeliverable};
 use crate::delivery::Delivery;
 use crate::crypto::keys::{CodeHasher, Keys};
 use crate::store::transact;
-use crate::store::{CommandError, Metadata};
+use crate::store::{CommandError, RequestContext};
 
 /// 160 bits, as RFC 4226 recommends.
 const TOTP_SECRET_BYTES: usize = 20;
@@ -173,7 +173,7 @@ impl App {
     /// replicas together): decided and counted in one command on the hour's budget
     /// before the text goes. `false`: the budget is spent and nothing may be sent; a
     /// warning is logged (without the number).
-    pub(crate) async fn spend_sms_budget(&self, meta: &Metadata) -> Result<bool, AppError> {
+    pub(crate) async fn spend_sms_budget(&self, meta: &RequestContext) -> Result<bool, AppError> {
         if !self.verifications.delivery.can_text() {
             // Nothing can be texted anyway (and the caller says so): nothing spent.
             return Ok(true);
@@ -181,7 +181,7 @@ impl App {
         let at = Utc::now();
         let spend = domain::sms_budget::SmsBudgetCommand::Spend { limit: self.policy.sms_hourly_limit, at };
         // The budget concerns no account: its events carry no client address either.
-        let meta: Metadata = meta.iter().filter(|(key, _)| key.as_str() == "request_id").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let meta = meta.anonymised();
         match self.store.execute::<domain::SmsBudget>(&domain::sms_budget::window_id(at), spend, &(), &meta).await {
             Ok(_) => Ok(true),
             Err(CommandError::Rejected(domain::sms_budget::SmsBudgetError::Exhausted)) => {
@@ -216,7 +216,7 @@ impl App {
         &self,
         method: Method,
         request: Initiation,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Initiated, AppError> {
         let plan = self.plan(method, request)?;
         if method == Method::Phone && !self.verifications.delivery.can_text() {
@@ -234,17 +234,17 @@ impl App {
         verification_id: &str,
         code: &str,
         remove_secret: bool,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<CodeOutcome, AppError> {
         // Read first for what the answer shows and whose TOTP secret applies; the
         // command below decides (and re-reads on a concurrent write).
-        let verifier = self.store.load::<Verifier>(verification_id).await?;
+        let verifier = self.store.load::<VerificationCode>(verification_id).await?;
         let secret = match (method, verifier.method()) {
             (Method::GoogleAuth, Some(Method::GoogleAuth)) => self.totp_secret(verifier.consumer()).await?,
             _ => None,
         };
         let at = Utc::now();
-        let validate = |totp_secret: Option<&Vec<u8>>, last_step| VerifierCommand::Validate {
+        let validate = |totp_secret: Option<&Vec<u8>>, last_step| VerificationCodeCommand::Validate {
             method,
             code: Secret(code.to_string()),
             totp_secret: totp_secret.map(|clear| Secret(clear.clone())),
@@ -257,11 +257,11 @@ impl App {
             // consumer's last step is read, and a right code's step recorded, in the
             // verifier's own commit.
             Some((owner, _, clear)) => {
-                transact!(self.store, &[(Verifier::TYPE, verification_id), (TotpSecret::TYPE, owner.as_str())], meta, |unit| {
+                transact!(self.store, &[(VerificationCode::TYPE, verification_id), (TotpSecret::TYPE, owner.as_str())], meta, |unit| {
                     let last_step = unit.read::<TotpSecret>(owner).await?.last_step();
                     let (events, _) =
-                        unit.decide::<Verifier>(verification_id, validate(Some(clear), last_step), services).await.map_err(|e| rejected(e, refused))?;
-                    if let (Some(VerifierEvent::VerifierValidated { .. }), Some(step)) =
+                        unit.decide::<VerificationCode>(verification_id, validate(Some(clear), last_step), services).await.map_err(|e| rejected(e, refused))?;
+                    if let (Some(VerificationCodeEvent::VerifierValidated { .. }), Some(step)) =
                         (events.first(), crate::crypto::totp::matching_step(clear, code, at))
                     {
                         let used = TotpSecretCommand::UseCode { step, at };
@@ -272,7 +272,7 @@ impl App {
             }
             None => self
                 .store
-                .execute::<Verifier>(verification_id, validate(None, None), services, meta)
+                .execute::<VerificationCode>(verification_id, validate(None, None), services, meta)
                 .await
                 .map_err(|e| rejected(e, refused))?,
         };
@@ -284,11 +284,11 @@ impl App {
             attempts: verifier.attempts(),
         };
         match events.first() {
-            Some(VerifierEvent::VerificationFailed { attempts, .. }) => {
+            Some(VerificationCodeEvent::VerificationFailed { attempts, .. }) => {
                 data.attempts = *attempts;
                 Ok(CodeOutcome::Invalid(data))
             }
-            Some(VerifierEvent::VerifierValidated { .. }) => {
+            Some(VerificationCodeEvent::VerifierValidated { .. }) => {
                 if let Some((owner, stored, _)) = secret {
                     self.settle_totp_secret(&owner, &stored, remove_secret, meta).await?;
                 }
@@ -318,10 +318,10 @@ impl App {
     }
 
     /// Invalidates a live verifier.
-    pub async fn delete_verification(&self, method: Method, verification_id: &str, meta: &Metadata) -> Result<(), AppError> {
-        let command = VerifierCommand::Delete { method, at: Utc::now() };
+    pub async fn delete_verification(&self, method: Method, verification_id: &str, meta: &RequestContext) -> Result<(), AppError> {
+        let command = VerificationCodeCommand::Delete { method, at: Utc::now() };
         self.store
-            .execute::<Verifier>(verification_id, command, &self.verifications.services, meta)
+            .execute::<VerificationCode>(verification_id, command, &self.verifications.services, meta)
             .await
             .map_err(|e| rejected(e, |_| NOT_FOUND))?;
         Ok(())
@@ -335,7 +335,7 @@ impl App {
         body_template: &str,
         payload: serde_json::Value,
         ttl: chrono::Duration,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<String, AppError> {
         self.send_code(Method::Email, to, Some(subject), body_template, payload, ttl, meta).await
     }
@@ -352,7 +352,7 @@ impl App {
         body_template: &str,
         payload: serde_json::Value,
         ttl: chrono::Duration,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<String, AppError> {
         let mut fields = Fields::default();
         fields.check(if method == Method::Phone { "phone_number" } else { "email" }, method.check_consumer(to));
@@ -373,11 +373,11 @@ impl App {
     }
 
     /// Checks an emailed or texted code without spending it; a wrong one counts.
-    pub async fn check_code(&self, method: Method, verification_id: &str, code: &str, meta: &Metadata) -> Result<(), AppError> {
-        let command = VerifierCommand::Check { method, code: Secret(code.to_string()), at: Utc::now() };
+    pub async fn check_code(&self, method: Method, verification_id: &str, code: &str, meta: &RequestContext) -> Result<(), AppError> {
+        let command = VerificationCodeCommand::Check { method, code: Secret(code.to_string()), at: Utc::now() };
         let events = self
             .store
-            .execute::<Verifier>(verification_id, command, &self.verifications.services, meta)
+            .execute::<VerificationCode>(verification_id, command, &self.verifications.services, meta)
             .await
             .map_err(|e| rejected(e, refused))?;
         match events.first() {
@@ -392,7 +392,7 @@ impl App {
         method: &str,
         verification_id: &str,
         code: &str,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<VerifiedCode, AppError> {
         let method = Method::parse(method).ok_or(NOT_FOUND)?;
         match self.validate_verification(method, verification_id, code, false, meta).await? {
@@ -434,12 +434,12 @@ impl App {
         })
     }
 
-    async fn start(&self, method: Method, plan: Plan, meta: &Metadata) -> Result<Initiated, AppError> {
+    async fn start(&self, method: Method, plan: Plan, meta: &RequestContext) -> Result<Initiated, AppError> {
         let verification_id = match plan.verification_id {
             Some(id) => {
                 // Checked before anything is sent; the event store's key still
                 // decides a race between two initiations with the same id.
-                if self.store.load::<Verifier>(&id).await?.method().is_some() {
+                if self.store.load::<VerificationCode>(&id).await?.method().is_some() {
                     return Err(AppError::Conflict(Conflict::VerificationIdTaken));
                 }
                 id
@@ -458,7 +458,7 @@ impl App {
             }
             (_, None) => return Err(AppError::Invalid(vec![("template".into(), "is required for email and phone".into())])),
         };
-        let command = VerifierCommand::Initiate {
+        let command = VerificationCodeCommand::Initiate {
             method,
             consumer: plan.consumer.clone(),
             code_hash,
@@ -468,11 +468,11 @@ impl App {
             at,
         };
         self.store
-            .execute::<Verifier>(&verification_id, command, &self.verifications.services, meta)
+            .execute::<VerificationCode>(&verification_id, command, &self.verifications.services, meta)
             .await
             .map_err(|e| {
                 rejected(e, |e| match e {
-                    VerifierError::AlreadyInitiated => AppError::Conflict(Conflict::VerificationIdTaken),
+                    VerificationCodeError::AlreadyInitiated => AppError::Conflict(Conflict::VerificationIdTaken),
                     other => AppError::Invalid(vec![("policy".into(), other.to_string())]),
                 })
             })?;
@@ -509,7 +509,7 @@ impl App {
         &self,
         consumer: &str,
         issuer: Option<String>,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<Option<String>, AppError> {
         let owner = self.totp_owner(consumer);
         let state = self.store.load::<TotpSecret>(&owner).await?;
@@ -558,7 +558,7 @@ impl App {
         owner: &str,
         stored: &StoredSecret,
         remove: bool,
-        meta: &Metadata,
+        meta: &RequestContext,
     ) -> Result<(), AppError> {
         let command = if remove {
             TotpSecretCommand::Remove { at: Utc::now() }
@@ -581,9 +581,9 @@ fn secret_context(owner: &str) -> Vec<u8> {
 }
 
 /// Why a verifier refused a code: exhausted (429 until it expires) or gone (404).
-fn refused(error: VerifierError) -> AppError {
+fn refused(error: VerificationCodeError) -> AppError {
     match error {
-        VerifierError::AttemptsExhausted { expires_at } => AppError::TooManyAttempts {
+        VerificationCodeError::AttemptsExhausted { expires_at } => AppError::TooManyAttempts {
             retry_after_secs: u64::try_from((expires_at - Utc::now()).num_seconds()).unwrap_or(0).max(1),
         },
         _ => NOT_FOUND,
@@ -661,7 +661,7 @@ mod tests {
     async fn account_flows_send_and_redeem_email_codes() {
         let dir = std::env::temp_dir().join(format!("authd-codes-{}", Uuid::new_v4().simple()));
         let app = app(&dir, 2).await;
-        let meta = Metadata::new();
+        let meta = RequestContext::default();
         let payload = serde_json::json!({"profile_id": "p-1", "purpose": "activation"});
         let send = |to: &'static str| {
             let (app, payload, meta) = (&app, payload.clone(), &meta);

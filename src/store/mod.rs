@@ -42,8 +42,46 @@ use log::Log;
 /// Aggregates kept in memory (src/store/cache.rs).
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Context recorded with every event: request id, client address, user agent.
+/// An event's metadata as stored: the [`RequestContext`] it was recorded with.
 pub type Metadata = HashMap<String, String>;
+
+/// Who a command came from, as its request said: recorded with every event it
+/// writes (the client address and user agent encrypted under the subject's key,
+/// src/store/shred.rs), and what throttles and the session list read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestContext {
+    pub request_id: Option<String>,
+    pub client: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// Work the server does on its own (no client), named `request_id`.
+    pub fn server(request_id: &str) -> Self {
+        Self { request_id: Some(request_id.to_string()), ..Self::default() }
+    }
+
+    /// The same request, without what identifies its client (for events of nobody's
+    /// account, which nothing could erase).
+    pub fn anonymised(&self) -> Self {
+        Self { request_id: self.request_id.clone(), ..Self::default() }
+    }
+
+    /// The metadata its events are stored with.
+    pub fn metadata(&self) -> Metadata {
+        let mut metadata = Metadata::new();
+        if let Some(request_id) = &self.request_id {
+            metadata.insert("request_id".into(), request_id.clone());
+        }
+        if let Some(client) = self.client {
+            metadata.insert("client_address".into(), client.to_string());
+        }
+        if let Some(agent) = &self.user_agent {
+            metadata.insert("user_agent".into(), agent.clone());
+        }
+        metadata
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -306,7 +344,7 @@ impl Store {
         id: &str,
         command: A::Command,
         services: &A::Services,
-        metadata: &Metadata,
+        metadata: &RequestContext,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>>
     where
         A: Aggregate + domain::Subject + Clone + 'static,
@@ -321,7 +359,7 @@ impl Store {
         id: &str,
         command: A::Command,
         services: &A::Services,
-        metadata: &Metadata,
+        metadata: &RequestContext,
     ) -> Result<(Vec<A::Event>, A), CommandError<A::Error>>
     where
         A: Aggregate + domain::Subject + Clone + 'static,

@@ -29,7 +29,7 @@ use domain::Subject;
 use tokio::sync::MutexGuard;
 
 use super::cache::Cache;
-use super::{append, snapshot, CommandError, Metadata, Store, StoreError};
+use super::{append, snapshot, CommandError, Metadata, RequestContext, Store, StoreError};
 
 /// How often a unit is decided again when another writer (another replica: this
 /// one serialises its own) committed to one of its aggregates first.
@@ -98,6 +98,8 @@ struct Decided {
 pub struct Unit<'s> {
     store: &'s Store,
     _turns: Vec<MutexGuard<'s, ()>>,
+    context: RequestContext,
+    /// `context` as its events store it.
     metadata: Metadata,
     /// 0 until a commit conflicts: the first decisions are taken on this process's
     /// memory, later ones on the store's state.
@@ -111,9 +113,9 @@ pub struct Unit<'s> {
 impl Store {
     /// A unit of work on the aggregates `locked` names (not those with ids just drawn
     /// at random, which nobody else can name), its events recorded with `metadata`.
-    pub async fn unit<'s>(&'s self, locked: &[(&str, &str)], metadata: &Metadata) -> Result<Unit<'s>, StoreError> {
+    pub async fn unit<'s>(&'s self, locked: &[(&str, &str)], context: &RequestContext) -> Result<Unit<'s>, StoreError> {
         let turns = self.stripes.lock(locked).await?;
-        Ok(Unit { store: self, _turns: turns, metadata: metadata.clone(), attempt: 0, decided: Vec::new(), unchanged: Vec::new() })
+        Ok(Unit { store: self, _turns: turns, context: context.clone(), metadata: context.metadata(), attempt: 0, decided: Vec::new(), unchanged: Vec::new() })
     }
 }
 
@@ -142,9 +144,9 @@ macro_rules! transact {
 pub(crate) use transact;
 
 impl Unit<'_> {
-    /// What this unit's events are recorded with.
-    pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+    /// Who the unit's command came from.
+    pub fn context(&self) -> &RequestContext {
+        &self.context
     }
 
     /// The state of an aggregate the unit depends on without changing it (a sign-in's

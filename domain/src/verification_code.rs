@@ -223,7 +223,7 @@ enum Stage {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Verifier {
+pub struct VerificationCode {
     method: Option<Method>,
     consumer: String,
     code_hash: Option<String>,
@@ -235,7 +235,7 @@ pub struct Verifier {
 }
 
 #[derive(Debug, Clone)]
-pub enum VerifierCommand {
+pub enum VerificationCodeCommand {
     /// `code_hash` is the keyed hash of the sent code (email, phone); `None` for
     /// google_auth.
     Initiate {
@@ -264,7 +264,7 @@ pub enum VerifierCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum VerifierEvent {
+pub enum VerificationCodeEvent {
     VerifierInitiated {
         method: Method,
         consumer: String,
@@ -281,10 +281,10 @@ pub enum VerifierEvent {
     VerifierValidated { at: DateTime<Utc> },
     VerifierDeleted { at: DateTime<Utc> },
 }
-crate::domain_event!(VerifierEvent { VerifierInitiated, VerificationFailed, VerifierValidated, VerifierDeleted });
+crate::domain_event!(VerificationCodeEvent { VerifierInitiated, VerificationFailed, VerifierValidated, VerifierDeleted });
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum VerifierError {
+pub enum VerificationCodeError {
     #[error("verification id already used")]
     AlreadyInitiated,
     #[error("email and phone verifications need a code")]
@@ -306,7 +306,7 @@ pub enum VerifierError {
     NoSecret,
 }
 
-impl Verifier {
+impl VerificationCode {
     pub fn method(&self) -> Option<Method> {
         self.method
     }
@@ -325,33 +325,34 @@ impl Verifier {
     }
 
     /// The verifier of `method` that is neither consumed, deleted nor expired.
-    fn check_live(&self, method: Method, at: DateTime<Utc>) -> Result<DateTime<Utc>, VerifierError> {
+    fn check_live(&self, method: Method, at: DateTime<Utc>) -> Result<DateTime<Utc>, VerificationCodeError> {
         if self.method != Some(method) {
-            return Err(VerifierError::NotFound);
+            return Err(VerificationCodeError::NotFound);
         }
         match self.stage {
-            Stage::Deleted => return Err(VerifierError::NotFound),
-            Stage::Validated => return Err(VerifierError::Consumed),
+            Stage::Deleted => return Err(VerificationCodeError::NotFound),
+            Stage::Validated => return Err(VerificationCodeError::Consumed),
             Stage::Pending => {}
         }
         match self.expires_at {
             Some(expires_at) if at < expires_at => Ok(expires_at),
-            _ => Err(VerifierError::Expired),
+            _ => Err(VerificationCodeError::Expired),
         }
     }
 }
 
-impl crate::Subject for Verifier {
+impl crate::Subject for VerificationCode {
     fn subject(&self, _: &str) -> Option<Uuid> {
         self.payload.get("profile_id").and_then(|id| id.as_str()).and_then(|id| Uuid::parse_str(id).ok())
     }
 }
 
-impl Aggregate for Verifier {
+impl Aggregate for VerificationCode {
+    // The name the log has always known it by (events keep their aggregate type).
     const TYPE: &'static str = "verifier";
-    type Command = VerifierCommand;
-    type Event = VerifierEvent;
-    type Error = VerifierError;
+    type Command = VerificationCodeCommand;
+    type Event = VerificationCodeEvent;
+    type Error = VerificationCodeError;
     type Services = VerifierServices;
 
     async fn handle(
@@ -361,20 +362,20 @@ impl Aggregate for Verifier {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let event = match command {
-            VerifierCommand::Initiate { method, consumer, code_hash, payload, expires_at, max_attempts, at } => {
+            VerificationCodeCommand::Initiate { method, consumer, code_hash, payload, expires_at, max_attempts, at } => {
                 if self.method.is_some() {
-                    return Err(VerifierError::AlreadyInitiated);
+                    return Err(VerificationCodeError::AlreadyInitiated);
                 }
                 if method.sends_code() && code_hash.is_none() {
-                    return Err(VerifierError::MissingCode);
+                    return Err(VerificationCodeError::MissingCode);
                 }
                 if max_attempts == 0 {
-                    return Err(VerifierError::NoAttempts);
+                    return Err(VerificationCodeError::NoAttempts);
                 }
                 if expires_at <= at {
-                    return Err(VerifierError::ExpiresTooSoon);
+                    return Err(VerificationCodeError::ExpiresTooSoon);
                 }
-                VerifierEvent::VerifierInitiated {
+                VerificationCodeEvent::VerifierInitiated {
                     method,
                     consumer,
                     code_hash: code_hash.filter(|_| method.sends_code()),
@@ -384,40 +385,40 @@ impl Aggregate for Verifier {
                     initiated_at: at,
                 }
             }
-            VerifierCommand::Validate { method, code, totp_secret, last_step, at } => {
+            VerificationCodeCommand::Validate { method, code, totp_secret, last_step, at } => {
                 let expires_at = self.check_live(method, at)?;
                 if self.attempts >= self.max_attempts {
-                    return Err(VerifierError::AttemptsExhausted { expires_at });
+                    return Err(VerificationCodeError::AttemptsExhausted { expires_at });
                 }
                 let matched = if method.sends_code() {
                     self.code_hash.as_deref().is_some_and(|hash| services.codes.matches(hash, &code.0))
                 } else {
-                    let secret = totp_secret.ok_or(VerifierError::NoSecret)?;
+                    let secret = totp_secret.ok_or(VerificationCodeError::NoSecret)?;
                     let step = services.totp.step(&secret.0, &code.0, at);
                     step.is_some_and(|step| last_step.is_none_or(|last| step > last))
                 };
                 if matched {
-                    VerifierEvent::VerifierValidated { at }
+                    VerificationCodeEvent::VerifierValidated { at }
                 } else {
-                    VerifierEvent::VerificationFailed { attempts: self.attempts + 1, at }
+                    VerificationCodeEvent::VerificationFailed { attempts: self.attempts + 1, at }
                 }
             }
-            VerifierCommand::Check { method, code, at } => {
+            VerificationCodeCommand::Check { method, code, at } => {
                 let expires_at = self.check_live(method, at)?;
                 if !method.sends_code() {
-                    return Err(VerifierError::NotFound);
+                    return Err(VerificationCodeError::NotFound);
                 }
                 if self.attempts >= self.max_attempts {
-                    return Err(VerifierError::AttemptsExhausted { expires_at });
+                    return Err(VerificationCodeError::AttemptsExhausted { expires_at });
                 }
                 if self.code_hash.as_deref().is_some_and(|hash| services.codes.matches(hash, &code.0)) {
                     return Ok(());
                 }
-                VerifierEvent::VerificationFailed { attempts: self.attempts + 1, at }
+                VerificationCodeEvent::VerificationFailed { attempts: self.attempts + 1, at }
             }
-            VerifierCommand::Delete { method, at } => {
+            VerificationCodeCommand::Delete { method, at } => {
                 self.check_live(method, at)?;
-                VerifierEvent::VerifierDeleted { at }
+                VerificationCodeEvent::VerifierDeleted { at }
             }
         };
         sink.write(event, self).await;
@@ -426,7 +427,7 @@ impl Aggregate for Verifier {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            VerifierEvent::VerifierInitiated { method, consumer, code_hash, payload, expires_at, max_attempts, .. } => {
+            VerificationCodeEvent::VerifierInitiated { method, consumer, code_hash, payload, expires_at, max_attempts, .. } => {
                 self.method = Some(method);
                 self.consumer = consumer;
                 self.code_hash = code_hash;
@@ -434,9 +435,9 @@ impl Aggregate for Verifier {
                 self.expires_at = Some(expires_at);
                 self.max_attempts = max_attempts;
             }
-            VerifierEvent::VerificationFailed { attempts, .. } => self.attempts = attempts,
-            VerifierEvent::VerifierValidated { .. } => self.stage = Stage::Validated,
-            VerifierEvent::VerifierDeleted { .. } => self.stage = Stage::Deleted,
+            VerificationCodeEvent::VerificationFailed { attempts, .. } => self.attempts = attempts,
+            VerificationCodeEvent::VerifierValidated { .. } => self.stage = Stage::Validated,
+            VerificationCodeEvent::VerifierDeleted { .. } => self.stage = Stage::Deleted,
         }
     }
 }
@@ -446,8 +447,8 @@ mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
     use serde_json::json;
-    use VerifierCommand::*;
-    use VerifierEvent::*;
+    use VerificationCodeCommand::*;
+    use VerificationCodeEvent::*;
 
     /// The hash of a code is `hash:` + the code.
     struct Codes;
@@ -465,7 +466,7 @@ mod tests {
         }
     }
 
-    fn framework() -> TestFramework<Verifier> {
+    fn framework() -> TestFramework<VerificationCode> {
         TestFramework::with(VerifierServices { codes: Arc::new(Codes), totp: Arc::new(Totp) })
     }
 
@@ -473,7 +474,7 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).expect("valid time")
     }
 
-    fn initiated(method: Method) -> VerifierEvent {
+    fn initiated(method: Method) -> VerificationCodeEvent {
         VerifierInitiated {
             method,
             consumer: "alice@example.com".into(),
@@ -485,7 +486,7 @@ mod tests {
         }
     }
 
-    fn initiate(method: Method, code_hash: Option<&str>) -> VerifierCommand {
+    fn initiate(method: Method, code_hash: Option<&str>) -> VerificationCodeCommand {
         Initiate {
             method,
             consumer: "alice@example.com".into(),
@@ -497,15 +498,15 @@ mod tests {
         }
     }
 
-    fn validate(method: Method, code: &str, after: Duration) -> VerifierCommand {
+    fn validate(method: Method, code: &str, after: Duration) -> VerificationCodeCommand {
         Validate { method, code: Secret(code.into()), totp_secret: None, last_step: None, at: t0() + after }
     }
 
-    fn validate_totp(code: &str, secret: Option<&[u8]>) -> VerifierCommand {
+    fn validate_totp(code: &str, secret: Option<&[u8]>) -> VerificationCodeCommand {
         validate_totp_after(code, secret, None)
     }
 
-    fn validate_totp_after(code: &str, secret: Option<&[u8]>, last_step: Option<u64>) -> VerifierCommand {
+    fn validate_totp_after(code: &str, secret: Option<&[u8]>, last_step: Option<u64>) -> VerificationCodeCommand {
         Validate {
             method: Method::GoogleAuth,
             code: Secret(code.into()),
@@ -515,7 +516,7 @@ mod tests {
         }
     }
 
-    fn failed(attempts: u32) -> VerifierEvent {
+    fn failed(attempts: u32) -> VerificationCodeEvent {
         VerificationFailed { attempts, at: t0() }
     }
 
@@ -594,7 +595,7 @@ mod tests {
         assert!(!format!("{command:?}").contains("4711"));
     }
 
-    fn check(code: &str) -> VerifierCommand {
+    fn check(code: &str) -> VerificationCodeCommand {
         Check { method: Method::Email, code: Secret(code.into()), at: t0() + Duration::minutes(1) }
     }
 
@@ -618,7 +619,7 @@ mod tests {
             .given(vec![initiated(Method::Email), failed(1), failed(2), failed(3)])
             .when_async(check("4711"))
             .await
-            .then_expect_error(VerifierError::AttemptsExhausted { expires_at: t0() + Duration::hours(1) });
+            .then_expect_error(VerificationCodeError::AttemptsExhausted { expires_at: t0() + Duration::hours(1) });
     }
 
     #[tokio::test]
@@ -627,12 +628,12 @@ mod tests {
             .given(vec![initiated(Method::Email), VerifierValidated { at: t0() }])
             .when_async(check("4711"))
             .await
-            .then_expect_error(VerifierError::Consumed);
+            .then_expect_error(VerificationCodeError::Consumed);
         framework()
             .given(vec![initiated(Method::GoogleAuth)])
             .when_async(Check { method: Method::GoogleAuth, code: Secret("123456".into()), at: t0() })
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 
     #[tokio::test]
@@ -659,7 +660,7 @@ mod tests {
             .given(vec![initiated(Method::Email)])
             .when_async(initiate(Method::Email, Some("hash:1")))
             .await
-            .then_expect_error(VerifierError::AlreadyInitiated);
+            .then_expect_error(VerificationCodeError::AlreadyInitiated);
     }
 
     #[tokio::test]
@@ -669,7 +670,7 @@ mod tests {
                 .given_no_previous_events()
                 .when_async(initiate(method, None))
                 .await
-                .then_expect_error(VerifierError::MissingCode);
+                .then_expect_error(VerificationCodeError::MissingCode);
         }
     }
 
@@ -683,7 +684,7 @@ mod tests {
             .given_no_previous_events()
             .when_async(Initiate { method, consumer, code_hash, payload, expires_at, max_attempts: 0, at })
             .await
-            .then_expect_error(VerifierError::NoAttempts);
+            .then_expect_error(VerificationCodeError::NoAttempts);
     }
 
     #[tokio::test]
@@ -696,7 +697,7 @@ mod tests {
             .given_no_previous_events()
             .when_async(Initiate { method, consumer, code_hash, payload, expires_at: at, max_attempts, at })
             .await
-            .then_expect_error(VerifierError::ExpiresTooSoon);
+            .then_expect_error(VerificationCodeError::ExpiresTooSoon);
     }
 
     #[tokio::test]
@@ -723,7 +724,7 @@ mod tests {
             .given(vec![initiated(Method::Email), failed(1), failed(2), failed(3)])
             .when_async(validate(Method::Email, "4711", Duration::zero()))
             .await
-            .then_expect_error(VerifierError::AttemptsExhausted { expires_at: t0() + Duration::hours(1) });
+            .then_expect_error(VerificationCodeError::AttemptsExhausted { expires_at: t0() + Duration::hours(1) });
     }
 
     #[tokio::test]
@@ -732,7 +733,7 @@ mod tests {
             .given(vec![initiated(Method::Email)])
             .when_async(validate(Method::Email, "4711", Duration::hours(1)))
             .await
-            .then_expect_error(VerifierError::Expired);
+            .then_expect_error(VerificationCodeError::Expired);
     }
 
     #[tokio::test]
@@ -741,7 +742,7 @@ mod tests {
             .given(vec![initiated(Method::Email), VerifierValidated { at: t0() }])
             .when_async(validate(Method::Email, "4711", Duration::zero()))
             .await
-            .then_expect_error(VerifierError::Consumed);
+            .then_expect_error(VerificationCodeError::Consumed);
     }
 
     #[tokio::test]
@@ -750,7 +751,7 @@ mod tests {
             .given_no_previous_events()
             .when_async(validate(Method::Email, "4711", Duration::zero()))
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 
     #[tokio::test]
@@ -759,7 +760,7 @@ mod tests {
             .given(vec![initiated(Method::Email)])
             .when_async(validate(Method::Phone, "4711", Duration::zero()))
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 
     #[tokio::test]
@@ -768,7 +769,7 @@ mod tests {
             .given(vec![initiated(Method::Email), VerifierDeleted { at: t0() }])
             .when_async(validate(Method::Email, "4711", Duration::zero()))
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 
     #[tokio::test]
@@ -811,7 +812,7 @@ mod tests {
             .given(vec![initiated(Method::GoogleAuth)])
             .when_async(validate_totp("123456", None))
             .await
-            .then_expect_error(VerifierError::NoSecret);
+            .then_expect_error(VerificationCodeError::NoSecret);
     }
 
     #[tokio::test]
@@ -829,7 +830,7 @@ mod tests {
             .given(vec![initiated(Method::Phone), VerifierDeleted { at: t0() }])
             .when_async(Delete { method: Method::Phone, at: t0() })
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 
     #[tokio::test]
@@ -838,7 +839,7 @@ mod tests {
             .given(vec![initiated(Method::Email)])
             .when_async(Delete { method: Method::Email, at: t0() + Duration::hours(2) })
             .await
-            .then_expect_error(VerifierError::Expired);
+            .then_expect_error(VerificationCodeError::Expired);
     }
 
     #[tokio::test]
@@ -847,7 +848,7 @@ mod tests {
             .given(vec![initiated(Method::Email), VerifierValidated { at: t0() }])
             .when_async(Delete { method: Method::Email, at: t0() })
             .await
-            .then_expect_error(VerifierError::Consumed);
+            .then_expect_error(VerificationCodeError::Consumed);
     }
 
     #[tokio::test]
@@ -856,6 +857,6 @@ mod tests {
             .given_no_previous_events()
             .when_async(Delete { method: Method::Email, at: t0() })
             .await
-            .then_expect_error(VerifierError::NotFound);
+            .then_expect_error(VerificationCodeError::NotFound);
     }
 }
