@@ -5,6 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
+use super::methods::{Enabled, Password};
 use super::mfa::{Done, TotpCode};
 use super::sessions::SessionBody;
 use super::sign_in::{SignInFinish, SignInStarted};
@@ -27,7 +28,7 @@ impl ElevationApi {
     /// sign-in id. Counted like a sign-in attempt.
     #[oai(path = "/v1/elevate/password", method = "post", operation_id = "elevate_password")]
     async fn password(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         auth: AccessToken,
@@ -44,7 +45,7 @@ impl ElevationApi {
     /// sign-in id of another account.
     #[oai(path = "/v1/elevate/password/finish", method = "post", operation_id = "elevate_password_finish")]
     async fn password_finish(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         auth: AccessToken,

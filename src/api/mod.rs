@@ -160,10 +160,6 @@ pub fn routes(app: Arc<App>, limits: RateLimits, proxies: TrustedProxies, body_l
             async move { proxies.call(endpoint, request).await }
         })
         .around(move |endpoint, request| async move { body_limit.call(endpoint, request).await })
-        .around(move |endpoint, request| {
-            let methods = methods.clone();
-            async move { methods.call(endpoint, request).await }
-        })
         .after(error::json_errors)
         .with_if(cors.is_some(), cors.unwrap_or_else(poem::middleware::Cors::new))
         .around(headers::secure)

@@ -11,6 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde_json::Value;
 
+use super::methods::{Enabled, Passkey};
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{context, AccessToken, ApiError, JsonBody, Tag};
@@ -111,7 +112,7 @@ impl PasskeyApi {
     /// Sign up with a passkey, step 1: the account will have no password. 409
     /// `username_taken`; 422 for a missing or unknown invitation.
     #[oai(path = "/v1/sign/up/webauthn", method = "post", operation_id = "sign_up_webauthn")]
-    async fn sign_up(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignUpStart>) -> Result<Json<CeremonyBody>, ApiError> {
+    async fn sign_up(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignUpStart>) -> Result<Json<CeremonyBody>, ApiError> {
         let body = body.0;
         let ceremony = app
             .passkey_sign_up_start(&body.username, body.signup_token.as_deref(), body.email, body.nickname, &context(request))
@@ -123,7 +124,7 @@ impl PasskeyApi {
     /// session. 401 `invalid_credentials` when the credential does not verify (the
     /// challenge is spent either way); 404 `challenge_not_found` when answered or expired.
     #[oai(path = "/v1/sign/up/webauthn/verify", method = "post", operation_id = "sign_up_webauthn_verify")]
-    async fn sign_up_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
+    async fn sign_up_verify(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
         let body = body.0;
         Ok(Json(app.passkey_sign_up_finish(&body.challenge_id, &body.credential, &context(request)).await?.into()))
     }
@@ -131,7 +132,7 @@ impl PasskeyApi {
     /// Sign in with a passkey, step 1: by username, or discoverable (no username).
     /// An unknown username gets a ceremony like any other, which no answer passes.
     #[oai(path = "/v1/sign/in/webauthn", method = "post", operation_id = "sign_in_webauthn")]
-    async fn sign_in(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignInStart>) -> Result<Json<CeremonyBody>, ApiError> {
+    async fn sign_in(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PasskeySignInStart>) -> Result<Json<CeremonyBody>, ApiError> {
         Ok(Json(app.passkey_sign_in_start(body.0.username.as_deref(), &context(request)).await?.into()))
     }
 
@@ -139,7 +140,7 @@ impl PasskeyApi {
     /// 401 `invalid_credentials` (wrong origin, RP ID, challenge, signature, or
     /// passkey), 401 `passkey_cloned` when its signature counter went back.
     #[oai(path = "/v1/sign/in/webauthn/verify", method = "post", operation_id = "sign_in_webauthn_verify")]
-    async fn sign_in_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
+    async fn sign_in_verify(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
         let body = body.0;
         Ok(Json(app.passkey_sign_in_finish(&body.challenge_id, &body.credential, &context(request)).await?.into()))
     }
@@ -147,14 +148,14 @@ impl PasskeyApi {
     /// Add a passkey to the Bearer token's account, step 1 (elevated: a new way to
     /// sign in needs a recent proof of presence, 403 `elevation_required`).
     #[oai(path = "/v1/user/webauthn/add", method = "post", operation_id = "user_webauthn_add")]
-    async fn add(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PasskeyAddStart>) -> Result<Json<CeremonyBody>, ApiError> {
+    async fn add(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PasskeyAddStart>) -> Result<Json<CeremonyBody>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         Ok(Json(app.passkey_add_start(&who, body.0.nickname, &context(request)).await?.into()))
     }
 
     /// Add a passkey, step 2: the new credential, for a ceremony this session started.
     #[oai(path = "/v1/user/webauthn/verify", method = "post", operation_id = "user_webauthn_verify")]
-    async fn add_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<PasskeyAdded>, ApiError> {
+    async fn add_verify(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<PasskeyAdded>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
         let (credential_id, nickname) = app.passkey_add_finish(&who, &body.challenge_id, &body.credential, &context(request)).await?;
@@ -163,7 +164,7 @@ impl PasskeyApi {
 
     /// The passkeys of the Bearer token's account.
     #[oai(path = "/v1/user/webauthn", method = "get", operation_id = "user_webauthn")]
-    async fn list(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<PasskeyList>, ApiError> {
+    async fn list(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<PasskeyList>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let credentials = app.passkeys(&who).await?.into_iter().map(PasskeyEntry::from).collect();
         Ok(Json(PasskeyList { credentials }))
@@ -173,7 +174,7 @@ impl PasskeyApi {
     /// could sign in; 404 `passkey_not_found`.
     #[oai(path = "/v1/user/webauthn/:credential_id", method = "delete", operation_id = "user_webauthn_remove")]
     async fn remove(
-        &self,
+        &self, _on: Enabled<Passkey>,
         app: Data<&Arc<App>>,
         request: &Request,
         auth: AccessToken,
@@ -187,7 +188,7 @@ impl PasskeyApi {
     /// Step-up with a passkey, step 1: a ceremony for the account's passkeys. 409
     /// `no_passkeys` when it has none.
     #[oai(path = "/v1/elevate/webauthn", method = "post", operation_id = "elevate_webauthn", tag = "Tag::Elevation")]
-    async fn elevate(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Json<CeremonyBody>, ApiError> {
+    async fn elevate(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken) -> Result<Json<CeremonyBody>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         Ok(Json(app.passkey_elevate_start(&who, &context(request)).await?.into()))
     }
@@ -195,7 +196,7 @@ impl PasskeyApi {
     /// Step-up with a passkey, step 2: the assertion → the session elevated (a new
     /// session body with a fresh `auth_time`; the refresh token rotates).
     #[oai(path = "/v1/elevate/webauthn/verify", method = "post", operation_id = "elevate_webauthn_verify", tag = "Tag::Elevation")]
-    async fn elevate_verify(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
+    async fn elevate_verify(&self, _on: Enabled<Passkey>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<CeremonyAnswer>) -> Result<Json<SessionBody>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
         Ok(Json(app.passkey_elevate_finish(&who, &body.challenge_id, &body.credential, &context(request)).await?.into()))

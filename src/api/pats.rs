@@ -9,6 +9,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
+use super::methods::{Enabled, Pat};
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{context, AccessToken, ApiError, JsonBody, Tag};
@@ -63,7 +64,7 @@ impl PatApi {
     /// Create a personal access token (elevated: 403 `elevation_required` without a
     /// recent proof of presence). The token is in this answer only.
     #[oai(path = "/v1/pat", method = "post", operation_id = "pat_create")]
-    async fn create(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PatCreate>) -> Result<Json<PatCreated>, ApiError> {
+    async fn create(&self, _on: Enabled<Pat>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<PatCreate>) -> Result<Json<PatCreated>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let (pat_id, token) = app.pat_create(&who, &body.0.name, &body.0.expires_at, &context(request)).await?;
         Ok(Json(PatCreated { pat_id: pat_id.to_string(), personal_access_token: token }))
@@ -71,7 +72,7 @@ impl PatApi {
 
     /// The account's personal access tokens (never the tokens themselves).
     #[oai(path = "/v1/pat", method = "get", operation_id = "pat_list")]
-    async fn list(&self, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<PatList>, ApiError> {
+    async fn list(&self, _on: Enabled<Pat>, app: Data<&Arc<App>>, auth: AccessToken) -> Result<Json<PatList>, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let pats = app
             .pats(&who)
@@ -92,7 +93,7 @@ impl PatApi {
     /// Revoke a personal access token: it signs in no more. 404 `pat_not_found` for
     /// one that is revoked already or not this account's.
     #[oai(path = "/v1/pat/:pat_id", method = "delete", operation_id = "pat_revoke")]
-    async fn revoke(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, #[oai(validator(max_length = 64))] pat_id: Path<String>) -> Result<Done, ApiError> {
+    async fn revoke(&self, _on: Enabled<Pat>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, #[oai(validator(max_length = 64))] pat_id: Path<String>) -> Result<Done, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         app.pat_revoke(&who, &pat_id.0, &context(request)).await?;
         Ok(Done::NoContent)
@@ -102,7 +103,7 @@ impl PatApi {
     /// `invalid_credentials` for a wrong, revoked or expired token (counted on the
     /// account's throttle); 429 when this address is throttled.
     #[oai(path = "/v1/sign/in/pat", method = "post", operation_id = "sign_in_pat", tag = "Tag::SignIn")]
-    async fn sign_in(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PatSignIn>) -> Result<Json<SessionBody>, ApiError> {
+    async fn sign_in(&self, _on: Enabled<Pat>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<PatSignIn>) -> Result<Json<SessionBody>, ApiError> {
         Ok(Json(app.pat_sign_in(&body.0.personal_access_token, &context(request)).await?.into()))
     }
 }

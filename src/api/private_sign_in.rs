@@ -12,6 +12,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 use poem_openapi::{Object, OpenApi};
 
+use super::methods::{Enabled, Password};
 use super::sign_in::SignInAnswer;
 use super::{context, ApiError, JsonBody, Tag};
 use crate::app::App;
@@ -112,7 +113,7 @@ impl PrivateSignInApi {
     /// ephemeral public key; get the server's and a handle for step two.
     #[oai(path = "/v1/step/one", method = "post", operation_id = "private_step_one")]
     async fn step_one(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         body: JsonBody<PrivateStepOne>,
     ) -> Result<Json<PrivateStepOneAnswer>, ApiError> {
@@ -124,7 +125,7 @@ impl PrivateSignInApi {
     /// sign-in handle. This is `/v1/sign/in` with the username decrypted first.
     #[oai(path = "/v1/step/two", method = "post", operation_id = "private_step_two")]
     async fn step_two(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<PrivateStepTwo>,
@@ -142,7 +143,7 @@ impl PrivateSignInApi {
     /// already finished sign-in.
     #[oai(path = "/v1/step/three", method = "post", operation_id = "private_step_three")]
     async fn step_three(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<PrivateStepThree>,

@@ -9,6 +9,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::methods::{Enabled, Password, SignInMethod};
 use super::mfa::Done;
 use super::sign_up::SignUpStarted;
 use super::{context, AccessToken, ApiError, JsonBody, Tag};
@@ -203,7 +204,7 @@ impl SelfServiceApi {
         let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
         // The way in it makes: honoured like the routes of that method.
-        methods.require(if body.method == "email" { "email_link" } else { "password" })?;
+        methods.require(if body.method == "email" { SignInMethod::EmailLink } else { SignInMethod::Password })?;
         let (username, request_message, email) = (body.username.as_deref(), body.registration_request.as_deref(), body.email.as_deref());
         Ok(match app.deanonymize(&who, &body.method, username, request_message, email, &context(request)).await? {
             Deanonymization::Registration(registration_response) => Deanonymizing::Registration(Json(SignUpStarted { registration_response })),
@@ -216,7 +217,7 @@ impl SelfServiceApi {
     /// for a non-anonymous session.
     #[oai(path = "/v1/user/deanonymize/finish", method = "post", operation_id = "user_deanonymize_finish")]
     async fn deanonymize_finish(&self, app: Data<&Arc<App>>, methods: Data<&Methods>, request: &Request, auth: AccessToken, body: JsonBody<DeanonymizeFinish>) -> Result<Done, ApiError> {
-        methods.require("password")?;
+        methods.require(SignInMethod::Password)?;
         let who = app.check_access_token(&auth.0.token).await?;
         app.deanonymize_finish(&who, &body.0.registration_record, body.0.email, &context(request)).await?;
         Ok(Done::NoContent)
@@ -227,7 +228,7 @@ impl SelfServiceApi {
     /// proof of presence.
     #[oai(path = "/v1/user/password", method = "post", operation_id = "user_password")]
     async fn password(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         auth: AccessToken,
         body: JsonBody<PasswordChangeStart>,
@@ -241,7 +242,7 @@ impl SelfServiceApi {
     /// and every other session of the account ends; this one goes on.
     #[oai(path = "/v1/user/password/finish", method = "post", operation_id = "user_password_finish")]
     async fn password_finish(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         auth: AccessToken,

@@ -7,6 +7,7 @@ use poem_openapi::param::Query;
 use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi, Union};
 use webauthn_rs::prelude::Url;
 
+use super::methods::{Enabled, Anonymous, EmailCode, EmailLink, IdToken, Password, SmsCode};
 use super::mfa::Done;
 use super::sessions::SessionBody;
 use super::{context, AccessToken, ApiError, JsonBody, Tag};
@@ -95,7 +96,7 @@ impl SignInApi {
     /// Sign in, step 1: send KE1, get KE2 and a sign-in id.
     #[oai(path = "/v1/sign/in", method = "post", operation_id = "sign_in")]
     async fn start(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<SignInStart>,
@@ -111,7 +112,7 @@ impl SignInApi {
     /// sign-in; 403 `email_not_verified` when verified email is required.
     #[oai(path = "/v1/sign/in/finish", method = "post", operation_id = "sign_in_finish")]
     async fn finish(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<SignInFinish>,
@@ -167,7 +168,7 @@ impl PasswordlessApi {
     /// is an account's verified email, a 6-digit code (10 minutes, single-use) goes
     /// there.
     #[oai(path = "/v1/sign/in/otp/email", method = "post", operation_id = "sign_in_otp_email")]
-    async fn start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
+    async fn start(&self, _on: Enabled<EmailCode>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpStart>) -> Result<Done, ApiError> {
         app.sign_in_code_start(Channel::Email, &body.0.email, None, &context(request))?;
         Ok(Done::NoContent)
     }
@@ -177,7 +178,7 @@ impl PasswordlessApi {
     /// TOTP on. 401 `invalid_credentials` for a wrong, used or expired code
     /// (counted on the account's throttle), 429 when this address is throttled.
     #[oai(path = "/v1/sign/in/otp/email/verify", method = "post", operation_id = "sign_in_otp_email_verify")]
-    async fn verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SignInAnswer>, ApiError> {
+    async fn verify(&self, _on: Enabled<EmailCode>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<EmailOtpVerify>) -> Result<Json<SignInAnswer>, ApiError> {
         Ok(Json(app.sign_in_code_verify(Channel::Email, &body.0.email, &body.0.otp, &context(request)).await?.into()))
     }
 
@@ -185,7 +186,7 @@ impl PasswordlessApi {
     /// `redirect_to` outside `AUTHD_ALLOWED_REDIRECT_URLS`); when it is an account's
     /// verified email, a link to `/v1/verify` (10 minutes, single-use) goes there.
     #[oai(path = "/v1/sign/in/passwordless/email", method = "post", operation_id = "sign_in_passwordless_email")]
-    async fn link_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<LinkStart>) -> Result<Done, ApiError> {
+    async fn link_start(&self, _on: Enabled<EmailLink>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<LinkStart>) -> Result<Done, ApiError> {
         let body = body.0;
         app.sign_in_code_start(Channel::Link, &body.email, body.redirect_to.as_deref(), &context(request))?;
         Ok(Done::NoContent)
@@ -197,7 +198,7 @@ impl PasswordlessApi {
     /// `AUTHD_ALLOWED_REDIRECT_URLS`.
     #[oai(path = "/v1/verify", method = "get", operation_id = "verify_link")]
     async fn link_follow(
-        &self,
+        &self, _on: Enabled<EmailLink>,
         app: Data<&Arc<App>>,
         #[oai(validator(max_length = 1024))] ticket: Query<String>,
         #[oai(validator(max_length = 2048))] redirect_to: Query<String>,
@@ -213,7 +214,7 @@ impl PasswordlessApi {
     /// used, expired or unknown ticket; 422 for a `redirect_to` outside
     /// `AUTHD_ALLOWED_REDIRECT_URLS` (nothing spent).
     #[oai(path = "/v1/verify", method = "post", operation_id = "verify_ticket")]
-    async fn link_verify(&self, app: Data<&Arc<App>>, request: &Request, body: TicketRequest) -> Result<TicketAnswer, ApiError> {
+    async fn link_verify(&self, _on: Enabled<EmailLink>, app: Data<&Arc<App>>, request: &Request, body: TicketRequest) -> Result<TicketAnswer, ApiError> {
         match body {
             TicketRequest::Json(body) => Ok(TicketAnswer::Session(Json(app.sign_in_link_verify(&body.0.ticket, &context(request)).await?.into()))),
             TicketRequest::Form(form) => {
@@ -238,7 +239,7 @@ impl PasswordlessApi {
     /// session (`amr` `["anon"]`). It reaches no elevated route; `/v1/user/deanonymize`
     /// makes it a real account.
     #[oai(path = "/v1/sign/in/anonymous", method = "post", operation_id = "sign_in_anonymous")]
-    async fn anonymous(&self, app: Data<&Arc<App>>, request: &Request) -> Result<Json<SessionBody>, ApiError> {
+    async fn anonymous(&self, _on: Enabled<Anonymous>, app: Data<&Arc<App>>, request: &Request) -> Result<Json<SessionBody>, ApiError> {
         Ok(Json(app.anonymous_sign_in(&context(request)).await?.into()))
     }
 
@@ -248,7 +249,7 @@ impl PasswordlessApi {
     /// otherwise). 401 `invalid_credentials` for a bad signature, issuer, audience,
     /// expiry or nonce; 422 for an unknown provider.
     #[oai(path = "/v1/sign/in/idtoken", method = "post", operation_id = "sign_in_idtoken")]
-    async fn idtoken(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SignInAnswer>, ApiError> {
+    async fn idtoken(&self, _on: Enabled<IdToken>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<IdTokenBody>) -> Result<Json<SignInAnswer>, ApiError> {
         let body = body.0;
         Ok(Json(app.idtoken_sign_in(&body.provider, &body.id_token, body.nonce.as_deref(), &context(request)).await?.into()))
     }
@@ -256,7 +257,7 @@ impl PasswordlessApi {
     /// Link an ID token's identity to the Bearer token's account (elevated); 409
     /// `identity_linked` when another account has it.
     #[oai(path = "/v1/link/idtoken", method = "post", operation_id = "link_idtoken")]
-    async fn link_idtoken(&self, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<IdTokenBody>) -> Result<Done, ApiError> {
+    async fn link_idtoken(&self, _on: Enabled<IdToken>, app: Data<&Arc<App>>, request: &Request, auth: AccessToken, body: JsonBody<IdTokenBody>) -> Result<Done, ApiError> {
         let who = app.check_access_token(&auth.0.token).await?;
         let body = body.0;
         app.idtoken_link(&who, &body.provider, &body.id_token, body.nonce.as_deref(), &context(request)).await?;
@@ -267,7 +268,7 @@ impl PasswordlessApi {
     /// account's verified number, a 6-digit code (10 minutes, single-use) is texted
     /// through the SMS webhook.
     #[oai(path = "/v1/sign/in/passwordless/sms", method = "post", operation_id = "sign_in_sms")]
-    async fn sms_start(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsStart>) -> Result<Done, ApiError> {
+    async fn sms_start(&self, _on: Enabled<SmsCode>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsStart>) -> Result<Done, ApiError> {
         app.sign_in_code_start(Channel::Sms, &body.0.phone_number, None, &context(request))?;
         Ok(Done::NoContent)
     }
@@ -275,7 +276,7 @@ impl PasswordlessApi {
     /// Sign in by text message, step 2: the number and its code → a session (`amr`
     /// `["sms"]`) or the MFA ticket; refusals as for the email code.
     #[oai(path = "/v1/sign/in/passwordless/sms/otp", method = "post", operation_id = "sign_in_sms_otp")]
-    async fn sms_verify(&self, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SignInAnswer>, ApiError> {
+    async fn sms_verify(&self, _on: Enabled<SmsCode>, app: Data<&Arc<App>>, request: &Request, body: JsonBody<SmsVerify>) -> Result<Json<SignInAnswer>, ApiError> {
         Ok(Json(app.sign_in_code_verify(Channel::Sms, &body.0.phone_number, &body.0.otp, &context(request)).await?.into()))
     }
 }

@@ -5,6 +5,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
+use super::methods::{Enabled, Password};
 use super::{context, ApiError, JsonBody, Tag};
 use crate::app::App;
 
@@ -55,7 +56,7 @@ impl SignUpApi {
     /// Sign up, step 1: send the OPAQUE registration request, get the response.
     /// Nothing is stored yet.
     #[oai(path = "/v1/sign/up", method = "post", operation_id = "sign_up")]
-    async fn start(&self, app: Data<&Arc<App>>, body: JsonBody<SignUpStart>) -> Result<Json<SignUpStarted>, ApiError> {
+    async fn start(&self, _on: Enabled<Password>, app: Data<&Arc<App>>, body: JsonBody<SignUpStart>) -> Result<Json<SignUpStarted>, ApiError> {
         let body = body.0;
         let registration_response =
             app.sign_up_start(&body.username, body.signup_token.as_deref(), &body.registration_request).await?;
@@ -67,7 +68,7 @@ impl SignUpApi {
     /// finish never consumes the token.
     #[oai(path = "/v1/sign/up/finish", method = "post", operation_id = "sign_up_finish")]
     async fn finish(
-        &self,
+        &self, _on: Enabled<Password>,
         app: Data<&Arc<App>>,
         request: &Request,
         body: JsonBody<SignUpFinish>,

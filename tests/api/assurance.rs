@@ -461,7 +461,9 @@ async fn addresses_verified_before_owners_were_recorded_are_claimed_at_start_up(
     let mut server = Server::start_with(backend, &[("AUTHD_ANONYMOUS", "true")]).await;
     let email = verified_account(&server, "before").await;
     // A store from before owners were recorded: no claims, no upgrade done.
-    server.sql(&["DELETE FROM events WHERE aggregate_type = 'email_address'", "DELETE FROM upgrades"]).await;
+    let forget_claims = ["DELETE FROM event_positions WHERE aggregate_type = 'email_address'", "DELETE FROM events WHERE aggregate_type = 'email_address'"];
+    server.sql(&forget_claims).await;
+    server.sql(&["DELETE FROM upgrades"]).await;
     server.restart().await;
     let claims: Vec<_> = server.stored_events().await.into_iter().filter(|(kind, _, _)| kind == "email_address").collect();
     assert_eq!(claims.len(), 1, "start-up claimed the verified address: {claims:?}");
@@ -472,7 +474,7 @@ async fn addresses_verified_before_owners_were_recorded_are_claimed_at_start_up(
     outbox_mail(&server, &email, |subject| subject == "Your address was used to sign up").await;
     // Once is enough: a start-up after it leaves the claims alone (a claim deleted
     // now stays deleted).
-    server.sql(&["DELETE FROM events WHERE aggregate_type = 'email_address'"]).await;
+    server.sql(&forget_claims).await;
     server.restart().await;
     let claims = server.stored_events().await.into_iter().filter(|(kind, _, _)| kind == "email_address").count();
     assert_eq!(claims, 0, "the upgrade ran once");
