@@ -4,7 +4,11 @@ use poem::web::Data;
 use poem::Request;
 use poem_openapi::payload::{Form, Html, Json};
 use poem_openapi::param::Query;
-use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi, Union};
+use poem::RequestBody;
+use poem_openapi::payload::{ParsePayload, Payload};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi, Union};
 use webauthn_rs::prelude::Url;
 
 use super::methods::{Enabled, Anonymous, EmailCode, EmailLink, IdToken, Password, SmsCode};
@@ -297,11 +301,36 @@ pub struct TicketBody {
     pub ticket: String,
 }
 
-/// The ticket, from an API client or from the link page's button.
-#[derive(ApiRequest)]
+/// The ticket, from an API client (JSON — also without a `Content-Type`, like every
+/// JSON body here) or from the link page's button (a form).
 pub enum TicketRequest {
     Json(JsonBody<TicketBody>),
     Form(Form<TicketForm>),
+}
+
+impl<'a> ApiExtractor<'a> for TicketRequest {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        TicketBody::register(registry);
+        TicketForm::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        let json = <JsonBody<TicketBody> as ApiExtractor>::request_meta().map(|meta| meta.content).unwrap_or_default();
+        let form = MetaMediaType { content_type: <Form<TicketForm> as Payload>::CONTENT_TYPE, schema: TicketForm::schema_ref() };
+        Some(MetaRequest { description: None, content: json.into_iter().chain([form]).collect(), required: true })
+    }
+
+    async fn from_request(request: &'a Request, body: &mut RequestBody, _: ExtractParamOptions<()>) -> poem::Result<Self> {
+        if request.content_type().is_some_and(<Form<TicketForm> as Payload>::check_content_type) {
+            <Form<TicketForm> as ParsePayload>::from_request(request, body).await.map(Self::Form)
+        } else {
+            <JsonBody<TicketBody> as ParsePayload>::from_request(request, body).await.map(Self::Json)
+        }
+    }
 }
 
 /// What the link page's button submits.

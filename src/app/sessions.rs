@@ -78,9 +78,12 @@ impl App {
             return Err(AppError::InvalidToken);
         }
         self.admitted(verified.session_id, &session).await?;
-        // What the session proved, as it stands now (a step-up since counts).
-        let auth_time = session.auth_time().map_or(verified.auth_time, |t| t.timestamp());
-        Ok(Verified { auth_time, presence: Presence::of(session.presence()), ..verified })
+        // What the session's last proof of presence is worth — for a token minted
+        // after it only: a token from before a step-up stays as it was (a copy taken
+        // earlier gains nothing from the holder's step-up).
+        let latest = session.auth_time().map(|at| at.timestamp());
+        let presence = if latest == Some(verified.auth_time) { Presence::of(session.presence()) } else { Presence::None };
+        Ok(Verified { presence, ..verified })
     }
 
     /// A session counts while its account (the `User` aggregate, from memory)

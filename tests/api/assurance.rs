@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::elevation::{elevate_with_password, error_of, let_it_grow_old, stale_server};
 use crate::helpers::{outbox_mail, totp_code, unique, Backend, Server, PASSWORD};
 use crate::passkeys::{answer, start, SoftAuthenticator};
-use crate::passwordless::{rand_digits, texted_code, verified_account};
+use crate::passwordless::{rand_digits, texted_code, verified_account, verify_number};
 use crate::security::{account_with_mfa, claims, start_of_step};
 
 both_stores!(
@@ -58,6 +58,9 @@ async fn a_stolen_token_cannot_enrol_a_second_factor(backend: Backend) {
     // The owner, proving the password again, enrols.
     let (status, elevated) = elevate_with_password(&server, &stolen.access_token, PASSWORD).await;
     assert_eq!(status, 200, "{elevated}");
+    // The thief's copy of the old access token gains nothing from the owner's step-up.
+    let (status, body) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    assert_eq!((status, error_of(&body)), (403, Some("elevation_required")), "{body}");
     let (status, body) = server.call("POST", "/v1/mfa/totp/generate", Some(access(&elevated)), None).await;
     assert_eq!(status, 200, "{body}");
 }
@@ -67,13 +70,27 @@ async fn a_stolen_token_cannot_enrol_a_second_factor(backend: Backend) {
 async fn mailbox_account_with_totp(server: &Server) -> (String, totp_rs::TOTP, client::Session) {
     let email = verified_account(server, "every").await;
     let session = server.sign_in(email.split('@').next().expect("username")).await;
-    let bearer = Some(session.access_token.as_str());
-    let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
+    let totp = enable_totp(server, &session.access_token).await;
+    (email, totp, session)
+}
+
+/// TOTP on for `bearer`'s account (a fresh session), enabled with the code of step -1.
+async fn enable_totp(server: &Server, bearer: &str) -> totp_rs::TOTP {
+    let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", Some(bearer), None).await;
     assert_eq!(status, 200, "{enrollment}");
     let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
-    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": totp_code(&totp, -1)}))).await;
+    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", Some(bearer), Some(json!({"code": totp_code(&totp, -1)}))).await;
     assert_eq!(status, 204, "{body}");
-    (email, totp, session)
+    totp
+}
+
+/// A sign-in by emailed code to `email`: the answer to the code's verification.
+async fn sign_in_by_mailed_code(server: &Server, email: &str) -> (u16, Value) {
+    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
+    assert_eq!(status, 204);
+    let (_, mail) = outbox_mail(server, email, |subject| subject == "Your sign-in code").await;
+    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
+    server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await
 }
 
 async fn totp_follows_a_mailed_code_and_a_link(backend: Backend) {
@@ -83,11 +100,7 @@ async fn totp_follows_a_mailed_code_and_a_link(backend: Backend) {
     let (email, totp, _) = mailbox_account_with_totp(&server).await;
 
     // An emailed code: the ticket, then TOTP.
-    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
-    assert_eq!(status, 204);
-    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Your sign-in code").await;
-    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
-    let (status, answer_body) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await;
+    let (status, answer_body) = sign_in_by_mailed_code(&server, &email).await;
     assert_eq!((status, &answer_body["mfa_required"]), (200, &json!(true)), "no session without TOTP: {answer_body}");
     assert!(answer_body.get("access_token").is_none());
     let (status, wrong) = server.call("POST", "/v1/sign/in/mfa", None, Some(json!({"mfa_ticket": answer_body["mfa_ticket"], "code": "000000"}))).await;
@@ -123,21 +136,9 @@ async fn totp_follows_a_texted_code(backend: Backend) {
     let username = unique("sms-totp");
     server.sign_up(&username).await;
     let session = server.sign_in(&username).await;
-    let bearer = Some(session.access_token.as_str());
     let number = format!("+1415556{:04}", rand_digits());
-    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": number}))).await;
-    assert_eq!(status, 204, "{body}");
-    let text = hook.received().last().cloned().expect("text");
-    let text = text["body"].as_str().expect("body");
-    let id = text.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
-    let code = text.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
-    let (status, body) = server.call("POST", "/v1/user/phone/verify", bearer, Some(json!({"verification_id": id, "code": code}))).await;
-    assert_eq!(status, 204, "{body}");
-    let (status, enrollment) = server.call("POST", "/v1/mfa/totp/generate", bearer, None).await;
-    assert_eq!(status, 200, "{enrollment}");
-    let totp = crate::helpers::authenticator(enrollment["otp_secret"].as_str().expect("secret"));
-    let (status, body) = server.call("POST", "/v1/mfa/totp/enable", bearer, Some(json!({"code": totp_code(&totp, -1)}))).await;
-    assert_eq!(status, 204, "{body}");
+    verify_number(&server, &hook, &session.access_token, &number).await;
+    let totp = enable_totp(&server, &session.access_token).await;
 
     let (status, _) = server.call("POST", "/v1/sign/in/passwordless/sms", None, Some(json!({"phone_number": number}))).await;
     assert_eq!(status, 204);
@@ -216,11 +217,7 @@ async fn step_up_by_email_is_for_accounts_with_nothing_else(backend: Backend) {
     let server = stale_server(backend, &[("AUTHD_OPEN_SIGNUP", "true")]).await;
     // An account made by an emailed code: no password, TOTP or passkey.
     let email = format!("{}@example.com", unique("mailonly"));
-    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
-    assert_eq!(status, 204);
-    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Your sign-in code").await;
-    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
-    let (status, session) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await;
+    let (status, session) = sign_in_by_mailed_code(&server, &email).await;
     assert_eq!(status, 200, "{session}");
     let_it_grow_old().await;
     let bearer = Some(access(&session));
@@ -361,11 +358,7 @@ async fn deanonymizing_cannot_hijack_another_s_address(backend: Backend) {
     let (status, body) = server.call("GET", "/v1/user", Some(&attacker), None).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["email"].is_null() || body["email"] == json!(free), "{body}");
-    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": victim}))).await;
-    assert_eq!(status, 204);
-    let (_, mail) = outbox_mail(&server, &victim, |subject| subject == "Your sign-in code").await;
-    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
-    let (status, session) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": victim, "otp": code}))).await;
+    let (status, session) = sign_in_by_mailed_code(&server, &victim).await;
     assert_eq!(status, 200, "{session}");
     assert_ne!(session["profile_id"], claims(&attacker)["sub"], "a code to her address signs in to her account");
 }
@@ -448,11 +441,7 @@ async fn with_open_sign_up_a_link_creates_the_account(backend: Backend) {
     let (status, _) = server.call("POST", "/v1/verify", None, Some(json!({"ticket": ticket}))).await;
     assert_eq!(status, 401, "once");
     // The address is the new account's: a code to it signs in there.
-    let (status, _) = server.call("POST", "/v1/sign/in/otp/email", None, Some(json!({"email": email}))).await;
-    assert_eq!(status, 204);
-    let (_, mail) = outbox_mail(&server, &email, |subject| subject == "Your sign-in code").await;
-    let code = mail.split("code is ").nth(1).and_then(|rest| rest.split('.').next()).expect("code");
-    let (status, by_code) = server.call("POST", "/v1/sign/in/otp/email/verify", None, Some(json!({"email": email, "otp": code}))).await;
+    let (status, by_code) = sign_in_by_mailed_code(&server, &email).await;
     assert_eq!(status, 200, "{by_code}");
     assert_eq!(by_code["profile_id"], session["profile_id"]);
 }

@@ -109,6 +109,18 @@ async fn email_code_refusals_and_throttling(backend: Backend) {
     assert_eq!(status, 429, "{body}");
 }
 
+/// Makes `number` the verified number of `bearer`'s account (the texted code through `hook`).
+pub(crate) async fn verify_number(server: &Server, hook: &crate::verifications::Webhook, bearer: &str, number: &str) {
+    let (status, body) = server.call("POST", "/v1/user/phone/change", Some(bearer), Some(json!({"phone_number": number}))).await;
+    assert_eq!(status, 204, "{body}");
+    let text = hook.received().last().cloned().expect("text");
+    let body = text["body"].as_str().expect("body");
+    let id = body.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
+    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
+    let (status, body) = server.call("POST", "/v1/user/phone/verify", Some(bearer), Some(json!({"verification_id": id, "code": code}))).await;
+    assert_eq!(status, 204, "{body}");
+}
+
 /// The last text message the webhook got for `to`: its code (the first 6 digits).
 pub(crate) fn texted_code(hook: &crate::verifications::Webhook, to: &str) -> String {
     let text = hook.received().into_iter().rev().find(|m| m["to"] == to).expect("a text message");
@@ -125,15 +137,7 @@ async fn a_texted_code_signs_in_to_the_number_s_account(backend: Backend) {
     let number = format!("+1415555{:04}", rand_digits());
     // Alice verifies the number (a fresh sign-in is recent enough to change it).
     let session = server.sign_in(&alice).await;
-    let bearer = Some(session.access_token.as_str());
-    let (status, body) = server.call("POST", "/v1/user/phone/change", bearer, Some(json!({"phone_number": number}))).await;
-    assert_eq!(status, 204, "{body}");
-    let text = hook.received().last().cloned().expect("text");
-    let body = text["body"].as_str().expect("body");
-    let id = body.split("verification id ").nth(1).and_then(|rest| rest.split(')').next()).expect("id");
-    let code = body.split(" code is ").nth(1).and_then(|rest| rest.split(' ').next()).expect("code");
-    let (status, body) = server.call("POST", "/v1/user/phone/verify", bearer, Some(json!({"verification_id": id, "code": code}))).await;
-    assert_eq!(status, 204, "{body}");
+    verify_number(&server, &hook, &session.access_token, &number).await;
     // Bob cannot take Alice's number.
     let bobs = server.sign_in(&bob).await;
     let (status, _) = server.call("POST", "/v1/user/phone/change", Some(&bobs.access_token), Some(json!({"phone_number": number}))).await;
