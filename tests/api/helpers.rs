@@ -247,8 +247,24 @@ impl Server {
         panic!("the read models did not catch up within 10 s");
     }
 
-    /// Every audit envelope of the log, paged through `GET /v1/admin/events`.
+    /// Every audit envelope of the log, paged through `GET /v1/admin/events` — every
+    /// event committed so far: the log is numbered up to a horizon that an open
+    /// transaction elsewhere on a shared PostgreSQL can hold back for a moment, so this
+    /// waits (up to 10 s) until it has numbered as many events as the store holds.
     pub async fn events(&self) -> Vec<Value> {
+        let stored = self.stored_events().await.len();
+        for _ in 0..100 {
+            let all = self.events_now().await;
+            if all.len() >= stored {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.events_now().await
+    }
+
+    /// The audit envelopes the log has numbered by now.
+    async fn events_now(&self) -> Vec<Value> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
