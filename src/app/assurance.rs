@@ -294,14 +294,17 @@ impl App {
         }
     }
 
-    /// Step-up by email is for accounts with nothing else: no password, TOTP or passkey.
-    pub(super) async fn require_email_only(&self, who: &Verified) -> Result<(), AppError> {
+    /// The verified address a step-up by email goes to: only for accounts with
+    /// nothing else (no password, TOTP or passkey; 403 `other_proof_required`), 409
+    /// `no_verified_email` without one.
+    pub(super) async fn email_step_up_address(&self, who: &Verified) -> Result<String, AppError> {
         self.may_elevate(who)?;
         let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
         if user.has_password() || self.needs_strong_proof(who.profile_id).await? {
             return Err(AppError::Forbidden(Denied::OtherProofRequired));
         }
-        Ok(())
+        let email = user.email().filter(|_| user.email_verified());
+        email.map(str::to_string).ok_or(AppError::Conflict(Conflict::NoVerifiedEmail))
     }
 
     /// Decides, in `unit`, a fresh proof `factor` on `who`'s session (step-up) and

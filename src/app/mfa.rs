@@ -100,25 +100,26 @@ impl App {
             Err(CommandError::Rejected(MfaError::InvalidCode | MfaError::CodeReplayed)) => false,
             Err(error) => return Err(rejected(error, map)),
         };
-        let proof = self.count_proof(unit, profile_id, throttle_id, address, valid, at).await?;
+        let proof = self.count_proof(unit, Some(profile_id), throttle_id, address, valid, at).await?;
         if matches!(proof, Proof::Blocked { .. }) {
             unit.undo::<Mfa>(&profile);
         }
         Ok(proof)
     }
 
-    /// Counts a proof of `profile_id` from `address` (`valid` or not) on the throttle
+    /// Counts a proof of `profile_id` (none: an address no account has) from `address`
+    /// (`valid` or not) on the throttle
     /// `throttle_id`, in `unit`. Blocked: the caller undoes what the proof decided.
     pub(crate) async fn count_proof(
         &self,
         unit: &mut Unit<'_>,
-        profile_id: Uuid,
+        profile_id: Option<Uuid>,
         throttle_id: &str,
         address: &str,
         valid: bool,
         at: DateTime<Utc>,
     ) -> Result<Proof, AppError> {
-        let prove = ThrottleCommand::Prove { address: address.to_string(), profile_id: Some(profile_id), valid, at, policy: self.policy.throttle };
+        let prove = ThrottleCommand::Prove { address: address.to_string(), profile_id, valid, at, policy: self.policy.throttle };
         let (events, _) = unit.decide::<Throttle>(throttle_id, prove, &()).await.map_err(|e| rejected(e, |never| match never {}))?;
         Ok(match events.first() {
             Some(ThrottleEvent::ProofAttempted { allowed: false, blocked_until, .. }) => {

@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::reset_mail::{ResetMailCommand, ResetMailError};
 use domain::sign_in_code::{SignInCodeCommand, SignInCodeEvent};
-use domain::throttle::{ThrottleCommand, ThrottleEvent};
 use domain::verification_code::Method;
 use domain::phone_number::PhoneNumberCommand;
 use domain::user::UserCommand;
@@ -280,7 +279,7 @@ impl App {
                 let pending = self.store.load::<SignInCode>(&code_id).await?.profile_id().filter(|_| self.policy.open_signup);
                 match pending {
                     Some(pending) => self.redeem_sign_in_code(channel, &code_id, code_hash, pending, Some(address), None, meta).await,
-                    None => Err(self.count_unknown_address(channel, address, meta).await),
+                    None => self.count_unknown_address(channel, address, meta).await,
                 }
             }
         }
@@ -290,21 +289,19 @@ impl App {
     /// wrong, and counted on the address's own throttle — the one a first sign-in by
     /// code counts on — with the account's rules, so guesses at an unknown address
     /// get the same 401s, then the same 429s, as at a known one.
-    async fn count_unknown_address(&self, channel: Channel, address: &str, meta: &RequestContext) -> AppError {
+    async fn count_unknown_address(&self, channel: Channel, address: &str, meta: &RequestContext) -> Result<SignInResult, AppError> {
         let at = Utc::now();
-        let throttle_id = self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at);
-        let prove = ThrottleCommand::Prove { address: self.address_of(meta), profile_id: None, valid: false, at, policy: self.policy.throttle };
-        match self.store.execute::<Throttle>(&throttle_id, prove, &(), meta).await {
-            Ok(events) => match events.first() {
-                Some(ThrottleEvent::ProofAttempted { allowed: false, blocked_until, .. }) => {
-                    let retry_after_secs = blocked_until.map_or(1, |until| (until - at).num_seconds().max(1) as u64);
-                    AppError::TooManyAttempts { retry_after_secs }
-                }
-                _ => AppError::InvalidCredentials,
-            },
-            Err(CommandError::Rejected(never)) => match never {},
-            Err(CommandError::Store(error)) => error.into(),
-        }
+        let (throttle_id, client) = (self.address_throttle_id(channel, address, at), self.address_of(meta));
+        let proof = transact!(self.store, &[(Throttle::TYPE, throttle_id.as_str())], meta, |unit| {
+            self.count_proof(unit, None, &throttle_id, &client, false, at).await?
+        });
+        Err(proof.refusal(AppError::InvalidCredentials))
+    }
+
+    /// The throttle a code for `address` counts on while no account has the address
+    /// (and an account its first use creates).
+    fn address_throttle_id(&self, channel: Channel, address: &str, at: DateTime<Utc>) -> String {
+        self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at)
     }
 
     /// A sign-in link's ticket (`/v1/verify`) → a session (`amr` `["email"]`), or
@@ -339,23 +336,16 @@ impl App {
     /// (403 `other_proof_required` otherwise): a code to its verified address (409
     /// `no_verified_email` without one), one message a minute.
     pub async fn elevate_email_start(&self, who: &Verified, meta: &RequestContext) -> Result<(), AppError> {
-        let email = self.step_up_address(who).await?;
+        let email = self.email_step_up_address(who).await?;
         self.send_code_to(Channel::StepUp, who.profile_id, &email, None, meta).await
     }
 
     /// Step-up by email, step 2: the code → the session elevated (`email`). Wrong,
     /// used or expired: 401, counted on the account's throttle like any code.
     pub async fn elevate_email_verify(&self, who: &Verified, otp: &str, meta: &RequestContext) -> Result<Tokens, AppError> {
-        let email = self.step_up_address(who).await?;
+        let email = self.email_step_up_address(who).await?;
         let (code_id, code_hash) = (self.sign_in_code_id(Channel::StepUp, &email), self.sign_in_code_hash(Channel::StepUp, &email, otp));
         self.redeem_sign_in_code(Channel::StepUp, &code_id, code_hash, who.profile_id, None, Some(who), meta).await?.into_session()
-    }
-
-    async fn step_up_address(&self, who: &Verified) -> Result<String, AppError> {
-        self.require_email_only(who).await?;
-        let user = self.store.load_current::<User>(&who.profile_id.to_string()).await?;
-        let email = user.email().filter(|_| user.email_verified());
-        email.map(str::to_string).ok_or(AppError::Conflict(Conflict::NoVerifiedEmail))
     }
 
     /// Redeems the code `code_id` for `profile_id`, counted on the account's throttle
@@ -379,7 +369,7 @@ impl App {
             return Err(AppError::InvalidCredentials);
         }
         let throttle_id = match creating {
-            Some(address) => self.throttle_id(&format!("{}:{}", channel.kind(), channel.normalise(address)), at),
+            Some(address) => self.address_throttle_id(channel, address, at),
             None => self.account_throttle_id(&user, at),
         };
         let client = self.address_of(meta);
@@ -405,7 +395,7 @@ impl App {
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
-            let outcome = match self.count_proof(unit, profile_id, &throttle_id, &client, valid, at).await? {
+            let outcome = match self.count_proof(unit, Some(profile_id), &throttle_id, &client, valid, at).await? {
                 Proof::Valid => {
                     let account = match creating {
                         Some(address) => self.register_by_code_in(unit, channel, code_id, profile_id, address, at).await,

@@ -94,7 +94,7 @@ impl App {
                 Err(CommandError::Rejected(_)) => false,
                 Err(CommandError::Store(error)) => return Err(error.into()),
             };
-            let outcome = match self.count_proof(unit, profile_id, &throttle_id, &address, valid, at).await? {
+            let outcome = match self.count_proof(unit, Some(profile_id), &throttle_id, &address, valid, at).await? {
                 Proof::Valid => self.admit_in(unit, Proven::pat(profile_id, pat_id, at)).await.and_then(SignInResult::into_session),
                 refused => {
                     unit.undo::<Pats>(&profile);

@@ -35,6 +35,9 @@ async fn an_anonymous_user_becomes_a_real_one_with_the_same_profile_id(backend: 
         ("/v1/account/remove", None),
         ("/v1/pat", Some(json!({"name": "x", "expires_at": (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339()}))),
         ("/v1/user/email/change", Some(json!({"new_email": "a@example.com"}))),
+        ("/v1/mfa/totp/generate", None),
+        ("/v1/elevate/email", None),
+        ("/v1/elevate/totp", Some(json!({"code": "123456"}))),
     ] {
         let (status, answer) = server.call("POST", path, Some(&access), body).await;
         assert_eq!((status, error_of(&answer)), (403, Some("anonymous_user")), "{path}: {answer}");
